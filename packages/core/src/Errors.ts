@@ -1,0 +1,163 @@
+/**
+ * The errors chunkwise itself raises. Each is a `Schema.TaggedError`, so it can be recorded in the
+ * store, sent across processes and matched by tag; each has a built-in runbook (see `Runbook.builtins`).
+ *
+ * @since 0.1.0
+ */
+import { Schema } from "effect"
+
+/** A step failed with something that is neither a registered error class nor a chunkwise error. */
+export class Unclassified extends Schema.TaggedError<Unclassified>()("Unclassified", {
+  message: Schema.String,
+  /** The tag of the original error when it had one, e.g. an error class the job did not register. */
+  originalTag: Schema.optional(Schema.String),
+  /** True when the failure was a defect: a thrown exception or `Effect.die`. */
+  defect: Schema.Boolean
+}) {}
+
+/** This worker no longer holds the unit's lease: it expired, or an operator action fenced it. */
+export class LeaseLost extends Schema.TaggedError<LeaseLost>()("LeaseLost", {
+  runId: Schema.String,
+  unitId: Schema.String,
+  reason: Schema.String
+}) {}
+
+/** The checkpoint is not where this worker expected it: another worker committed progress. */
+export class CheckpointMoved extends Schema.TaggedError<CheckpointMoved>()("CheckpointMoved", {
+  runId: Schema.String,
+  unitId: Schema.String
+}) {}
+
+/** A queue message could not be decoded; it was dead-lettered with this reason. */
+export class MalformedMessage extends Schema.TaggedError<MalformedMessage>()("MalformedMessage", {
+  reason: Schema.String,
+  /** The first 200 characters of the body, for the operator. */
+  body: Schema.String
+}) {}
+
+/** A message or a command named a job that this process does not define. */
+export class UnknownJob extends Schema.TaggedError<UnknownJob>()("UnknownJob", {
+  job: Schema.String,
+  known: Schema.Array(Schema.String)
+}) {
+  override get message() {
+    return `unknown job "${this.job}"; this process defines: ${this.known.join(", ") || "(none)"}. ` +
+      `Register the job in Worker.layer({ jobs }) / Runner, or check the job name.`
+  }
+}
+
+/** Run params did not decode with the job's params schema. */
+export class InvalidParams extends Schema.TaggedError<InvalidParams>()("InvalidParams", {
+  job: Schema.String,
+  details: Schema.String
+}) {
+  override get message() {
+    return `invalid params for job "${this.job}": ${this.details}`
+  }
+}
+
+/** The same run key was started with different params. */
+export class RunKeyConflict extends Schema.TaggedError<RunKeyConflict>()("RunKeyConflict", {
+  job: Schema.String,
+  runKey: Schema.String,
+  runId: Schema.String
+}) {
+  override get message() {
+    return `run key "${this.runKey}" of job "${this.job}" already belongs to run ${this.runId} with different ` +
+      `params. Give the job a runKey that covers every param, or start with a rerun label.`
+  }
+}
+
+/** A run was started by a job definition that differs incompatibly from this process's. */
+export class DefinitionChanged extends Schema.TaggedError<DefinitionChanged>()("DefinitionChanged", {
+  job: Schema.String,
+  runId: Schema.String,
+  changes: Schema.Array(Schema.String)
+}) {
+  override get message() {
+    return `run ${this.runId} of job "${this.job}" was started with another definition: ${this.changes.join("; ")}`
+  }
+}
+
+/** The stored cursor no longer decodes with the step's cursor schema. */
+export class CursorUndecodable extends Schema.TaggedError<CursorUndecodable>()("CursorUndecodable", {
+  step: Schema.String,
+  cursor: Schema.String,
+  details: Schema.String
+}) {
+  override get message() {
+    return `the stored cursor of step "${this.step}" does not decode: ${this.details} (cursor ${this.cursor})`
+  }
+}
+
+/** A unit's executions died (no clean release) too many times without progress. */
+export class CrashLoop extends Schema.TaggedError<CrashLoop>()("CrashLoop", {
+  crashes: Schema.Number,
+  step: Schema.String,
+  cursor: Schema.String
+}) {
+  override get message() {
+    return `the unit died ${this.crashes} times at step "${this.step}", cursor ${this.cursor}, without progress`
+  }
+}
+
+/** A step or a chunk ran longer than its timeout. */
+export class StepTimeout extends Schema.TaggedError<StepTimeout>()("StepTimeout", {
+  step: Schema.String,
+  timeoutMs: Schema.Number
+}) {
+  override get message() {
+    return `step "${this.step}" did not finish a chunk within ${this.timeoutMs} ms`
+  }
+}
+
+/** The state store could not be reached or answered with an error. */
+export class StoreUnavailable extends Schema.TaggedError<StoreUnavailable>()("StoreUnavailable", {
+  operation: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** The queue could not be reached or answered with an error. */
+export class QueueUnavailable extends Schema.TaggedError<QueueUnavailable>()("QueueUnavailable", {
+  operation: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** A message was refused by the queue before sending: too large, or not valid. */
+export class MessageRejected extends Schema.TaggedError<MessageRejected>()("MessageRejected", {
+  reason: Schema.String
+}) {}
+
+/** The outcome of a commit is unknown: the connection failed at or after COMMIT. */
+export class CommitOutcomeUnknown extends Schema.TaggedError<CommitOutcomeUnknown>()("CommitOutcomeUnknown", {
+  message: Schema.String
+}) {}
+
+/** A run or unit that a command names does not exist in the store. */
+export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", {
+  what: Schema.String,
+  id: Schema.String
+}) {
+  override get message() {
+    return `${this.what} "${this.id}" not found`
+  }
+}
+
+/** A worker or runner was configured in a way that would break a guarantee; raised at start-up. */
+export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
+  message: Schema.String
+}) {}
+
+/** The job's partitioner failed while enumerating partitions; the run stays `enumerating`. */
+export class EnumerationFailed extends Schema.TaggedError<EnumerationFailed>()("EnumerationFailed", {
+  job: Schema.String,
+  runId: Schema.String,
+  details: Schema.String
+}) {
+  override get message() {
+    return `enumerating the partitions of run ${this.runId} (job "${this.job}") failed: ${this.details}. ` +
+      `Start the run again to retry the enumeration; partitions already stored are kept.`
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * The metrics chunkwise records, as Effect `Metric`s. Export them with any Effect metrics exporter
+ * (e.g. `@effect/opentelemetry`). Tags: `job`, `step`, `error_tag`.
+ *
+ * @since 0.1.0
+ */
+import { Metric, MetricBoundaries } from "effect"
+
+/** Chunks committed (single steps count as one chunk). */
+export const chunks = Metric.counter("chunkwise_chunks_total", { description: "Chunks committed", incremental: true })
+
+/** Items handled by committed chunks. */
+export const items = Metric.counter("chunkwise_items_total", { description: "Items handled by committed chunks", incremental: true })
+
+/** Failures, by error tag. */
+export const failures = Metric.counter("chunkwise_failures_total", { description: "Step failures by error tag", incremental: true })
+
+/** Seconds from a unit's claim to its end (success, failure or release), per execution. */
+export const unitDuration = Metric.histogram(
+  "chunkwise_unit_duration_seconds",
+  MetricBoundaries.exponential({ start: 0.05, factor: 2, count: 16 }),
+  "Seconds a worker spent on one unit execution"
+)
+
+/** Units this process is running now. */
+export const inFlight = Metric.gauge("chunkwise_units_in_flight", { description: "Units this worker is running" })
+
+/** Leases this process lost (expired, or fenced by an operator). */
+export const leasesLost = Metric.counter("chunkwise_leases_lost_total", { description: "Leases lost", incremental: true })
+
+/** Messages this process dead-lettered, by reason tag. */
+export const deadLettered = Metric.counter("chunkwise_dead_lettered_total", { description: "Messages dead-lettered", incremental: true })
+
+/** Messages released because of a definition mismatch (rolling deploy). */
+export const definitionMismatches = Metric.counter("chunkwise_definition_mismatch_total", {
+  description: "Messages released because the run's definition differs from this worker's",
+  incremental: true
+})

@@ -1,0 +1,361 @@
+/**
+ * The state store port: where runs, units (partitions), checkpoints, the idempotency ledger, leases,
+ * failures and the audit log live. The store is the truth; queue messages only wake workers (D1).
+ *
+ * Contract, for every driver (memory here, Postgres in `PgStateStore`):
+ *
+ * - **Compare-and-set progress.** `commitChunk` advances a unit's checkpoint only when the caller's
+ *   fencing token, step and chunk position all match and its lease is live; otherwise it fails with
+ *   `LeaseLost` / `CheckpointMoved` and changes nothing. In a `chunk`-mode step it is the last
+ *   statement of `transaction`, so the user's writes commit with it or not at all.
+ * - **Fencing.** Every claim and every operator action on a unit increments its fencing token.
+ * - **Store time.** Lease expiry and delays are computed from the store's clock, never the caller's.
+ * - **Outbox enqueueing.** `feed` marks units enqueued and returns the messages to send; the caller sends
+ *   them after it returns. A message lost after `feed` is re-sent by a later `feed` once it is older
+ *   than `redeliverAfterMs` and the unit has no live lease.
+ * - **Completion by compare-and-set.** `tryFinalize` moves a run to `finalizing` only when no unit is
+ *   left to run, at most once per finalize round, however many callers race.
+ *
+ * Outside the contract: scheduling fairness between runs, and retention of ledger and failure rows
+ * (drivers document their own pruning).
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Option } from "effect"
+import type * as Errors from "./Errors.js"
+import * as MemoryStore from "./internal/memoryStore.js"
+import type { JobDefinition } from "./JobDefinition.js"
+import type * as Runbook from "./Runbook.js"
+import { MemoryDatabase } from "./MemoryDatabase.js"
+import type { WorkMessage } from "./Message.js"
+
+/** A run's lifecycle (D8): `failed | cancelled → running` only through `retry`. */
+export type RunStatus = "enumerating" | "running" | "failing" | "finalizing" | "succeeded" | "failed" | "cancelled"
+
+/** A unit's lifecycle: `pending → leased → pending | succeeded | failed | skipped | cancelled`. */
+export type UnitStatus = "pending" | "leased" | "succeeded" | "failed" | "skipped" | "cancelled"
+
+/** A partition's main unit, or the unit that runs the job's completion hook. */
+export type UnitKind = "partition" | "finalize"
+
+/** Statuses a run or a unit never leaves without an operator action. */
+export const isTerminalRun = (status: RunStatus): boolean =>
+  status === "succeeded" || status === "failed" || status === "cancelled"
+
+/** @since 0.1.0 */
+export const isTerminalUnit = (status: UnitStatus): boolean =>
+  status === "succeeded" || status === "failed" || status === "skipped" || status === "cancelled"
+
+/** A run as stored. Times are epoch milliseconds from the store's clock. */
+export interface RunRecord {
+  readonly runId: string
+  readonly job: string
+  readonly runKey: string
+  /** The params, encoded with the job's params schema (JSON-safe). */
+  readonly params: unknown
+  readonly definition: JobDefinition
+  readonly fingerprint: string
+  readonly status: RunStatus
+  readonly partitionCount: number
+  /** Failed partitions allowed before the run fails fast; frozen when the run starts running. */
+  readonly failureBudget: number
+  /** Grows when `retry` reopens a finished run; names the current finalize unit. */
+  readonly finalizeSeq: number
+  readonly createdAt: number
+  readonly updatedAt: number
+  readonly finishedAt: number | null
+  /** Why the run is failing, failed or cancelled. */
+  readonly reason: string | null
+}
+
+/** A unit as stored: its checkpoint, its lease and its counters. */
+export interface UnitRecord {
+  readonly runId: string
+  readonly unitId: string
+  readonly job: string
+  readonly kind: UnitKind
+  readonly partitionKey: string
+  readonly weight: number
+  readonly status: UnitStatus
+  /** Index of the current step; equal to the number of steps once every step is done. */
+  readonly stepIndex: number
+  /** The encoded cursor within the current step; `null` means the step's start. */
+  readonly cursor: unknown
+  /** Committed chunks of the current step. */
+  readonly chunkSeq: number
+  /** Grows with `retry --from-step`; part of the idempotency key. */
+  readonly generation: number
+  /** 1 + failed or abandoned executions of the current chunk; reset by a checkpoint. */
+  readonly attempt: number
+  /** Claims after an unclean end (lease expired while leased) since the last checkpoint. */
+  readonly crashesSinceProgress: number
+  readonly fencingToken: number
+  readonly leaseOwner: string | null
+  readonly leaseExpiresAt: number | null
+  readonly enqueueSeq: number
+  readonly enqueuedAt: number | null
+  readonly retryAt: number | null
+  readonly chunks: number
+  readonly items: number
+  readonly startedAt: number | null
+  readonly finishedAt: number | null
+  readonly lastErrorTag: string | null
+}
+
+/** What a worker holds while it runs a unit. */
+export interface Lease {
+  readonly runId: string
+  readonly unitId: string
+  readonly workerId: string
+  readonly fencingToken: number
+}
+
+/** A new run. The runner computes the id, key, definition and fingerprint from the job. */
+export interface NewRun {
+  readonly runId: string
+  readonly job: string
+  readonly runKey: string
+  readonly params: unknown
+  readonly definition: JobDefinition
+  readonly fingerprint: string
+}
+
+/** A partition, as the runner inserts it. */
+export interface NewUnit {
+  readonly unitId: string
+  readonly partitionKey: string
+  readonly weight: number
+}
+
+/** The answer to a claim. */
+export type ClaimResult =
+  | {
+    readonly _tag: "Claimed"
+    readonly unit: UnitRecord
+    readonly run: RunRecord
+    readonly lease: Lease
+  }
+  /** Nothing to do for this message: acknowledge it. */
+  | {
+    readonly _tag: "Ack"
+    readonly reason: "terminal" | "stale-message" | "unknown-unit" | "run-not-active" | "not-due"
+  }
+  /** Not now: release the message with this delay. */
+  | {
+    readonly _tag: "Later"
+    readonly delayMs: number
+    readonly reason: "leased-elsewhere" | "job-concurrency"
+  }
+
+/** A claim of the unit a message points to. */
+export interface ClaimRequest {
+  readonly message: WorkMessage
+  readonly workerId: string
+  readonly leaseMs: number
+  /** At most this many units of the job may be leased at once, across all workers. */
+  readonly jobConcurrency: number | undefined
+}
+
+/** A checkpoint: where the unit is after this commit. */
+export interface Position {
+  readonly stepIndex: number
+  readonly chunkSeq: number
+}
+
+/** The framework's one statement per chunk. */
+export interface ChunkCommit {
+  readonly lease: Lease
+  /** Where the worker believes the unit is; the commit is a compare-and-set on it. */
+  readonly from: Position
+  /** Where the unit is after this chunk. */
+  readonly to: Position & { readonly cursor: unknown }
+  /** True when this chunk finished the unit's last step: the unit succeeds. */
+  readonly unitDone: boolean
+  readonly items: number
+  /** The idempotency key of the chunk being committed, recorded in the ledger. */
+  readonly idempotencyKey: string
+  readonly step: string
+  readonly leaseMs: number
+}
+
+/** A failure, as recorded for operators. */
+export interface FailureRecord {
+  readonly runId: string
+  readonly unitId: string
+  readonly partitionKey: string
+  readonly step: string
+  readonly errorTag: string
+  readonly message: string
+  readonly cause: string
+  /** The encoded cursor at the failure, as JSON text. */
+  readonly cursor: string | null
+  readonly attempt: number
+  readonly runbookId: string
+  readonly severity: Runbook.Severity
+  /** `retry`: another attempt follows; `failed`: the unit failed; `abandoned`: the lease was lost. */
+  readonly outcome: "retry" | "failed" | "abandoned"
+  readonly at: number
+}
+
+/** How `failUnit` leaves the unit. */
+export type FailDisposition =
+  /** The unit fails and waits for an operator. */
+  | { readonly _tag: "Failed"; readonly errorTag: string }
+  /** The unit goes back to pending and is re-sent after the delay, with `attempt + 1`. */
+  | { readonly _tag: "RetryLater"; readonly errorTag: string; readonly delayMs: number }
+
+/** Aggregated progress of a run, computed from its units (no counter is kept on the run row). */
+export interface RunProgress {
+  readonly run: RunRecord
+  readonly units: Readonly<Record<UnitStatus, number>>
+  /** For each step index: partition units currently at it (not terminal). */
+  readonly atStep: ReadonlyArray<number>
+  readonly chunks: number
+  readonly items: number
+}
+
+/** Who did an operator action, and why. Recorded in the audit log. */
+export interface Actor {
+  readonly actor: string
+  readonly reason: string
+}
+
+/** An audit log row. */
+export interface AuditEntry extends Actor {
+  readonly at: number
+  readonly action: "cancel" | "retry" | "skip"
+  readonly runId: string
+  readonly details: unknown
+}
+
+/** Which units an operator action targets. */
+export interface Selection {
+  /** Partition keys; when absent, every unit that the action applies to. */
+  readonly partitions?: ReadonlyArray<string> | undefined
+  /** `retry` only: restart from this step index (resets the cursor and bumps the generation). */
+  readonly fromStep?: number | undefined
+  /** Compute and return the plan without changing anything. */
+  readonly dryRun: boolean
+}
+
+/** One unit an operator action changes (or would change, in a dry run). */
+export interface PlannedUnit {
+  readonly unitId: string
+  readonly partitionKey: string
+  readonly status: UnitStatus
+  readonly fromStepIndex: number
+  /** The generation the unit's idempotency keys will use; differs from today's on `--from-step`. */
+  readonly generation: number
+  readonly chunkSeq: number
+}
+
+/** The state store. See the module doc for its contract. */
+export interface StateStoreShape {
+  /** `"memory"`, `"postgres"`, ...: shown in messages and used for start-up checks. */
+  readonly kind: string
+  /**
+   * Runs `effect` in one store transaction: for a `chunk`-mode step, the user's writes and the final
+   * `commitChunk` commit together or not at all.
+   */
+  readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | Errors.StoreUnavailable, R>
+
+  /** Inserts the run, or returns the existing one with `created: false`. */
+  readonly createRun: (run: NewRun) => Effect.Effect<{ readonly run: RunRecord; readonly created: boolean }, Errors.StoreUnavailable>
+  /** Inserts partitions; keys that exist are left alone (so enumeration can be re-run). */
+  readonly insertUnits: (runId: string, units: ReadonlyArray<NewUnit>) => Effect.Effect<void, Errors.StoreUnavailable>
+  /** `enumerating → running`: freezes the partition count and the failure budget. */
+  readonly openRun: (
+    runId: string,
+    budget: (partitionCount: number) => number
+  ) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
+
+  readonly getRun: (runId: string) => Effect.Effect<Option.Option<RunRecord>, Errors.StoreUnavailable>
+  readonly listRuns: (options: { readonly job?: string | undefined; readonly limit: number }) => Effect.Effect<ReadonlyArray<RunRecord>, Errors.StoreUnavailable>
+  readonly progress: (runId: string) => Effect.Effect<RunProgress, Errors.StoreUnavailable | Errors.NotFound>
+  readonly listUnits: (
+    runId: string,
+    options: { readonly status?: ReadonlyArray<UnitStatus> | undefined; readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<UnitRecord>, Errors.StoreUnavailable>
+  readonly listFailures: (runId: string, options: { readonly limit: number }) => Effect.Effect<ReadonlyArray<FailureRecord>, Errors.StoreUnavailable>
+  /** The idempotency keys committed for a unit, oldest first. */
+  readonly ledger: (runId: string, unitId: string) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
+  readonly auditLog: (runId: string) => Effect.Effect<ReadonlyArray<AuditEntry>, Errors.StoreUnavailable>
+
+  /**
+   * Marks units enqueued and returns their messages, heaviest first, keeping at most `maxOutstanding`
+   * units enqueued or leased; re-sends units without a live lease whose message is older than
+   * `redeliverAfterMs`. Finalize units go first.
+   */
+  readonly feed: (options: {
+    readonly maxOutstanding: number
+    readonly redeliverAfterMs: number
+  }) => Effect.Effect<ReadonlyArray<WorkMessage>, Errors.StoreUnavailable>
+
+  /** Applies the receive rules (D2) and claims the unit with a new fencing token. */
+  readonly claim: (request: ClaimRequest) => Effect.Effect<ClaimResult, Errors.StoreUnavailable>
+  /** The compare-and-set checkpoint (D3); returns the run's status so a failing run is seen. */
+  readonly commitChunk: (
+    commit: ChunkCommit
+  ) => Effect.Effect<{ readonly runStatus: RunStatus }, Errors.LeaseLost | Errors.CheckpointMoved | Errors.StoreUnavailable>
+  /** Renews every lease the worker holds in one call; returns the unit ids still held. */
+  readonly renewLeases: (
+    workerId: string,
+    leases: ReadonlyArray<Lease>,
+    leaseMs: number
+  ) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
+  /**
+   * Gives a unit back on shutdown: it becomes pending again and its message (released by the caller)
+   * brings it to another worker. `abandonedChunk` counts the interrupted chunk as an attempt.
+   */
+  readonly release: (lease: Lease, options: { readonly abandonedChunk: boolean }) => Effect.Effect<void, Errors.StoreUnavailable>
+  /** Records a failure. Runs outside any chunk transaction, so it survives the chunk's rollback. */
+  readonly recordFailure: (failure: FailureRecord) => Effect.Effect<void, Errors.StoreUnavailable>
+  /** Fails a unit or schedules its retry; returns the run's status (`failing` once over the budget). */
+  readonly failUnit: (
+    lease: Lease,
+    disposition: FailDisposition
+  ) => Effect.Effect<{ readonly runStatus: RunStatus }, Errors.LeaseLost | Errors.StoreUnavailable>
+  /** Cancels a unit a worker holds because its run is failing or cancelled. */
+  readonly cancelUnit: (lease: Lease) => Effect.Effect<void, Errors.StoreUnavailable>
+
+  /**
+   * Moves the run to `finalizing` and inserts its finalize unit when no partition is left to run.
+   * Safe to call from every finisher and the sweeper at once; returns whether this call did it.
+   */
+  readonly tryFinalize: (runId: string) => Effect.Effect<boolean, Errors.StoreUnavailable>
+  /** The finalize unit's commit: the run reaches its terminal status, exactly once per round. */
+  readonly finishRun: (
+    lease: Lease,
+    outcome: "succeeded" | "failed",
+    idempotencyKey: string
+  ) => Effect.Effect<void, Errors.LeaseLost | Errors.StoreUnavailable>
+  /** Runs `tryFinalize` for runs that a crash left complete but not finalizing; returns their ids. */
+  readonly sweep: () => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
+
+  /** Operator: cancel a run and every unit not yet terminal (fencing each). */
+  readonly cancelRun: (runId: string, actor: Actor) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
+  /** Operator: re-open failed (or, with `partitions`, any) units; re-opens the run when it had ended. */
+  readonly retry: (
+    runId: string,
+    selection: Selection,
+    actor: Actor
+  ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
+  /** Operator: mark units skipped (fencing each); the run can then complete without them. */
+  readonly skip: (
+    runId: string,
+    selection: Selection,
+    actor: Actor
+  ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
+}
+
+/** The state store service. */
+export class StateStore extends Context.Tag("@chunkwise/core/StateStore")<StateStore, StateStoreShape>() {}
+
+/**
+ * The in-memory store, with the `MemoryDatabase` whose writes join its chunk transactions (D13).
+ * Time comes from Effect's `Clock`, so `TestClock` drives leases and delays in tests.
+ */
+export const layerMemory: Layer.Layer<StateStore | MemoryDatabase> = Layer.effectContext(
+  Effect.map(MemoryStore.make, ({ database, store }) =>
+    Context.make(StateStore, store).pipe(Context.add(MemoryDatabase, database)))
+)

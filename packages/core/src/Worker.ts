@@ -1,0 +1,770 @@
+/**
+ * The worker: receives messages, claims units with a fencing token, runs their remaining steps from the
+ * checkpoint, and keeps leases and message visibility alive on one timer. Every worker also runs the
+ * feeder (sends messages for pending units, D1) and the sweeper (repairs completions a crash missed,
+ * D7), so no process is special.
+ *
+ * Run it as a layer: `Worker.layer({ jobs })` over a `StateStore` and a `QueueAdapter`. Closing its
+ * scope (SIGTERM under `NodeRuntime.runMain`) drains it: it stops receiving, lets each unit finish its
+ * chunk in flight, releases the leases and messages, and exits within `shutdownTimeout`.
+ *
+ * (The module shares its name with `@effect/platform`'s web-worker module; import it from
+ * `@chunkwise/core` and the two never meet.)
+ *
+ * @since 0.1.0
+ */
+import { SqlClient } from "@effect/sql"
+import {
+  Cause,
+  Clock,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Random,
+  Schema,
+  type Scope
+} from "effect"
+import * as Errors from "./Errors.js"
+import { type Classified, classify } from "./internal/classify.js"
+import { base32, digest, stableId } from "./internal/hash.js"
+import * as Job from "./Job.js"
+import * as JobDefinition from "./JobDefinition.js"
+import * as Message from "./Message.js"
+import * as Metrics from "./Metrics.js"
+import * as Probe from "./Probe.js"
+import { QueueAdapter } from "./QueueAdapter.js"
+import type { Delivery } from "./QueueAdapter.js"
+import * as RetryPolicy from "./RetryPolicy.js"
+import type { Lease, RunRecord, RunStatus, UnitRecord } from "./StateStore.js"
+import { StateStore } from "./StateStore.js"
+import * as Step from "./Step.js"
+
+/** Worker options. Durations take Effect `DurationInput` ("30 seconds", 5000, ...). */
+export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
+  readonly jobs: Jobs
+  /** Shown in leases and logs; default: a random id. */
+  readonly workerId?: string | undefined
+  /** Units this worker runs at once across its jobs (default: the largest `concurrency.perWorker`). */
+  readonly concurrency?: number | undefined
+  /** Lease (and message visibility) length (default 60 s); renewed every third of it. */
+  readonly leaseDuration?: Duration.DurationInput | undefined
+  /** Long-poll wait of one receive (default 1 s). */
+  readonly pollInterval?: Duration.DurationInput | undefined
+  /** How often the feeder tops up the queue (default 1 s; it also runs whenever a unit ends). */
+  readonly feedInterval?: Duration.DurationInput | undefined
+  /** Messages kept out (enqueued or running) across all runs (default 100). */
+  readonly maxOutstanding?: number | undefined
+  /** Re-send a unit with no live lease whose message is older than this (default lease + 30 s). */
+  readonly redeliverAfter?: Duration.DurationInput | undefined
+  /** How often the sweeper repairs missed completions (default 30 s). */
+  readonly sweepInterval?: Duration.DurationInput | undefined
+  /** Drain deadline on shutdown (default 30 s); past it, chunks in flight are abandoned (rolled back). */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+  /** How long a definition mismatch is treated as a rolling deploy before the unit fails (default 15 min). */
+  readonly definitionMismatchGrace?: Duration.DurationInput | undefined
+}
+
+/** What a running worker exposes (mostly for tests and health checks). */
+export interface Handle {
+  readonly workerId: string
+  /** Units this worker is running now. */
+  readonly activeUnits: Effect.Effect<number>
+}
+
+/** Retries shorter than this wait in-process holding the lease; longer ones release it (D12). */
+const IN_PROCESS_RETRY_MS = 30_000
+
+interface Active {
+  readonly lease: Lease
+  readonly receipt: string
+  readonly job: string
+  /** Monotonic deadline of the lease as this worker last knew it. */
+  deadline: number
+  fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
+  /** Why the unit's fiber was interrupted from outside. */
+  stop: "lease-lost" | "abandoned" | undefined
+}
+
+/** How a unit execution ended, deciding what happens to its message. */
+type Ending = "ack" | "release"
+
+/** Starts a worker in the current scope. */
+export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
+  options: Options<Jobs>
+): Effect.Effect<Handle, Errors.ConfigurationError, Scope.Scope | StateStore | QueueAdapter | Job.Context<Jobs[number]>> =>
+  Effect.gen(function*() {
+    const store = yield* StateStore
+    const queue = yield* QueueAdapter
+    const jobs = yield* registry(options.jobs)
+    yield* checkTransactions(store.kind, options.jobs)
+
+    const workerId = options.workerId ?? `w-${base32(digest([Math.random(), Date.now()])).slice(0, 10)}`
+    const concurrency = options.concurrency ?? Math.max(...options.jobs.map((j) => j.concurrency.perWorker))
+    if (!Number.isInteger(concurrency) || concurrency < 1) {
+      return yield* new Errors.ConfigurationError({ message: `Worker: concurrency must be a positive integer (got ${concurrency})` })
+    }
+    const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
+    const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
+    const feedMs = Duration.toMillis(options.feedInterval ?? "1 second")
+    const maxOutstanding = options.maxOutstanding ?? 100
+    const redeliverAfterMs = Duration.toMillis(options.redeliverAfter ?? Duration.millis(leaseMs + 30_000))
+    const sweepMs = Duration.toMillis(options.sweepInterval ?? "30 seconds")
+    const shutdownMs = Duration.toMillis(options.shutdownTimeout ?? "30 seconds")
+    const graceMs = Duration.toMillis(options.definitionMismatchGrace ?? "15 minutes")
+    const probe = yield* Probe.Probe
+    const context = yield* Effect.context<Job.Context<Jobs[number]>>()
+    const startedAt = yield* monotonicMs
+    /** Job effects are typed `any` in `Job.Any`; the worker's context provides what `Jobs` declared. */
+    const provideJobContext = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E> =>
+      Effect.provide(effect, context) as Effect.Effect<A, E>
+
+    const active = new Map<string, Active>()
+    let inflight = 0
+    let draining = false
+    const slotFreed = yield* Queue.sliding<void>(1)
+    const feedKick = yield* Queue.sliding<void>(1)
+    const handlers = yield* FiberSet.make<void, never>()
+    const log = Effect.annotateLogs({ workerId })
+
+    // ---- feeder: the outbox sender (D1). Messages are marked enqueued, then sent after commit.
+    const feedOnce = Effect.gen(function*() {
+      const messages = yield* store.feed({ maxOutstanding, redeliverAfterMs })
+      if (messages.length === 0) return
+      yield* queue.send(messages.map((m) => ({
+        body: Message.encode(m),
+        groupId: m.unitId,
+        deduplicationId: `${m.unitId}:${m.seq}`
+      })))
+    }).pipe(
+      Effect.catchAll((error) => Effect.logWarning("chunkwise: feeding the queue failed; retrying on the next tick", error)),
+      Effect.withSpan("chunkwise.feed")
+    )
+    const kickFeeder = Queue.offer(feedKick, undefined)
+
+    // ---- heartbeat: one timer renews every lease and extends every message (D5).
+    const heartbeat = Effect.gen(function*() {
+      const entries = [...active.values()]
+      if (entries.length === 0) return
+      yield* probe.at("heartbeat", { ...infoOf(entries[0]!.lease, entries[0]!.job, "", 0, 0), workerId })
+      const now = yield* monotonicMs
+      const held = yield* store.renewLeases(workerId, entries.map((e) => e.lease), leaseMs).pipe(
+        Effect.map((ids) => new Set(ids)),
+        Effect.catchAll((error) =>
+          Effect.as(Effect.logWarning("chunkwise: renewing leases failed", error), undefined)
+        )
+      )
+      for (const entry of entries) {
+        if (held?.has(entry.lease.unitId)) entry.deadline = now + leaseMs
+        if ((held !== undefined && !held.has(entry.lease.unitId)) || now >= entry.deadline) {
+          entry.stop = "lease-lost"
+          if (entry.fiber !== undefined) yield* Fiber.interruptFork(entry.fiber)
+        }
+      }
+      const live = entries.filter((e) => e.stop === undefined).map((e) => e.receipt)
+      if (live.length > 0) {
+        yield* queue.extend(live, leaseMs).pipe(
+          Effect.catchAll((error) => Effect.logWarning("chunkwise: extending message visibility failed", error))
+        )
+      }
+    })
+
+    // ---- one unit execution
+    const runUnit = (job: Job.Any, claimed: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+      claimed.unit.kind === "finalize"
+        ? runFinalize(job, claimed, entry)
+        : runPartition(job, claimed, entry)
+
+    const infoOf = (lease: Lease, job: string, step: string, chunkSeq: number, attempt: number): Probe.Info => ({
+      workerId,
+      job,
+      runId: lease.runId,
+      unitId: lease.unitId,
+      step,
+      chunkSeq,
+      attempt
+    })
+
+    const leaseLost = (lease: Lease, reason: string) =>
+      new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
+
+    const checkLease = (entry: Active) =>
+      Effect.flatMap(monotonicMs, (now) =>
+        now >= entry.deadline ? Effect.fail(leaseLost(entry.lease, "the lease expired before the next chunk")) : Effect.void)
+
+    /** Records, logs and decides on one failure (D12). Returns how the unit continues. */
+    const onFailure = (
+      job: Job.Any,
+      unit: UnitRecord,
+      lease: Lease,
+      cause: Cause.Cause<unknown>,
+      where: { readonly step: string; readonly cursor: unknown; readonly attempt: number }
+    ): Effect.Effect<{ readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending }, Errors.StoreUnavailable> =>
+      Effect.gen(function*() {
+        const failure = Cause.failureOption(cause)
+        if (Option.isSome(failure) && (failure.value instanceof Errors.LeaseLost || failure.value instanceof Errors.CheckpointMoved)) {
+          yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
+          yield* Effect.logInfo("chunkwise: lease lost; the chunk rolled back and another worker continues").pipe(
+            Effect.annotateLogs({ job: job.name, runId: lease.runId, unitId: lease.unitId, reason: String(failure.value) })
+          )
+          return { _tag: "end", ending: "ack" } as const
+        }
+        const classified = classify(job, cause, where.step)
+        const random = yield* Random.next
+        const delayMs = RetryPolicy.delayAfter(classified.runbook.retry, where.attempt, random)
+        const outcome = delayMs === undefined ? "failed" : "retry"
+        const cursor = where.cursor === null || where.cursor === undefined ? null : JSON.stringify(where.cursor)
+        yield* store.recordFailure({
+          runId: lease.runId,
+          unitId: lease.unitId,
+          partitionKey: unit.partitionKey,
+          step: where.step,
+          errorTag: classified.tag,
+          message: classified.message,
+          cause: classified.cause,
+          cursor,
+          attempt: where.attempt,
+          runbookId: classified.runbook.id,
+          severity: classified.runbook.severity,
+          outcome,
+          at: yield* Clock.currentTimeMillis
+        })
+        yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag))
+        yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs })
+        if (delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) return { _tag: "retry-now", delayMs } as const
+        const result = yield* store.failUnit(
+          lease,
+          delayMs === undefined
+            ? { _tag: "Failed", errorTag: classified.tag }
+            : { _tag: "RetryLater", errorTag: classified.tag, delayMs }
+        ).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed(undefined)))
+        if (result?.runStatus === "failing") {
+          const run = yield* store.getRun(lease.runId)
+          yield* Effect.logError("chunkwise: run is failing fast").pipe(
+            Effect.annotateLogs({ job: job.name, runId: lease.runId, reason: Option.getOrUndefined(run)?.reason ?? "" })
+          )
+        }
+        return { _tag: "end", ending: "ack" } as const
+      })
+
+    /** Runs `attempt` until it succeeds or its failure ends the unit; in-process retries hold the lease. */
+    const withRetries = <A>(
+      job: Job.Any,
+      unit: UnitRecord,
+      entry: Active,
+      firstAttempt: number,
+      where: { readonly step: string; readonly cursor: unknown },
+      attempt: (n: number) => Effect.Effect<A, unknown, never>
+    ): Effect.Effect<{ readonly _tag: "ok"; readonly value: A } | { readonly _tag: "end"; readonly ending: Ending }, Errors.StoreUnavailable> =>
+      Effect.gen(function*() {
+        let n = firstAttempt
+        while (true) {
+          const exit = yield* Effect.exit(Effect.zipRight(checkLease(entry), attempt(n)))
+          if (Exit.isSuccess(exit)) return { _tag: "ok", value: exit.value } as const
+          if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+          const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
+          if (next._tag === "end") return next
+          yield* Effect.sleep(next.delayMs)
+          n += 1
+        }
+      })
+
+    const runPartition = (job: Job.Any, { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+      Effect.gen(function*() {
+        const failNow = (error: unknown, step: string) =>
+          Effect.map(
+            onFailure(job, { ...unit, attempt: unit.attempt }, lease, Cause.fail(error), { step, cursor: unit.cursor, attempt: unit.attempt }),
+            () => "ack" as Ending
+          )
+        const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
+        if (unit.crashesSinceProgress >= job.maxCrashes) {
+          return yield* failNow(
+            new Errors.CrashLoop({ crashes: unit.crashesSinceProgress, step: stepName, cursor: JSON.stringify(unit.cursor) }),
+            stepName
+          )
+        }
+        const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
+        if (decodedParams._tag === "Left") return yield* failNow(decodedParams.left, stepName)
+        const params = decodedParams.right.params
+        const partition = { key: unit.partitionKey, weight: unit.weight }
+
+        let stepIndex = unit.stepIndex
+        let chunkSeq = unit.chunkSeq
+        let encodedCursor: unknown = unit.cursor
+        let attempt = unit.attempt
+        while (stepIndex < job.steps.length) {
+          const step = job.steps[stepIndex]!
+          if (draining) {
+            yield* store.release(lease, { abandonedChunk: false })
+            return "release" as Ending
+          }
+          let cursor: unknown = undefined
+          if (step._tag === "Chunked") {
+            if (encodedCursor === null) cursor = step.start
+            else {
+              const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
+              if (decoded._tag === "Left") {
+                return yield* failNow(
+                  new Errors.CursorUndecodable({ step: step.name, cursor: JSON.stringify(encodedCursor), details: decoded.left.message }),
+                  step.name
+                )
+              }
+              cursor = decoded.right
+            }
+          }
+          const keyInput: Step.KeyInput = {
+            job: job.name,
+            runId: lease.runId,
+            unitId: lease.unitId,
+            partition: partition.key,
+            step: step.name,
+            generation: unit.generation,
+            chunkSeq
+          }
+          const idempotencyKey = step.idempotencyKey?.(keyInput) ?? defaultKey(keyInput)
+          const from = { stepIndex, chunkSeq }
+          const result = yield* withRetries(job, unit, entry, attempt, { step: step.name, cursor: encodedCursor }, (n) =>
+            Effect.gen(function*() {
+              const info = infoOf(lease, job.name, step.name, chunkSeq, n)
+              yield* probe.at("before-effect", info)
+              const ctx: Step.ChunkContext<unknown, unknown> = {
+                job: job.name,
+                runId: lease.runId,
+                params,
+                partition,
+                step: step.name,
+                idempotencyKey,
+                itemKey: (id) => itemKeyOf(idempotencyKey, id),
+                attempt: n,
+                fencingToken: lease.fencingToken,
+                chunkSeq,
+                cursor,
+                chunkSize: step._tag === "Chunked" ? step.chunkSize : 1
+              }
+              const effect = step._tag === "Chunked"
+                ? Effect.suspend(() => step.runChunk(ctx))
+                : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+              const timed = step.timeout === undefined ? effect : effect.pipe(
+                Effect.timeoutFail({
+                  duration: step.timeout,
+                  onTimeout: () => new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
+                })
+              )
+              const commit = (progress: { readonly next: unknown; readonly items: number }) =>
+                Effect.gen(function*() {
+                  yield* probe.at("after-effect", info)
+                  const stepDone = progress.next === Step.done
+                  const nextCursor = stepDone || step._tag !== "Chunked"
+                    ? null
+                    : yield* Effect.orDie(Schema.encode(step.cursor)(progress.next))
+                  const to = stepDone
+                    ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
+                    : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
+                  const committed = yield* store.commitChunk({
+                    lease,
+                    from,
+                    to,
+                    unitDone: stepDone && stepIndex + 1 === job.steps.length,
+                    items: progress.items,
+                    idempotencyKey,
+                    step: step.name,
+                    leaseMs
+                  })
+                  return { to, runStatus: committed.runStatus, items: progress.items }
+                })
+              const run = step.transaction === "chunk"
+                ? store.transaction(Effect.flatMap(timed, commit))
+                : Effect.flatMap(timed, commit)
+              const out = yield* run.pipe(Effect.withSpan("chunkwise.chunk", {
+                attributes: {
+                  "chunkwise.job": job.name,
+                  "chunkwise.run_id": lease.runId,
+                  "chunkwise.partition": partition.key,
+                  "chunkwise.step": step.name,
+                  "chunkwise.chunk_seq": chunkSeq,
+                  "chunkwise.attempt": n,
+                  "chunkwise.idempotency_key": idempotencyKey
+                }
+              }))
+              yield* probe.at("after-commit", info)
+              return out
+            }).pipe(provideJobContext))
+          if (result._tag === "end") return result.ending
+          const { items, runStatus, to } = result.value
+          entry.deadline = (yield* monotonicMs) + leaseMs
+          yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
+          if (items > 0) {
+            yield* Metric.incrementBy(Metric.tagged(Metric.tagged(Metrics.items, "job", job.name), "step", step.name), items)
+          }
+          stepIndex = to.stepIndex
+          chunkSeq = to.chunkSeq
+          encodedCursor = to.cursor
+          attempt = 1
+          if (stepIndex < job.steps.length && stopsWork(runStatus)) {
+            yield* store.cancelUnit(lease)
+            return "ack" as Ending
+          }
+        }
+        return "ack" as Ending
+      })
+
+    const runFinalize = (job: Job.Any, { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+      Effect.gen(function*() {
+        const progress = yield* store.progress(run.runId)
+        const failed = progress.units.failed + progress.units.cancelled
+        const outcome = failed > 0 ? "failed" as const : "succeeded" as const
+        const idempotencyKey = defaultKey({
+          job: job.name,
+          runId: run.runId,
+          unitId: unit.unitId,
+          partition: "",
+          step: "onComplete",
+          generation: 0,
+          chunkSeq: 0
+        })
+        const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
+        if (decodedParams._tag === "Left") {
+          return yield* Effect.as(
+            onFailure(job, unit, lease, Cause.fail(decodedParams.left), { step: "onComplete", cursor: null, attempt: unit.attempt }),
+            "ack" as Ending
+          )
+        }
+        const result = yield* withRetries(job, unit, entry, unit.attempt, { step: "onComplete", cursor: null }, (n) =>
+          Effect.gen(function*() {
+            const info = infoOf(lease, job.name, "onComplete", 0, n)
+            yield* probe.at("before-complete", info)
+            const hook = job.onComplete === undefined ? Effect.void : Effect.suspend(() =>
+              job.onComplete!({
+                job: job.name,
+                runId: run.runId,
+                params: decodedParams.right.params,
+                outcome,
+                partitions: {
+                  total: progress.run.partitionCount,
+                  succeeded: progress.units.succeeded,
+                  failed: progress.units.failed,
+                  skipped: progress.units.skipped,
+                  cancelled: progress.units.cancelled
+                },
+                idempotencyKey,
+                attempt: n
+              })
+            )
+            yield* store.transaction(
+              Effect.zipRight(
+                Effect.zipRight(hook, probe.at("after-complete", info)),
+                store.finishRun(lease, outcome, idempotencyKey)
+              )
+            ).pipe(Effect.withSpan("chunkwise.complete", { attributes: { "chunkwise.job": job.name, "chunkwise.run_id": run.runId } }))
+          }).pipe(provideJobContext))
+        if (result._tag === "end") return result.ending
+        yield* Effect.logInfo(`chunkwise: run ${outcome}`).pipe(
+          Effect.annotateLogs({ job: job.name, runId: run.runId, outcome, ...progress.units })
+        )
+        return "ack" as Ending
+      })
+
+    // ---- one delivery, through the receive rules (D2)
+    const handle = (delivery: Delivery): Effect.Effect<void, never> =>
+      Effect.gen(function*() {
+        const decoded = Message.decode(delivery.body)
+        if (decoded._tag === "Malformed") {
+          yield* Metric.increment(Metric.tagged(Metrics.deadLettered, "reason", "MalformedMessage"))
+          yield* Effect.logWarning("chunkwise: malformed message dead-lettered").pipe(
+            Effect.annotateLogs({ reason: decoded.reason, runbookId: "chunkwise-malformed-message" })
+          )
+          return yield* queue.deadLetter(delivery.receipt, `MalformedMessage: ${decoded.reason}`)
+        }
+        if (decoded._tag === "NewerVersion") {
+          yield* Metric.increment(Metrics.definitionMismatches)
+          return yield* queue.release(delivery.receipt, 30_000)
+        }
+        const message = decoded.message
+        const job = jobs.get(message.job)
+        if (job === undefined) {
+          const run = yield* store.getRun(message.runId)
+          if (Option.isNone(run)) {
+            yield* Metric.increment(Metric.tagged(Metrics.deadLettered, "reason", "UnknownJob"))
+            const error = new Errors.UnknownJob({ job: message.job, known: [...jobs.keys()] })
+            yield* Effect.logWarning("chunkwise: message for an unknown job dead-lettered").pipe(
+              Effect.annotateLogs({ reason: error.message, runbookId: "chunkwise-unknown-job" })
+            )
+            return yield* queue.deadLetter(delivery.receipt, `UnknownJob: ${error.message}`)
+          }
+          // The store knows the run: a worker of another deployment defines its job.
+          yield* Metric.increment(Metrics.definitionMismatches)
+          return yield* queue.release(delivery.receipt, 30_000)
+        }
+        const unitKey = `${message.runId}\u0000${message.unitId}`
+        if (active.has(unitKey)) return yield* queue.ack([delivery.receipt])
+        const perJob = [...active.values()].filter((a) => a.job === job.name).length
+        if (perJob >= job.concurrency.perWorker) return yield* queue.release(delivery.receipt, 1000)
+
+        const claim = yield* store.claim({ message, workerId, leaseMs, jobConcurrency: job.concurrency.total })
+        if (claim._tag === "Ack") return yield* queue.ack([delivery.receipt])
+        if (claim._tag === "Later") return yield* queue.release(delivery.receipt, claim.delayMs)
+
+        const mismatch = claim.run.fingerprint === job.fingerprint ? [] : JobDefinition.changes(claim.run.definition, job.definition)
+        if (mismatch.length > 0) {
+          const upFor = (yield* monotonicMs) - startedAt
+          if (upFor < graceMs) {
+            yield* Metric.increment(Metrics.definitionMismatches)
+            yield* store.release(claim.lease, { abandonedChunk: false })
+            return yield* queue.release(delivery.receipt, 30_000)
+          }
+          yield* onFailure(job, claim.unit, claim.lease, Cause.fail(new Errors.DefinitionChanged({
+            job: job.name,
+            runId: message.runId,
+            changes: mismatch
+          })), { step: job.steps[claim.unit.stepIndex]?.name ?? "", cursor: claim.unit.cursor, attempt: claim.unit.attempt })
+          return yield* queue.ack([delivery.receipt])
+        }
+
+        const entry: Active = {
+          lease: claim.lease,
+          receipt: delivery.receipt,
+          job: job.name,
+          deadline: (yield* monotonicMs) + leaseMs,
+          fiber: undefined,
+          stop: undefined
+        }
+        active.set(unitKey, entry)
+        yield* Metric.set(Metrics.inFlight, active.size)
+        const began = yield* monotonicMs
+        const exit = yield* Effect.gen(function*() {
+          const fiber = yield* Effect.fork(runUnit(job, claim, entry).pipe(
+            Effect.withSpan("chunkwise.unit", {
+              attributes: {
+                "chunkwise.job": job.name,
+                "chunkwise.run_id": message.runId,
+                "chunkwise.unit_id": message.unitId,
+                "chunkwise.partition": claim.unit.partitionKey,
+                "chunkwise.fencing_token": claim.lease.fencingToken
+              }
+            })
+          ))
+          entry.fiber = fiber
+          return yield* Fiber.await(fiber)
+        }).pipe(Effect.ensuring(Effect.suspend(() => {
+          active.delete(unitKey)
+          return Metric.set(Metrics.inFlight, active.size)
+        })))
+        yield* Metric.update(Metric.tagged(Metrics.unitDuration, "job", job.name), ((yield* monotonicMs) - began) / 1000)
+
+        let ending: Ending
+        if (Exit.isSuccess(exit)) ending = exit.value
+        else if (entry.stop === "abandoned") {
+          yield* store.release(claim.lease, { abandonedChunk: true })
+          ending = "release"
+        } else if (entry.stop === "lease-lost") {
+          yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
+          yield* Effect.logWarning("chunkwise: lease lost; the unit was interrupted").pipe(
+            Effect.annotateLogs({ job: job.name, runId: message.runId, unitId: message.unitId })
+          )
+          ending = "ack"
+        } else if (Cause.isInterruptedOnly(exit.cause)) {
+          ending = "release"
+        } else {
+          yield* Effect.logError("chunkwise: the worker failed while handling a unit; it will be redelivered", exit.cause)
+          ending = "release"
+        }
+        yield* probe.at("before-ack", infoOf(claim.lease, job.name, "", 0, 0))
+        if (ending === "ack") {
+          yield* queue.ack([delivery.receipt])
+          const finalized = yield* store.tryFinalize(message.runId)
+          if (finalized) yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))
+        } else {
+          yield* queue.release(delivery.receipt, 0)
+        }
+        yield* kickFeeder
+      }).pipe(
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Effect.void
+            : Effect.logError("chunkwise: handling a message failed; it will be redelivered", cause)
+        ),
+        log
+      )
+
+    // ---- loops, forked at worker scope (D4)
+    const receiveLoop = Effect.gen(function*() {
+      while (!draining) {
+        if (inflight >= concurrency) {
+          yield* Queue.take(slotFreed)
+          continue
+        }
+        const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs }).pipe(
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.zipRight(Effect.logWarning("chunkwise: receiving failed; backing off", error), Effect.sleep(pollMs)),
+              []
+            )
+          )
+        )
+        for (const delivery of deliveries) {
+          inflight += 1
+          yield* FiberSet.run(handlers, handle(delivery).pipe(
+            Effect.ensuring(Effect.suspend(() => {
+              inflight -= 1
+              return Queue.offer(slotFreed, undefined)
+            }))
+          ))
+        }
+      }
+    })
+    const feederLoop = Effect.forever(
+      Effect.zipRight(feedOnce, Effect.raceFirst(Queue.take(feedKick), Effect.sleep(feedMs)))
+    )
+    const heartbeatLoop = Effect.forever(Effect.zipRight(Effect.sleep(Math.max(1, Math.floor(leaseMs / 3))), heartbeat))
+    const sweeperLoop = Effect.forever(
+      Effect.zipRight(
+        Effect.sleep(sweepMs),
+        store.sweep().pipe(
+          Effect.flatMap((ids) => (ids.length > 0 ? kickFeeder : Effect.void)),
+          Effect.catchAll((error) => Effect.logWarning("chunkwise: sweeping failed", error))
+        )
+      )
+    )
+
+    yield* Effect.forkScoped(heartbeatLoop.pipe(log))
+    yield* Effect.forkScoped(feederLoop.pipe(log))
+    yield* Effect.forkScoped(sweeperLoop.pipe(log))
+    const receiver = yield* Effect.forkScoped(receiveLoop.pipe(log))
+
+    // Added last, so it runs first on close: drain while heartbeats still run.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        draining = true
+        yield* Fiber.interrupt(receiver)
+        const awaitIdle = Effect.gen(function*() {
+          while (inflight > 0) yield* Queue.take(slotFreed)
+        })
+        // Finalizers run uninterruptibly; the race's loser must stay interruptible or the race waits for it.
+        const settled = yield* Effect.raceFirst(
+          Effect.interruptible(Effect.as(awaitIdle, true)),
+          Effect.interruptible(Effect.as(Effect.sleep(shutdownMs), false))
+        )
+        if (!settled) {
+          for (const entry of active.values()) {
+            entry.stop = "abandoned"
+            if (entry.fiber !== undefined) yield* Fiber.interruptFork(entry.fiber)
+          }
+          yield* awaitIdle
+        }
+        yield* Effect.logInfo("chunkwise: worker stopped").pipe(Effect.annotateLogs({ workerId, abandoned: !settled }))
+      })
+    )
+    yield* kickFeeder
+    yield* Effect.logInfo("chunkwise: worker started").pipe(
+      Effect.annotateLogs({ workerId, jobs: [...jobs.keys()].join(","), concurrency, store: store.kind, queue: queue.kind })
+    )
+    return { workerId, activeUnits: Effect.sync(() => active.size) }
+  })
+
+/** The worker as a layer: it runs until the layer's scope closes. */
+export const layer = <const Jobs extends ReadonlyArray<Job.Any>>(
+  options: Options<Jobs>
+): Layer.Layer<never, Errors.ConfigurationError, StateStore | QueueAdapter | Job.Context<Jobs[number]>> =>
+  Layer.scopedDiscard(make(options))
+
+/**
+ * The one structured line per failure (D12): it carries the runbook so a log-based alert can attach
+ * it, and the command that retries the partition.
+ */
+const alert = (
+  job: Job.Any,
+  unit: UnitRecord,
+  lease: Lease,
+  classified: Classified,
+  where: {
+    readonly step: string
+    readonly cursor: string | null
+    readonly attempt: number
+    readonly outcome: "retry" | "failed"
+    readonly delayMs: number | undefined
+  }
+) => {
+  const { runbook } = classified
+  const line = `chunkwise failure: ${runbook.title} [${classified.tag}] in ${job.name}/${unit.partitionKey}/${where.step}`
+  const annotated = Effect.annotateLogs({
+    alert: "chunkwise.failure",
+    job: job.name,
+    runId: lease.runId,
+    partition: unit.partitionKey,
+    unitId: lease.unitId,
+    step: where.step,
+    cursor: where.cursor ?? "",
+    attempt: where.attempt,
+    outcome: where.outcome,
+    retryInMs: where.delayMs ?? "",
+    errorTag: classified.tag,
+    errorMessage: classified.message,
+    runbookId: runbook.id,
+    runbookTitle: runbook.title,
+    severity: runbook.severity,
+    retryCommand: `chunkwise retry ${lease.runId} --partition ${JSON.stringify(unit.partitionKey)}`
+  })
+  const log = where.outcome === "retry" || runbook.severity === "info"
+    ? Effect.logWarning(line)
+    : Effect.logError(line)
+  return annotated(log)
+}
+
+const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
+
+const stopsWork = (status: RunStatus) => status !== "running"
+
+/** The default idempotency key (D9). */
+export const defaultKey = (input: Step.KeyInput): string =>
+  "cw1_" + base32(digest([input.job, input.runId, input.unitId, input.step, input.generation, input.chunkSeq]))
+
+/** A per-item key derived from a chunk's idempotency key. */
+export const itemKeyOf = (idempotencyKey: string, itemId: string | number | bigint): string =>
+  stableId("cw1i_", [idempotencyKey, String(itemId)], 40)
+
+const registry = (jobs: ReadonlyArray<Job.Any>) =>
+  Effect.gen(function*() {
+    if (jobs.length === 0) return yield* new Errors.ConfigurationError({ message: "Worker: give at least one job in `jobs`" })
+    const byName = new Map<string, Job.Any>()
+    const byTag = new Map<string, { readonly job: string; readonly id: string }>()
+    const byId = new Map<string, { readonly job: string; readonly tag: string }>()
+    for (const job of jobs) {
+      if (byName.has(job.name)) {
+        return yield* new Errors.ConfigurationError({ message: `Worker: two jobs are named "${job.name}"; job names must be unique` })
+      }
+      byName.set(job.name, job)
+      for (const { id, tag } of job.runbooks.values()) {
+        const sameTag = byTag.get(tag)
+        const sameId = byId.get(id)
+        if ((sameTag !== undefined && sameTag.id !== id) || (sameId !== undefined && sameId.tag !== tag)) {
+          return yield* new Errors.ConfigurationError({
+            message: `Worker: jobs "${(sameTag ?? sameId)!.job}" and "${job.name}" register error tag "${tag}" / runbook ` +
+              `"${id}" differently (D12); share one registration or rename one of them`
+          })
+        }
+        byTag.set(tag, { job: job.name, id })
+        byId.set(id, { job: job.name, tag })
+      }
+    }
+    return byName
+  })
+
+/** D13: `chunk` mode needs the user's writes in the store's transaction. */
+const checkTransactions = (storeKind: string, jobs: ReadonlyArray<Job.Any>) =>
+  Effect.gen(function*() {
+    const chunkSteps = jobs.flatMap((job) => job.steps.filter((s) => s.transaction === "chunk").map((s) => `${job.name}/${s.name}`))
+    if (storeKind !== "memory" || chunkSteps.length === 0) return
+    const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
+    if (Option.isSome(sql)) {
+      return yield* new Errors.ConfigurationError({
+        message: `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk" and a SqlClient is provided, but the ` +
+          `state store is in memory, so their SQL writes could not commit with the checkpoint. Use PgStateStore.layer, ` +
+          `or set transaction: "none" and make the writes idempotent.`
+      })
+    }
+  })

@@ -1,0 +1,495 @@
+import { Clock, Effect, FiberRef, Option } from "effect"
+import * as Errors from "../Errors.js"
+import * as MemoryDatabase from "../MemoryDatabase.js"
+import type { WorkMessage } from "../Message.js"
+import type {
+  Actor,
+  AuditEntry,
+  ClaimResult,
+  FailureRecord,
+  Lease,
+  PlannedUnit,
+  RunRecord,
+  RunStatus,
+  Selection,
+  StateStoreShape,
+  UnitRecord,
+  UnitStatus
+} from "../StateStore.js"
+import { isTerminalRun, isTerminalUnit } from "../StateStore.js"
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] }
+type Run = Mutable<RunRecord>
+type Unit = Mutable<UnitRecord>
+
+const UNIT_STATUSES: ReadonlyArray<UnitStatus> = ["pending", "leased", "succeeded", "failed", "skipped", "cancelled"]
+
+/**
+ * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
+ * one synchronous block at a time, so each operation is atomic, as one SQL statement is.
+ */
+export const make = Effect.sync(() => {
+  const database = MemoryDatabase.make()
+  const runs = new Map<string, Run>()
+  const units = new Map<string, Map<string, Unit>>()
+  const failures = new Map<string, Array<FailureRecord>>()
+  const ledger = new Map<string, Array<string>>()
+  const audit = new Map<string, Array<AuditEntry>>()
+
+  const now = Clock.currentTimeMillis
+  const unitsOf = (runId: string): Map<string, Unit> => {
+    let map = units.get(runId)
+    if (map === undefined) {
+      map = new Map()
+      units.set(runId, map)
+    }
+    return map
+  }
+  const push = <A>(map: Map<string, Array<A>>, key: string, value: A) => {
+    const list = map.get(key)
+    if (list === undefined) map.set(key, [value])
+    else list.push(value)
+  }
+  const snapshotRun = (run: Run): RunRecord => ({ ...run })
+  const snapshotUnit = (unit: Unit): UnitRecord => ({ ...unit })
+  const findRun = (runId: string) => {
+    const run = runs.get(runId)
+    return run === undefined ? Effect.fail(new Errors.NotFound({ what: "run", id: runId })) : Effect.succeed(run)
+  }
+  const liveLease = (unit: Unit, at: number) =>
+    unit.status === "leased" && unit.leaseExpiresAt !== null && unit.leaseExpiresAt > at
+  const holds = (unit: Unit | undefined, lease: Lease): unit is Unit =>
+    unit !== undefined && unit.status === "leased" && unit.fencingToken === lease.fencingToken &&
+    unit.leaseOwner === lease.workerId
+  const fence = (unit: Unit, status: UnitStatus, at: number) => {
+    unit.status = status
+    unit.fencingToken += 1
+    unit.leaseOwner = null
+    unit.leaseExpiresAt = null
+    if (isTerminalUnit(status)) unit.finishedAt = at
+  }
+  const leaseLost = (lease: Lease, reason: string) =>
+    new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
+  const newUnit = (
+    run: Run,
+    fields: Pick<UnitRecord, "unitId" | "kind" | "partitionKey" | "weight">
+  ): Unit => ({
+    ...fields,
+    runId: run.runId,
+    job: run.job,
+    status: "pending",
+    stepIndex: 0,
+    cursor: null,
+    chunkSeq: 0,
+    generation: 0,
+    attempt: 1,
+    crashesSinceProgress: 0,
+    fencingToken: 0,
+    leaseOwner: null,
+    leaseExpiresAt: null,
+    enqueueSeq: 0,
+    enqueuedAt: null,
+    retryAt: null,
+    chunks: 0,
+    items: 0,
+    startedAt: null,
+    finishedAt: null,
+    lastErrorTag: null
+  })
+  const partitionsOf = (runId: string) => [...unitsOf(runId).values()].filter((u) => u.kind === "partition")
+
+  const finalizeIfComplete = (run: Run, at: number): boolean => {
+    if (run.status !== "running" && run.status !== "failing") return false
+    if (partitionsOf(run.runId).some((u) => !isTerminalUnit(u.status))) return false
+    run.status = "finalizing"
+    run.updatedAt = at
+    const unitId = `finalize-${run.finalizeSeq}`
+    unitsOf(run.runId).set(unitId, newUnit(run, { unitId, kind: "finalize", partitionKey: "", weight: 0 }))
+    return true
+  }
+
+  const select = (run: Run, selection: Selection, applies: (unit: Unit) => boolean) =>
+    Effect.gen(function*() {
+      const all = partitionsOf(run.runId)
+      if (selection.partitions === undefined) return all.filter(applies)
+      const byKey = new Map(all.map((u) => [u.partitionKey, u]))
+      const chosen: Array<Unit> = []
+      for (const key of selection.partitions) {
+        const unit = byKey.get(key)
+        if (unit === undefined) return yield* new Errors.NotFound({ what: `partition of run ${run.runId}`, id: key })
+        chosen.push(unit)
+      }
+      return chosen
+    })
+
+  const plan = (unit: Unit, selection: Selection): PlannedUnit => ({
+    unitId: unit.unitId,
+    partitionKey: unit.partitionKey,
+    status: unit.status,
+    fromStepIndex: selection.fromStep ?? unit.stepIndex,
+    generation: selection.fromStep === undefined ? unit.generation : unit.generation + 1,
+    chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
+  })
+
+  const recordAudit = (runId: string, action: AuditEntry["action"], actor: Actor, details: unknown, at: number) =>
+    push(audit, runId, { at, action, runId, details, actor: actor.actor, reason: actor.reason })
+
+  const store: StateStoreShape = {
+    kind: "memory",
+
+    transaction: (effect) =>
+      Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (active) =>
+        active !== undefined ? effect : Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet())),
+
+    createRun: (input) =>
+      Effect.map(now, (at) => {
+        const existing = runs.get(input.runId)
+        if (existing !== undefined) return { run: snapshotRun(existing), created: false }
+        const run: Run = {
+          ...input,
+          status: "enumerating",
+          partitionCount: 0,
+          failureBudget: Number.MAX_SAFE_INTEGER,
+          finalizeSeq: 1,
+          createdAt: at,
+          updatedAt: at,
+          finishedAt: null,
+          reason: null
+        }
+        runs.set(run.runId, run)
+        return { run: snapshotRun(run), created: true }
+      }),
+
+    insertUnits: (runId, inputs) =>
+      Effect.sync(() => {
+        const run = runs.get(runId)
+        if (run === undefined) return
+        const map = unitsOf(runId)
+        for (const input of inputs) {
+          if (!map.has(input.unitId)) map.set(input.unitId, newUnit(run, { ...input, kind: "partition" }))
+        }
+      }),
+
+    openRun: (runId, budget) =>
+      Effect.flatMap(now, (at) =>
+        Effect.map(findRun(runId), (run) => {
+          if (run.status === "enumerating") {
+            run.partitionCount = partitionsOf(runId).length
+            run.failureBudget = budget(run.partitionCount)
+            run.status = "running"
+            run.updatedAt = at
+            finalizeIfComplete(run, at)
+          }
+          return snapshotRun(run)
+        })),
+
+    getRun: (runId) => Effect.sync(() => Option.map(Option.fromNullable(runs.get(runId)), snapshotRun)),
+
+    listRuns: ({ job, limit }) =>
+      Effect.sync(() =>
+        [...runs.values()]
+          .filter((r) => job === undefined || r.job === job)
+          .sort((a, b) => b.createdAt - a.createdAt)
+          .slice(0, limit)
+          .map(snapshotRun)
+      ),
+
+    progress: (runId) =>
+      Effect.map(findRun(runId), (run) => {
+        const counts = Object.fromEntries(UNIT_STATUSES.map((s) => [s, 0])) as Record<UnitStatus, number>
+        const atStep: Array<number> = run.definition.steps.map(() => 0)
+        let chunks = 0
+        let items = 0
+        for (const unit of partitionsOf(runId)) {
+          counts[unit.status] += 1
+          if (!isTerminalUnit(unit.status) && unit.stepIndex < atStep.length) atStep[unit.stepIndex] += 1
+          chunks += unit.chunks
+          items += unit.items
+        }
+        return { run: snapshotRun(run), units: counts, atStep, chunks, items }
+      }),
+
+    listUnits: (runId, { limit, status }) =>
+      Effect.sync(() =>
+        [...unitsOf(runId).values()]
+          .filter((u) => status === undefined || status.includes(u.status))
+          .slice(0, limit)
+          .map(snapshotUnit)
+      ),
+
+    listFailures: (runId, { limit }) => Effect.sync(() => (failures.get(runId) ?? []).slice(-limit)),
+
+    ledger: (runId, unitId) => Effect.sync(() => [...(ledger.get(`${runId}\u0000${unitId}`) ?? [])]),
+
+    auditLog: (runId) => Effect.sync(() => [...(audit.get(runId) ?? [])]),
+
+    feed: ({ maxOutstanding, redeliverAfterMs }) =>
+      Effect.map(now, (at) => {
+        const fresh = (u: Unit) => u.enqueuedAt !== null && u.enqueuedAt + redeliverAfterMs > at
+        let outstanding = 0
+        const candidates: Array<Unit> = []
+        for (const run of runs.values()) {
+          for (const unit of unitsOf(run.runId).values()) {
+            if (liveLease(unit, at) || (unit.status === "pending" && fresh(unit))) {
+              outstanding += 1
+              continue
+            }
+            const runnable = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
+            const due = unit.status === "pending" ? unit.retryAt === null || unit.retryAt <= at : unit.status === "leased"
+            if (runnable && due) candidates.push(unit)
+          }
+        }
+        candidates.sort((a, b) =>
+          a.kind !== b.kind ? (a.kind === "finalize" ? -1 : 1) : b.weight - a.weight || (a.unitId < b.unitId ? -1 : 1)
+        )
+        const messages: Array<WorkMessage> = []
+        for (const unit of candidates.slice(0, Math.max(0, maxOutstanding - outstanding))) {
+          unit.enqueueSeq += 1
+          unit.enqueuedAt = at
+          messages.push({ v: 1, job: unit.job, runId: unit.runId, unitId: unit.unitId, seq: unit.enqueueSeq })
+        }
+        return messages
+      }),
+
+    claim: ({ jobConcurrency, leaseMs, message, workerId }) =>
+      Effect.map(now, (at): ClaimResult => {
+        const run = runs.get(message.runId)
+        const unit = units.get(message.runId)?.get(message.unitId)
+        if (run === undefined || unit === undefined) return { _tag: "Ack", reason: "unknown-unit" }
+        if (isTerminalUnit(unit.status)) return { _tag: "Ack", reason: "terminal" }
+        if (message.seq < unit.enqueueSeq) return { _tag: "Ack", reason: "stale-message" }
+        const active = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
+        if (!active) return { _tag: "Ack", reason: "run-not-active" }
+        if (liveLease(unit, at)) {
+          return { _tag: "Later", reason: "leased-elsewhere", delayMs: unit.leaseExpiresAt! - at }
+        }
+        if (unit.status === "pending" && unit.retryAt !== null && unit.retryAt > at) {
+          return { _tag: "Ack", reason: "not-due" }
+        }
+        if (jobConcurrency !== undefined) {
+          let leased = 0
+          for (const other of runs.values()) {
+            if (other.job !== run.job) continue
+            for (const u of unitsOf(other.runId).values()) if (liveLease(u, at)) leased += 1
+          }
+          if (leased >= jobConcurrency) return { _tag: "Later", reason: "job-concurrency", delayMs: 1000 }
+        }
+        if (unit.status === "leased") {
+          // The previous holder's lease expired without a release: it died mid-unit.
+          unit.crashesSinceProgress += 1
+          unit.attempt += 1
+        }
+        unit.status = "leased"
+        unit.fencingToken += 1
+        unit.leaseOwner = workerId
+        unit.leaseExpiresAt = at + leaseMs
+        unit.retryAt = null
+        unit.startedAt ??= at
+        const lease: Lease = { runId: run.runId, unitId: unit.unitId, workerId, fencingToken: unit.fencingToken }
+        return { _tag: "Claimed", unit: snapshotUnit(unit), run: snapshotRun(run), lease }
+      }),
+
+    commitChunk: (commit) =>
+      Effect.flatMap(now, (at) =>
+        Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet): Effect.Effect<
+          { readonly runStatus: RunStatus },
+          Errors.LeaseLost | Errors.CheckpointMoved
+        > => {
+          const { lease } = commit
+          const unit = units.get(lease.runId)?.get(lease.unitId)
+          if (!holds(unit, lease)) return Effect.fail(leaseLost(lease, "fenced by a newer claim or an operator action"))
+          if (unit.leaseExpiresAt === null || unit.leaseExpiresAt <= at) {
+            return Effect.fail(leaseLost(lease, "the lease expired before the commit"))
+          }
+          if (unit.stepIndex !== commit.from.stepIndex || unit.chunkSeq !== commit.from.chunkSeq) {
+            return Effect.fail(new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId }))
+          }
+          if (writeSet !== undefined) database.apply(writeSet)
+          unit.stepIndex = commit.to.stepIndex
+          unit.cursor = commit.to.cursor
+          unit.chunkSeq = commit.to.chunkSeq
+          unit.attempt = 1
+          unit.crashesSinceProgress = 0
+          unit.chunks += 1
+          unit.items += commit.items
+          unit.lastErrorTag = null
+          unit.leaseExpiresAt = at + commit.leaseMs
+          push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
+          if (commit.unitDone) {
+            unit.status = "succeeded"
+            unit.leaseOwner = null
+            unit.leaseExpiresAt = null
+            unit.finishedAt = at
+          }
+          return Effect.succeed({ runStatus: runs.get(lease.runId)!.status })
+        })),
+
+    renewLeases: (workerId, leases, leaseMs) =>
+      Effect.map(now, (at) => {
+        const held: Array<string> = []
+        for (const lease of leases) {
+          const unit = units.get(lease.runId)?.get(lease.unitId)
+          if (holds(unit, lease) && lease.workerId === workerId && liveLease(unit, at)) {
+            unit.leaseExpiresAt = at + leaseMs
+            held.push(lease.unitId)
+          }
+        }
+        return held
+      }),
+
+    release: (lease, { abandonedChunk }) =>
+      Effect.sync(() => {
+        const unit = units.get(lease.runId)?.get(lease.unitId)
+        if (!holds(unit, lease)) return
+        unit.status = "pending"
+        unit.leaseOwner = null
+        unit.leaseExpiresAt = null
+        if (abandonedChunk) unit.attempt += 1
+      }),
+
+    recordFailure: (failure) => Effect.sync(() => push(failures, failure.runId, failure)),
+
+    failUnit: (lease, disposition) =>
+      Effect.flatMap(now, (at) => {
+        const unit = units.get(lease.runId)?.get(lease.unitId)
+        const run = runs.get(lease.runId)
+        if (!holds(unit, lease) || run === undefined) return Effect.fail(leaseLost(lease, "fenced before the failure was recorded"))
+        unit.lastErrorTag = disposition.errorTag
+        unit.leaseOwner = null
+        unit.leaseExpiresAt = null
+        if (disposition._tag === "RetryLater") {
+          unit.status = "pending"
+          unit.attempt += 1
+          unit.retryAt = at + disposition.delayMs
+          unit.enqueuedAt = null
+          return Effect.succeed({ runStatus: run.status })
+        }
+        unit.status = "failed"
+        unit.finishedAt = at
+        if (unit.kind === "partition" && run.status === "running") {
+          const failed = partitionsOf(run.runId).filter((u) => u.status === "failed").length
+          if (failed > run.failureBudget) {
+            run.status = "failing"
+            run.reason = `failure budget exceeded: ${failed} of ${run.partitionCount} partitions failed ` +
+              `(the budget allows ${run.failureBudget})`
+            run.updatedAt = at
+            for (const other of partitionsOf(run.runId)) if (other.status === "pending") fence(other, "cancelled", at)
+          }
+        }
+        return Effect.succeed({ runStatus: run.status })
+      }),
+
+    cancelUnit: (lease) =>
+      Effect.flatMap(now, (at) =>
+        Effect.sync(() => {
+          const unit = units.get(lease.runId)?.get(lease.unitId)
+          if (holds(unit, lease)) fence(unit, "cancelled", at)
+        })),
+
+    tryFinalize: (runId) =>
+      Effect.map(now, (at) => {
+        const run = runs.get(runId)
+        return run === undefined ? false : finalizeIfComplete(run, at)
+      }),
+
+    finishRun: (lease, outcome, idempotencyKey) =>
+      Effect.flatMap(now, (at) =>
+        Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet) => {
+          const unit = units.get(lease.runId)?.get(lease.unitId)
+          const run = runs.get(lease.runId)
+          if (!holds(unit, lease) || run === undefined || run.status !== "finalizing") {
+            return Effect.fail(leaseLost(lease, "the finalize unit was fenced"))
+          }
+          if (unit.leaseExpiresAt === null || unit.leaseExpiresAt <= at) {
+            return Effect.fail(leaseLost(lease, "the lease expired before the commit"))
+          }
+          if (writeSet !== undefined) database.apply(writeSet)
+          push(ledger, `${lease.runId}\u0000${lease.unitId}`, idempotencyKey)
+          unit.status = "succeeded"
+          unit.leaseOwner = null
+          unit.leaseExpiresAt = null
+          unit.finishedAt = at
+          unit.chunks += 1
+          run.status = outcome
+          run.finishedAt = at
+          run.updatedAt = at
+          return Effect.void
+        })),
+
+    sweep: () =>
+      Effect.map(now, (at) => [...runs.values()].filter((run) => finalizeIfComplete(run, at)).map((run) => run.runId)),
+
+    cancelRun: (runId, actor) =>
+      Effect.flatMap(now, (at) =>
+        Effect.map(findRun(runId), (run) => {
+          if (!isTerminalRun(run.status)) {
+            run.status = "cancelled"
+            run.reason = `cancelled by ${actor.actor}: ${actor.reason}`
+            run.finishedAt = at
+            run.updatedAt = at
+            for (const unit of unitsOf(runId).values()) if (!isTerminalUnit(unit.status)) fence(unit, "cancelled", at)
+            recordAudit(runId, "cancel", actor, {}, at)
+          }
+          return snapshotRun(run)
+        })),
+
+    retry: (runId, selection, actor) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const run = yield* findRun(runId)
+        const chosen = yield* select(run, selection, (u) => u.status === "failed" || u.status === "cancelled")
+        const planned = chosen.filter((u) => !liveLease(u, at)).map((u) => plan(u, selection))
+        if (selection.dryRun || planned.length === 0) return planned
+        for (const p of planned) {
+          const unit = unitsOf(runId).get(p.unitId)!
+          fence(unit, "pending", at)
+          unit.attempt = 1
+          unit.crashesSinceProgress = 0
+          unit.retryAt = null
+          unit.enqueuedAt = null
+          unit.finishedAt = null
+          unit.lastErrorTag = null
+          if (selection.fromStep !== undefined) {
+            unit.stepIndex = selection.fromStep
+            unit.cursor = null
+            unit.chunkSeq = 0
+            unit.generation += 1
+          }
+        }
+        reopen(run, at)
+        recordAudit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) }, at)
+        return planned
+      }),
+
+    skip: (runId, selection, actor) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const run = yield* findRun(runId)
+        const chosen = yield* select(run, selection, (u) => u.status === "failed")
+        const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) => plan(u, selection))
+        if (selection.dryRun || planned.length === 0) return planned
+        for (const p of planned) fence(unitsOf(runId).get(p.unitId)!, "skipped", at)
+        if (run.status === "failed") reopen(run, at)
+        recordAudit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) }, at)
+        finalizeIfComplete(run, at)
+        return planned
+      })
+  }
+
+  /** A run that had ended (or was finalizing) goes back to running; its next finalize is a new round. */
+  const reopen = (run: Run, at: number) => {
+    const status: RunStatus = run.status
+    if (status === "running") return
+    if (status === "finalizing") {
+      const pending = unitsOf(run.runId).get(`finalize-${run.finalizeSeq}`)
+      if (pending !== undefined && !isTerminalUnit(pending.status)) fence(pending, "cancelled", at)
+    }
+    if (status !== "enumerating") run.finalizeSeq += 1
+    run.status = "running"
+    run.reason = null
+    run.finishedAt = null
+    run.updatedAt = at
+  }
+
+  return { store, database }
+})

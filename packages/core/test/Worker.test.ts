@@ -1,0 +1,160 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Scope } from "effect"
+import { Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
+
+describe("Worker on the in-memory engine", () => {
+  it.scoped("runs every partition's steps and applies every item exactly once", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 5, itemsPerPartition: 10 })
+      yield* Worker.make({ jobs: [job], ...fastWorker })
+      const { runId } = yield* Runner.start(job, { label: "a" })
+      yield* driveUntil(runEnded(runId))
+      const progress = yield* Runner.status(runId)
+      expect(progress.run.status).toBe("succeeded")
+      expect(progress.units.succeeded).toBe(5)
+      expect(progress.items).toBe(50)
+      expect(yield* table("applied")).toEqual(expectedItems(5, 10))
+      expect(yield* table("summaries")).toEqual({ p0: 1, p1: 1, p2: 1, p3: 1, p4: 1 })
+      expect(yield* table("completions")).toEqual({ [runId]: 1 })
+      expect(rec.completions).toBe(1)
+      // 10 items in chunks of 3 is 4 chunks per partition, then the single step: 5 ledger keys each.
+      const store = yield* StateStore.StateStore
+      const units = yield* store.listUnits(runId, { limit: 100 })
+      for (const unit of units.filter((u) => u.kind === "partition")) {
+        const keys = yield* store.ledger(runId, unit.unitId)
+        expect(keys).toHaveLength(5)
+        expect(new Set(keys).size).toBe(5)
+      }
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("resumes from the checkpoint after a crash at any chunk boundary", () =>
+    Effect.gen(function*() {
+      for (const point of ["before-effect", "after-effect", "after-commit", "before-ack"] as const) {
+        for (const crashAt of [0, 1, 3]) {
+          const result = yield* Effect.gen(function*() {
+            const rec = recorder()
+            const job = testJob(rec, { partitions: 2, itemsPerPartition: 10 })
+            let crashed = false
+            const probe = {
+              at: (p: Probe.Point, info: Probe.Info) =>
+                !crashed && p === point && info.unitId !== "" && (p === "before-ack" || info.chunkSeq === crashAt) &&
+                  info.step === (p === "before-ack" ? "" : "apply")
+                  ? Effect.suspend(() => {
+                    crashed = true
+                    return Effect.interrupt
+                  })
+                  : Effect.void
+            }
+            yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+            const { runId } = yield* Runner.start(job, { label: "crash" })
+            yield* driveUntil(runEnded(runId), "500 millis")
+            return { crashed, run: (yield* Runner.status(runId)).run, applied: yield* table("applied"), rec }
+          }).pipe(Effect.scoped, Effect.provide(memoryEngine()))
+          expect(result.crashed, `${point}@${crashAt}`).toBe(true)
+          expect(result.run.status, `${point}@${crashAt}`).toBe("succeeded")
+          expect(result.applied, `${point}@${crashAt}`).toEqual(expectedItems(2, 10))
+          expect(result.rec.completions).toBe(1)
+        }
+      }
+    }))
+
+  it.scoped("gives a chunk the same idempotency key on every attempt, with a growing attempt number", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 1, itemsPerPartition: 6, mode: "none" })
+      let crashes = 0
+      const probe = {
+        at: (p: Probe.Point, info: Probe.Info) =>
+          p === "after-effect" && info.step === "apply" && info.chunkSeq === 1 && crashes < 2
+            ? Effect.suspend(() => {
+              crashes += 1
+              return Effect.interrupt
+            })
+            : Effect.void
+      }
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      const { runId } = yield* Runner.start(job, { label: "keys" })
+      yield* driveUntil(runEnded(runId))
+      const second = rec.effects.filter((e) => e.step === "apply" && e.chunkSeq === 1)
+      expect(second.map((e) => e.attempt)).toEqual([1, 2, 3])
+      expect(new Set(second.map((e) => e.key)).size).toBe(1)
+      const keys = rec.effects.filter((e) => e.step === "apply").map((e) => e.key)
+      expect(new Set(keys).size).toBe(2) // chunks 0 and 1 of 6 items / 3
+      expect(keys[0]).toMatch(/^cw1_[a-z2-7]{52}$/)
+      // In mode "none" the effect ran again, so its (non-idempotent) writes show it: that is the contract.
+      expect((yield* table("applied"))["3"]).toBe(3)
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("never runs one partition twice at once, under duplicate deliveries and several workers", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 4, itemsPerPartition: 12, chunkDelay: "300 millis", perWorker: 8 })
+      yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "w1", concurrency: 8 })
+      yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "w2", concurrency: 8 })
+      const { runId } = yield* Runner.start(job, { label: "dup" })
+      const store = yield* StateStore.StateStore
+      const queue = yield* QueueAdapter.QueueAdapter
+      yield* driveUntil(Effect.map(store.progress(runId), (p) => p.units.leased > 0))
+      // Duplicate every message a few times, as an at-least-once broker may.
+      const units = yield* store.listUnits(runId, { limit: 100 })
+      const dupes = units.flatMap((u) =>
+        Array.from({ length: 3 }, () => ({
+          body: JSON.stringify({ v: 1, job: job.name, runId, unitId: u.unitId, seq: u.enqueueSeq })
+        }))
+      )
+      yield* queue.send(dupes)
+      yield* driveUntil(runEnded(runId))
+      expect(rec.maxConcurrentPerPartition).toBe(1)
+      expect(yield* table("applied")).toEqual(expectedItems(4, 12))
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(rec.completions).toBe(1)
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("drains on shutdown: releases leases, and another worker finishes with nothing doubled", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 3, itemsPerPartition: 30, chunkDelay: "200 millis" })
+      const { runId } = yield* Runner.start(job, { label: "drain" })
+      const store = yield* StateStore.StateStore
+      const scope = yield* Scope.make()
+      yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "first" }).pipe(Scope.extend(scope))
+      yield* driveUntil(Effect.map(store.progress(runId), (p) => p.chunks >= 6))
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      const afterDrain = yield* store.listUnits(runId, { limit: 100 })
+      expect(afterDrain.filter((u) => u.status === "leased")).toEqual([])
+      expect(afterDrain.some((u) => u.status === "pending")).toBe(true)
+      const before = (yield* store.progress(runId)).chunks
+
+      yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "second" })
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(yield* table("applied")).toEqual(expectedItems(3, 30))
+      // No chunk was abandoned: a drain lets the chunk in flight commit, so no attempt repeats.
+      expect(rec.effects.filter((e) => e.attempt > 1)).toEqual([])
+      expect(before).toBeGreaterThanOrEqual(6)
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("abandons a chunk that outlives the shutdown deadline; its writes roll back", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 1, itemsPerPartition: 6, chunkDelay: "20 seconds" })
+      const { runId } = yield* Runner.start(job, { label: "abandon" })
+      const store = yield* StateStore.StateStore
+      const scope = yield* Scope.make()
+      yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" }).pipe(Scope.extend(scope))
+      yield* driveUntil(Effect.map(store.progress(runId), (p) => p.units.leased === 1))
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      const [unit] = yield* store.listUnits(runId, { limit: 10 })
+      expect(unit!.status).toBe("pending")
+      expect(unit!.attempt).toBe(2)
+      expect(yield* table("applied")).toEqual({})
+
+      yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" })
+      yield* driveUntil(runEnded(runId), "1 second")
+      expect(yield* table("applied")).toEqual(expectedItems(1, 6))
+    }).pipe(Effect.provide(memoryEngine())))
+})
