@@ -112,8 +112,16 @@ const checkCursor = (job: string, step: Step.Chunked<any, any, any>) => {
     return fail(job, `step "${step.name}": start does not encode with its cursor schema: ` +
       ParseResult.TreeFormatter.formatErrorSync(encoded.left))
   }
-  const text = JSON.stringify(encoded.right as unknown)
-  if (text === undefined) fail(job, `step "${step.name}": the encoded cursor is not JSON`)
+  let text: string | undefined
+  try {
+    text = JSON.stringify(encoded.right as unknown)
+  } catch (e) {
+    text = undefined
+  }
+  if (text === undefined) {
+    return fail(job, `step "${step.name}": the encoded cursor is not JSON. Use schemas that encode to JSON values, ` +
+      `e.g. Schema.BigInt (a string) instead of Schema.BigIntFromSelf`)
+  }
   if (Buffer.byteLength(text, "utf8") > MAX_CURSOR_BYTES) {
     fail(job, `step "${step.name}": the encoded cursor is over ${MAX_CURSOR_BYTES} bytes; keep it to a few keys`)
   }

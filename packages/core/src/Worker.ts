@@ -509,7 +509,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         if (claim._tag === "Ack") return yield* queue.ack([delivery.receipt])
         if (claim._tag === "Later") return yield* queue.release(delivery.receipt, claim.delayMs)
 
-        const mismatch = claim.run.fingerprint === job.fingerprint ? [] : JobDefinition.changes(claim.run.definition, job.definition)
+        // The finalize unit only runs the hook of the code at hand, so only partitions check the definition.
+        const mismatch = claim.run.fingerprint === job.fingerprint || claim.unit.kind === "finalize"
+          ? []
+          : JobDefinition.changes(claim.run.definition, job.definition)
         if (mismatch.length > 0) {
           const upFor = (yield* monotonicMs) - startedAt
           if (upFor < graceMs) {
@@ -517,12 +520,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             yield* store.release(claim.lease, { abandonedChunk: false })
             return yield* queue.release(delivery.receipt, 30_000)
           }
-          yield* onFailure(job, claim.unit, claim.lease, Cause.fail(new Errors.DefinitionChanged({
-            job: job.name,
-            runId: message.runId,
-            changes: mismatch
-          })), { step: job.steps[claim.unit.stepIndex]?.name ?? "", cursor: claim.unit.cursor, attempt: claim.unit.attempt })
-          return yield* queue.ack([delivery.receipt])
         }
 
         const entry: Active = {
@@ -534,10 +531,19 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           stop: undefined
         }
         active.set(unitKey, entry)
+        const execution = mismatch.length > 0
+          ? onFailure(job, claim.unit, claim.lease, Cause.fail(new Errors.DefinitionChanged({
+            job: job.name,
+            runId: message.runId,
+            changes: mismatch
+          })), { step: job.steps[claim.unit.stepIndex]?.name ?? "", cursor: claim.unit.cursor, attempt: claim.unit.attempt }).pipe(
+            Effect.as("ack" as Ending)
+          )
+          : runUnit(job, claim, entry)
         yield* Metric.set(Metrics.inFlight, active.size)
         const began = yield* monotonicMs
         const exit = yield* Effect.gen(function*() {
-          const fiber = yield* Effect.fork(runUnit(job, claim, entry).pipe(
+          const fiber = yield* Effect.fork(execution.pipe(
             Effect.withSpan("chunkwise.unit", {
               attributes: {
                 "chunkwise.job": job.name,

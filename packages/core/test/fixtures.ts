@@ -3,7 +3,7 @@
  * counts how many times a chunk applying it committed (must be exactly 1), and `effects` logs every
  * execution of a step's effect (which may repeat, always with the same key).
  */
-import { Effect, Layer, Option, Schema, TestClock } from "effect"
+import { type Duration, Effect, Layer, Option, Schema, TestClock } from "effect"
 import { Job, MemoryDatabase, QueueAdapter, Runbook, RetryPolicy, Runner, StateStore, Step } from "../src/index.js"
 
 export class BadRecord extends Schema.TaggedError<BadRecord>()("BadRecord", { item: Schema.Number }) {}
@@ -32,20 +32,19 @@ export interface TestJobOptions {
   readonly itemsPerPartition: number
   readonly chunkSize?: number
   readonly mode?: "chunk" | "none"
-  /** Fails the item's chunk with `BadRecord` (never retried). */
+  /** Fails the item's chunk with `BadRecord` (never retried); read live, so a test can "fix" the data. */
   readonly badItems?: ReadonlyArray<number>
   /** Items whose chunk fails with `FlakyUpstream` this many times, then passes. */
   readonly flaky?: { readonly item: number; readonly failures: number } | undefined
   readonly failureBudget?: Job.FailureBudget | undefined
   readonly perWorker?: number
   /** Each chunk sleeps this long (TestClock time), to widen race windows. */
-  readonly chunkDelay?: string | undefined
+  readonly chunkDelay?: Duration.DurationInput | undefined
 }
 
 /** Partition `pN` holds items N*1000 .. N*1000+itemsPerPartition-1. */
 export const testJob = (recorder: Recorder, options: TestJobOptions) => {
   const flakyLeft = { n: options.flaky?.failures ?? 0 }
-  const bad = new Set(options.badItems ?? [])
   const size = options.itemsPerPartition
   return Job.make({
     name: options.name ?? "test-job",
@@ -72,7 +71,7 @@ export const testJob = (recorder: Recorder, options: TestJobOptions) => {
               const end = Math.min(ctx.cursor.next + ctx.chunkSize, size)
               for (let i = ctx.cursor.next; i < end; i++) {
                 const item = base + i
-                if (bad.has(item)) return yield* new BadRecord({ item })
+                if (options.badItems?.includes(item)) return yield* new BadRecord({ item })
                 if (options.flaky?.item === item && flakyLeft.n > 0) {
                   flakyLeft.n -= 1
                   return yield* new FlakyUpstream({ message: `upstream timed out on ${item}` })
@@ -140,7 +139,11 @@ export const fastWorker = {
 } as const
 
 /** Advances the TestClock in steps until `done` holds (or fails after `maxSteps`). */
-export const driveUntil = <E, R>(done: Effect.Effect<boolean, E, R>, step = "100 millis", maxSteps = 5000) =>
+export const driveUntil = <E, R>(
+  done: Effect.Effect<boolean, E, R>,
+  step: Duration.DurationInput = "100 millis",
+  maxSteps = 5000
+) =>
   Effect.gen(function*() {
     for (let i = 0; i < maxSteps; i++) {
       if (yield* done) return i
