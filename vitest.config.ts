@@ -7,7 +7,8 @@ export default defineConfig({
   resolve: {
     // Tests run against the sources, so no build is needed first.
     alias: {
-      "@chunkwise/core": src("core")
+      "@chunkwise/core": src("core"),
+      "@chunkwise/testing": src("testing")
     }
   },
   test: {

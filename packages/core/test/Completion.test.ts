@@ -1,0 +1,88 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Metric, MetricState } from "effect"
+import { Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
+import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
+
+
+describe("completion", () => {
+  it.scoped("the completion hook runs exactly once when many workers finish together", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 24, itemsPerPartition: 4, chunkDelay: "100 millis", perWorker: 4 })
+      for (const id of ["a", "b", "c", "d"]) yield* Worker.make({ jobs: [job], ...fastWorker, workerId: id })
+      const { runId } = yield* Runner.start(job, { label: "race" })
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(rec.completions).toBe(1)
+      expect(yield* table("completions")).toEqual({ [runId]: 1 })
+      expect(yield* table("applied")).toEqual(expectedItems(24, 4))
+      const store = yield* StateStore.StateStore
+      const finalizers = (yield* store.listUnits(runId, { limit: 100 })).filter((u) => u.kind === "finalize")
+      expect(finalizers.map((u) => u.status)).toEqual(["succeeded"])
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("a finisher that dies between its commit and the completion check is repaired by the sweeper", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 1, itemsPerPartition: 3 })
+      // Every unit's finisher "dies" before ack: nobody calls tryFinalize after a commit.
+      const probe = { at: (point: Probe.Point) => (point === "before-ack" ? Effect.interrupt : Effect.void) }
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      const { runId } = yield* Runner.start(job, { label: "sweep" })
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(rec.completions).toBe(1)
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("a crash inside the hook, after its writes and before the run's commit, rolls the writes back", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 2, itemsPerPartition: 2 })
+      let crashes = 0
+      const probe = {
+        at: (point: Probe.Point) =>
+          point === "after-complete" && crashes < 2 ? Effect.suspend(() => (crashes += 1, Effect.interrupt)) : Effect.void
+      }
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      const { runId } = yield* Runner.start(job, { label: "hook-crash" })
+      yield* driveUntil(runEnded(runId))
+      expect(crashes).toBe(2)
+      expect(rec.completions).toBe(3) // the hook's external effect is at-least-once...
+      expect(yield* table("completions")).toEqual({ [runId]: 1 }) // ...its database writes commit once
+    }).pipe(Effect.provide(memoryEngine())))
+})
+
+describe("telemetry", () => {
+  it.scoped("metrics count chunks, items and failures by error tag", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { name: "metered", partitions: 2, itemsPerPartition: 6, badItems: [1000] })
+      yield* Worker.make({ jobs: [job], ...fastWorker })
+      const { runId } = yield* Runner.start(job, { label: "m" })
+      yield* driveUntil(runEnded(runId))
+      const chunks = yield* Metric.value(Metric.tagged(Metric.tagged(Metrics.chunks, "job", "metered"), "step", "apply"))
+      const items = yield* Metric.value(Metric.tagged(Metric.tagged(Metrics.items, "job", "metered"), "step", "apply"))
+      const failures = yield* Metric.value(
+        Metric.tagged(Metric.tagged(Metrics.failures, "job", "metered"), "error_tag", "BadRecord")
+      )
+      expect(chunks.count).toBe(2)
+      expect(items.count).toBe(6)
+      expect(failures.count).toBe(1)
+      const duration = yield* Metric.value(Metric.tagged(Metrics.unitDuration, "job", "metered"))
+      expect(MetricState.isHistogramState(duration) && duration.count).toBeGreaterThanOrEqual(3)
+    }).pipe(Effect.provide(memoryEngine())))
+})
+
+describe("runbooks", () => {
+  it("render Markdown for every error class of a job, registered and built-in", () => {
+    const job = testJob(recorder(), { partitions: 1, itemsPerPartition: 1 })
+    const markdown = Runbook.render([{ job: job.name, runbooks: [...job.runbooks.values()] }])
+    expect(markdown).toContain("## test-job")
+    expect(markdown).toContain("### A record cannot be applied")
+    expect(markdown).toContain("- id: `test-bad-record`")
+    expect(markdown).toContain("retried up to 3 times")
+    for (const builtin of Runbook.builtins) expect(markdown).toContain(`- id: \`${builtin.runbook.id}\``)
+    expect(() => Runbook.make(Runbook.builtins[0]!.errorClass, { id: "Bad Id", title: "t", severity: "info", meaning: "m", steps: ["s"] }))
+      .toThrow(/lower-case letters/)
+  })
+})
