@@ -109,18 +109,24 @@ const checkCursor = (job: string, step: Step.Chunked<any, any, any>) => {
   const decode = Schema.decodeUnknownEither(step.cursor)
   const encoded = encode(step.start)
   if (Either.isLeft(encoded)) {
-    return fail(job, `step "${step.name}": start does not encode with its cursor schema: ` +
-      ParseResult.TreeFormatter.formatErrorSync(encoded.left))
+    return fail(
+      job,
+      `step "${step.name}": start does not encode with its cursor schema: ` +
+        ParseResult.TreeFormatter.formatErrorSync(encoded.left)
+    )
   }
   let text: string | undefined
   try {
     text = JSON.stringify(encoded.right as unknown)
-  } catch (e) {
+  } catch {
     text = undefined
   }
   if (text === undefined) {
-    return fail(job, `step "${step.name}": the encoded cursor is not JSON. Use schemas that encode to JSON values, ` +
-      `e.g. Schema.BigInt (a string) instead of Schema.BigIntFromSelf`)
+    return fail(
+      job,
+      `step "${step.name}": the encoded cursor is not JSON. Use schemas that encode to JSON values, ` +
+        `e.g. Schema.BigInt (a string) instead of Schema.BigIntFromSelf`
+    )
   }
   if (Buffer.byteLength(text, "utf8") > MAX_CURSOR_BYTES) {
     fail(job, `step "${step.name}": the encoded cursor is over ${MAX_CURSOR_BYTES} bytes; keep it to a few keys`)
@@ -128,8 +134,11 @@ const checkCursor = (job: string, step: Step.Chunked<any, any, any>) => {
   const decoded = decode(JSON.parse(text))
   const again = Either.isRight(decoded) ? encode(decoded.right) : undefined
   if (again === undefined || Either.isLeft(again) || JSON.stringify(again.right as unknown) !== text) {
-    fail(job, `step "${step.name}": the cursor does not round-trip through JSON (encoded ${text}). Use schemas ` +
-      `that encode to JSON values, e.g. Schema.BigInt (a string) instead of Schema.BigIntFromSelf`)
+    fail(
+      job,
+      `step "${step.name}": the cursor does not round-trip through JSON (encoded ${text}). Use schemas ` +
+        `that encode to JSON values, e.g. Schema.BigInt (a string) instead of Schema.BigIntFromSelf`
+    )
   }
 }
 
@@ -185,8 +194,13 @@ export const make = <
   const ids = new Set<string>()
   for (const { runbook } of [...(options.errors ?? []), ...Runbook.builtins]) {
     if (runbooks.has(runbook.tag)) {
-      fail(name, `error tag "${runbook.tag}" is registered twice` +
-        (Runbook.builtins.some((b) => b.runbook.tag === runbook.tag) ? " (it is a chunkwise built-in; rename yours)" : ""))
+      fail(
+        name,
+        `error tag "${runbook.tag}" is registered twice` +
+          (Runbook.builtins.some((b) => b.runbook.tag === runbook.tag)
+            ? " (it is a chunkwise built-in; rename yours)"
+            : "")
+      )
     }
     if (ids.has(runbook.id)) fail(name, `runbook id "${runbook.id}" is used twice`)
     runbooks.set(runbook.tag, runbook)
@@ -229,7 +243,9 @@ export const budgetOf = (job: string, budget: FailureBudget | undefined) => {
   if (budget === undefined) return (_count: number) => Number.MAX_SAFE_INTEGER
   const spec = budget.partitions
   if (typeof spec === "number") {
-    if (!Number.isInteger(spec) || spec < 0) fail(job, `failureBudget.partitions must be a count >= 0 or a percentage like "1%" (got ${spec})`)
+    if (!Number.isInteger(spec) || spec < 0) {
+      fail(job, `failureBudget.partitions must be a count >= 0 or a percentage like "1%" (got ${spec})`)
+    }
     return (_count: number) => spec
   }
   const percent = Number(spec.slice(0, -1))
@@ -240,7 +256,8 @@ export const budgetOf = (job: string, budget: FailureBudget | undefined) => {
 }
 
 /** The runbook that handles an error tag in this job (registered first, then built-in). */
-export const runbookFor = (job: Any, tag: string): Runbook.Runbook => job.runbooks.get(tag) ?? job.runbooks.get("Unclassified")!
+export const runbookFor = (job: Any, tag: string): Runbook.Runbook =>
+  job.runbooks.get(tag) ?? job.runbooks.get("Unclassified")!
 
 /** Decodes and validates params (applying schema defaults), returning their encoded form too. */
 export const validateParams = <P, R>(job: Job<P, R>, input: unknown, from: "type" | "encoded") =>

@@ -22,12 +22,16 @@ export class WriteSet {
   }
   lookup(table: string, key: string): { readonly found: boolean; readonly value: unknown } {
     const rows = this.writes.get(table)
-    return rows !== undefined && rows.has(key) ? { found: true, value: rows.get(key) } : { found: false, value: undefined }
+    return rows !== undefined && rows.has(key)
+      ? { found: true, value: rows.get(key) }
+      : { found: false, value: undefined }
   }
 }
 
 /** The write set of the chunk transaction this fiber runs in, if any. */
-export const currentWriteSet: FiberRef.FiberRef<WriteSet | undefined> = FiberRef.unsafeMake<WriteSet | undefined>(undefined)
+export const currentWriteSet: FiberRef.FiberRef<WriteSet | undefined> = FiberRef.unsafeMake<WriteSet | undefined>(
+  undefined
+)
 
 /** The in-memory database. Values should be plain data; they are stored as given. */
 export interface MemoryDatabaseShape {
@@ -44,7 +48,9 @@ export interface MemoryDatabaseShape {
 }
 
 /** The in-memory database service, provided by `StateStore.layerMemory`. */
-export class MemoryDatabase extends Context.Tag("@chunkwise/core/MemoryDatabase")<MemoryDatabase, MemoryDatabaseShape>() {}
+export class MemoryDatabase
+  extends Context.Tag("@chunkwise/core/MemoryDatabase")<MemoryDatabase, MemoryDatabaseShape>()
+{}
 
 /** Makes an empty database. */
 export const make = (): MemoryDatabaseShape => {
@@ -76,8 +82,11 @@ export const make = (): MemoryDatabaseShape => {
     get: (name, key) => Effect.map(FiberRef.get(currentWriteSet), (writeSet) => read(writeSet, name, key)),
     put: (name, key, value) => write(name, key, value),
     insert: (name, key, value) =>
-      Effect.flatMap(FiberRef.get(currentWriteSet), (writeSet) =>
-        Option.isSome(read(writeSet, name, key)) ? Effect.succeed(false) : Effect.as(write(name, key, value), true)),
+      Effect.flatMap(
+        FiberRef.get(currentWriteSet),
+        (writeSet) =>
+          Option.isSome(read(writeSet, name, key)) ? Effect.succeed(false) : Effect.as(write(name, key, value), true)
+      ),
     remove: (name, key) => write(name, key, undefined),
     rows: (name) =>
       Effect.map(FiberRef.get(currentWriteSet), (writeSet) => {

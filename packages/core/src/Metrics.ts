@@ -10,10 +10,16 @@ import { Metric, MetricBoundaries } from "effect"
 export const chunks = Metric.counter("chunkwise_chunks_total", { description: "Chunks committed", incremental: true })
 
 /** Items handled by committed chunks. */
-export const items = Metric.counter("chunkwise_items_total", { description: "Items handled by committed chunks", incremental: true })
+export const items = Metric.counter("chunkwise_items_total", {
+  description: "Items handled by committed chunks",
+  incremental: true
+})
 
 /** Failures, by error tag. */
-export const failures = Metric.counter("chunkwise_failures_total", { description: "Step failures by error tag", incremental: true })
+export const failures = Metric.counter("chunkwise_failures_total", {
+  description: "Step failures by error tag",
+  incremental: true
+})
 
 /** Seconds from a unit's claim to its end (success, failure or release), per execution. */
 export const unitDuration = Metric.histogram(
@@ -26,10 +32,16 @@ export const unitDuration = Metric.histogram(
 export const inFlight = Metric.gauge("chunkwise_units_in_flight", { description: "Units this worker is running" })
 
 /** Leases this process lost (expired, or fenced by an operator). */
-export const leasesLost = Metric.counter("chunkwise_leases_lost_total", { description: "Leases lost", incremental: true })
+export const leasesLost = Metric.counter("chunkwise_leases_lost_total", {
+  description: "Leases lost",
+  incremental: true
+})
 
 /** Messages this process dead-lettered, by reason tag. */
-export const deadLettered = Metric.counter("chunkwise_dead_lettered_total", { description: "Messages dead-lettered", incremental: true })
+export const deadLettered = Metric.counter("chunkwise_dead_lettered_total", {
+  description: "Messages dead-lettered",
+  incremental: true
+})
 
 /** Messages released because of a definition mismatch (rolling deploy). */
 export const definitionMismatches = Metric.counter("chunkwise_definition_mismatch_total", {

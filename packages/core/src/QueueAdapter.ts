@@ -85,12 +85,19 @@ export interface QueueAdapterShape {
   readonly receive: (options: ReceiveOptions) => Effect.Effect<ReadonlyArray<Delivery>, Errors.QueueUnavailable>
   readonly ack: (receipts: ReadonlyArray<string>) => Effect.Effect<void, Errors.QueueUnavailable>
   readonly release: (receipt: string, delayMs: number) => Effect.Effect<void, Errors.QueueUnavailable>
-  readonly extend: (receipts: ReadonlyArray<string>, visibilityMs: number) => Effect.Effect<void, Errors.QueueUnavailable>
+  readonly extend: (
+    receipts: ReadonlyArray<string>,
+    visibilityMs: number
+  ) => Effect.Effect<void, Errors.QueueUnavailable>
   readonly deadLetter: (receipt: string, reason: string) => Effect.Effect<void, Errors.QueueUnavailable>
   readonly depth: Effect.Effect<Depth, Errors.QueueUnavailable>
-  readonly deadLetters: (options: { readonly limit: number }) => Effect.Effect<ReadonlyArray<DeadLetter>, Errors.QueueUnavailable>
+  readonly deadLetters: (
+    options: { readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<DeadLetter>, Errors.QueueUnavailable>
   /** Moves dead letters (all, or the given ids) back to the queue; returns how many moved. */
-  readonly redrive: (options: { readonly messageIds?: ReadonlyArray<string> | undefined }) => Effect.Effect<number, Errors.QueueUnavailable>
+  readonly redrive: (
+    options: { readonly messageIds?: ReadonlyArray<string> | undefined }
+  ) => Effect.Effect<number, Errors.QueueUnavailable>
 }
 
 /** The queue service. */
@@ -146,12 +153,18 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
     }
 
     const takeVisible = (max: number, visibilityMs: number, at: number): Array<Delivery> => {
-      const visible = [...entries.values()].filter((e) => e.visibleAt <= at).sort((a, b) => a.visibleAt - b.visibleAt || a.seq - b.seq)
+      const visible = [...entries.values()].filter((e) => e.visibleAt <= at).sort((a, b) =>
+        a.visibleAt - b.visibleAt || a.seq - b.seq
+      )
       const out: Array<Delivery> = []
       for (const entry of visible) {
         if (out.length >= max) break
         if (entry.receiveCount >= maxReceives) {
-          toDead(entry, `received ${entry.receiveCount} times without being acknowledged (maxReceives ${maxReceives})`, at)
+          toDead(
+            entry,
+            `received ${entry.receiveCount} times without being acknowledged (maxReceives ${maxReceives})`,
+            at
+          )
           continue
         }
         invalidate(entry)
@@ -159,7 +172,12 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
         entry.visibleAt = at + visibilityMs
         entry.receipt = `${entry.messageId}#${entry.receiveCount}`
         byReceipt.set(entry.receipt, entry)
-        out.push({ messageId: entry.messageId, receipt: entry.receipt, body: entry.body, receiveCount: entry.receiveCount })
+        out.push({
+          messageId: entry.messageId,
+          receipt: entry.receipt,
+          body: entry.body,
+          receiveCount: entry.receiveCount
+        })
       }
       return out
     }
@@ -176,9 +194,11 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
           for (const message of messages) {
             const bytes = Buffer.byteLength(message.body, "utf8")
             if (bytes > maxBytes) {
-              return Effect.fail(new Errors.MessageRejected({
-                reason: `message body is ${bytes} bytes; the in-memory queue accepts at most ${maxBytes}`
-              }))
+              return Effect.fail(
+                new Errors.MessageRejected({
+                  reason: `message body is ${bytes} bytes; the in-memory queue accepts at most ${maxBytes}`
+                })
+              )
             }
           }
           for (const message of messages) {
@@ -206,7 +226,10 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
             if (out.length > 0 || left <= 0) return out
             const waiter = Deferred.unsafeMake<void>(undefined as never)
             waiters.push(waiter)
-            yield* Effect.raceFirst(Deferred.await(waiter), Effect.sleep(Math.max(1, Math.min(left, nextVisibleIn(at)))))
+            yield* Effect.raceFirst(
+              Deferred.await(waiter),
+              Effect.sleep(Math.max(1, Math.min(left, nextVisibleIn(at))))
+            )
           }
         }),
       ack: (receipts) =>

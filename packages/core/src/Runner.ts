@@ -49,7 +49,11 @@ const startValid = <P, R>(
   job: Job.Job<P, R>,
   { encoded, params }: { readonly params: P; readonly encoded: unknown },
   options: StartOptions
-): Effect.Effect<Started, Errors.RunKeyConflict | Errors.EnumerationFailed | Errors.StoreUnavailable | Errors.NotFound, StateStore | R> =>
+): Effect.Effect<
+  Started,
+  Errors.RunKeyConflict | Errors.EnumerationFailed | Errors.StoreUnavailable | Errors.NotFound,
+  StateStore | R
+> =>
   Effect.gen(function*() {
     const store = yield* StateStore
     const runKey = Job.runKeyOf(job, params, encoded, options.rerun)
@@ -103,12 +107,16 @@ const enumerate = <P, R>(job: Job.Job<P, R>, runId: string, params: P) =>
   })
 
 const normalise = (input: Job.PartitionInput, failed: (details: string) => Errors.EnumerationFailed) => {
-  const partition = typeof input === "string" ? { key: input, weight: 1 } : { key: input.key, weight: input.weight ?? 1 }
+  const partition = typeof input === "string"
+    ? { key: input, weight: 1 }
+    : { key: input.key, weight: input.weight ?? 1 }
   if (typeof partition.key !== "string" || partition.key.length === 0 || partition.key.length > 500) {
     return Effect.fail(failed(`partition key ${JSON.stringify(partition.key)} must be a string of 1 to 500 characters`))
   }
   if (!Number.isFinite(partition.weight) || partition.weight < 0) {
-    return Effect.fail(failed(`partition "${partition.key}" has weight ${partition.weight}; weights are finite and >= 0`))
+    return Effect.fail(
+      failed(`partition "${partition.key}" has weight ${partition.weight}; weights are finite and >= 0`)
+    )
   }
   return Effect.succeed(partition)
 }
@@ -119,11 +127,14 @@ const describe = (error: unknown): string =>
     : String(error)
 
 /** The run's progress: partitions by status, per step, chunks and items. */
-export const status = (runId: string): Effect.Effect<RunProgress, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
+export const status = (
+  runId: string
+): Effect.Effect<RunProgress, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
   Effect.flatMap(StateStore, (store) => store.progress(runId))
 
 /** Cancels a run: pending units never start; running ones stop at their next commit (fenced). */
-export const cancel = (runId: string, actor: Actor) => Effect.flatMap(StateStore, (store) => store.cancelRun(runId, actor))
+export const cancel = (runId: string, actor: Actor) =>
+  Effect.flatMap(StateStore, (store) => store.cancelRun(runId, actor))
 
 /** Which units to retry or skip. */
 export interface RetryOptions {
@@ -145,10 +156,13 @@ export const retry = (
 ): Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
   Effect.gen(function*() {
     const store = yield* StateStore
-    const run = yield* Effect.flatMap(store.getRun(runId), Option.match({
-      onNone: () => Effect.fail(new Errors.NotFound({ what: "run", id: runId })),
-      onSome: Effect.succeed
-    }))
+    const run = yield* Effect.flatMap(
+      store.getRun(runId),
+      Option.match({
+        onNone: () => Effect.fail(new Errors.NotFound({ what: "run", id: runId })),
+        onSome: Effect.succeed
+      })
+    )
     let fromStep: number | undefined
     if (options.fromStep !== undefined) {
       fromStep = run.definition.steps.findIndex((s) => s.name === options.fromStep)
@@ -159,7 +173,11 @@ export const retry = (
         })
       }
     }
-    return yield* store.retry(runId, { partitions: options.partitions, fromStep, dryRun: options.dryRun ?? false }, actor)
+    return yield* store.retry(
+      runId,
+      { partitions: options.partitions, fromStep, dryRun: options.dryRun ?? false },
+      actor
+    )
   })
 
 /** Marks partitions skipped (default: every failed one), so the run can complete without them. */
@@ -168,8 +186,10 @@ export const skip = (
   options: { readonly partitions?: ReadonlyArray<string> | undefined; readonly dryRun?: boolean | undefined },
   actor: Actor
 ) =>
-  Effect.flatMap(StateStore, (store) =>
-    store.skip(runId, { partitions: options.partitions, dryRun: options.dryRun ?? false }, actor))
+  Effect.flatMap(
+    StateStore,
+    (store) => store.skip(runId, { partitions: options.partitions, dryRun: options.dryRun ?? false }, actor)
+  )
 
 /** Waits until the run is terminal, polling the store; returns its final progress. */
 export const awaitTerminal = (

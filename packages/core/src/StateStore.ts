@@ -25,9 +25,9 @@ import { Context, Effect, Layer, Option } from "effect"
 import type * as Errors from "./Errors.js"
 import * as MemoryStore from "./internal/memoryStore.js"
 import type { JobDefinition } from "./JobDefinition.js"
-import type * as Runbook from "./Runbook.js"
 import { MemoryDatabase } from "./MemoryDatabase.js"
 import type { WorkMessage } from "./Message.js"
+import type * as Runbook from "./Runbook.js"
 
 /** A run's lifecycle (D8): `failed | cancelled → running` only through `retry`. */
 export type RunStatus = "enumerating" | "running" | "failing" | "finalizing" | "succeeded" | "failed" | "cancelled"
@@ -260,7 +260,9 @@ export interface StateStoreShape {
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | Errors.StoreUnavailable, R>
 
   /** Inserts the run, or returns the existing one with `created: false`. */
-  readonly createRun: (run: NewRun) => Effect.Effect<{ readonly run: RunRecord; readonly created: boolean }, Errors.StoreUnavailable>
+  readonly createRun: (
+    run: NewRun
+  ) => Effect.Effect<{ readonly run: RunRecord; readonly created: boolean }, Errors.StoreUnavailable>
   /** Inserts partitions; keys that exist are left alone (so enumeration can be re-run). */
   readonly insertUnits: (runId: string, units: ReadonlyArray<NewUnit>) => Effect.Effect<void, Errors.StoreUnavailable>
   /** `enumerating → running`: freezes the partition count and the failure budget. */
@@ -270,13 +272,18 @@ export interface StateStoreShape {
   ) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
 
   readonly getRun: (runId: string) => Effect.Effect<Option.Option<RunRecord>, Errors.StoreUnavailable>
-  readonly listRuns: (options: { readonly job?: string | undefined; readonly limit: number }) => Effect.Effect<ReadonlyArray<RunRecord>, Errors.StoreUnavailable>
+  readonly listRuns: (
+    options: { readonly job?: string | undefined; readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<RunRecord>, Errors.StoreUnavailable>
   readonly progress: (runId: string) => Effect.Effect<RunProgress, Errors.StoreUnavailable | Errors.NotFound>
   readonly listUnits: (
     runId: string,
     options: { readonly status?: ReadonlyArray<UnitStatus> | undefined; readonly limit: number }
   ) => Effect.Effect<ReadonlyArray<UnitRecord>, Errors.StoreUnavailable>
-  readonly listFailures: (runId: string, options: { readonly limit: number }) => Effect.Effect<ReadonlyArray<FailureRecord>, Errors.StoreUnavailable>
+  readonly listFailures: (
+    runId: string,
+    options: { readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<FailureRecord>, Errors.StoreUnavailable>
   /** The idempotency keys committed for a unit, oldest first. */
   readonly ledger: (runId: string, unitId: string) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
   readonly auditLog: (runId: string) => Effect.Effect<ReadonlyArray<AuditEntry>, Errors.StoreUnavailable>
@@ -296,7 +303,10 @@ export interface StateStoreShape {
   /** The compare-and-set checkpoint (D3); returns the run's status so a failing run is seen. */
   readonly commitChunk: (
     commit: ChunkCommit
-  ) => Effect.Effect<{ readonly runStatus: RunStatus }, Errors.LeaseLost | Errors.CheckpointMoved | Errors.StoreUnavailable>
+  ) => Effect.Effect<
+    { readonly runStatus: RunStatus },
+    Errors.LeaseLost | Errors.CheckpointMoved | Errors.StoreUnavailable
+  >
   /** Renews every lease the worker holds in one call; returns the unit ids still held. */
   readonly renewLeases: (
     workerId: string,
@@ -307,7 +317,10 @@ export interface StateStoreShape {
    * Gives a unit back on shutdown: it becomes pending again and its message (released by the caller)
    * brings it to another worker. `abandonedChunk` counts the interrupted chunk as an attempt.
    */
-  readonly release: (lease: Lease, options: { readonly abandonedChunk: boolean }) => Effect.Effect<void, Errors.StoreUnavailable>
+  readonly release: (
+    lease: Lease,
+    options: { readonly abandonedChunk: boolean }
+  ) => Effect.Effect<void, Errors.StoreUnavailable>
   /** Records a failure. Runs outside any chunk transaction, so it survives the chunk's rollback. */
   readonly recordFailure: (failure: FailureRecord) => Effect.Effect<void, Errors.StoreUnavailable>
   /** Fails a unit or schedules its retry; returns the run's status (`failing` once over the budget). */
@@ -333,7 +346,10 @@ export interface StateStoreShape {
   readonly sweep: () => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
 
   /** Operator: cancel a run and every unit not yet terminal (fencing each). */
-  readonly cancelRun: (runId: string, actor: Actor) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
+  readonly cancelRun: (
+    runId: string,
+    actor: Actor
+  ) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
   /** Operator: re-open failed (or, with `partitions`, any) units; re-opens the run when it had ended. */
   readonly retry: (
     runId: string,
@@ -356,6 +372,8 @@ export class StateStore extends Context.Tag("@chunkwise/core/StateStore")<StateS
  * Time comes from Effect's `Clock`, so `TestClock` drives leases and delays in tests.
  */
 export const layerMemory: Layer.Layer<StateStore | MemoryDatabase> = Layer.effectContext(
-  Effect.map(MemoryStore.make, ({ database, store }) =>
-    Context.make(StateStore, store).pipe(Context.add(MemoryDatabase, database)))
+  Effect.map(
+    MemoryStore.make,
+    ({ database, store }) => Context.make(StateStore, store).pipe(Context.add(MemoryDatabase, database))
+  )
 )

@@ -69,7 +69,11 @@ export interface Advance<C> {
 export type Progress<C> = C | Done | Advance<C>
 
 /** Reports the next cursor (or `Step.done`) together with the number of items this chunk handled. */
-export const advance = <C>(next: C | Done, items: number): Advance<C> => ({ [AdvanceTypeId]: AdvanceTypeId, next, items })
+export const advance = <C>(next: C | Done, items: number): Advance<C> => ({
+  [AdvanceTypeId]: AdvanceTypeId,
+  next,
+  items
+})
 
 /** @internal */
 export const toAdvance = <C>(progress: Progress<C>): { readonly next: C | Done; readonly items: number } =>
@@ -115,7 +119,9 @@ export interface ReadWriteOptions<P, C, CI, I, R> extends CommonOptions {
   readonly start: C
   readonly chunkSize?: number | undefined
   /** Reads at most `ctx.chunkSize` items from `ctx.cursor`; `next` is the cursor after them, or `Step.done`. */
-  read(ctx: ChunkContext<P, C>): Effect.Effect<{ readonly items: ReadonlyArray<I>; readonly next: C | Done }, unknown, R>
+  read(
+    ctx: ChunkContext<P, C>
+  ): Effect.Effect<{ readonly items: ReadonlyArray<I>; readonly next: C | Done }, unknown, R>
   /** Writes the items read; in mode `"chunk"` it commits with the checkpoint. */
   write(items: ReadonlyArray<I>, ctx: ChunkContext<P, C>): Effect.Effect<void, unknown, R>
 }

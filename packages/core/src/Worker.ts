@@ -97,7 +97,11 @@ type Ending = "ack" | "release"
 /** Starts a worker in the current scope. */
 export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
   options: Options<Jobs>
-): Effect.Effect<Handle, Errors.ConfigurationError, Scope.Scope | StateStore | QueueAdapter | Job.Context<Jobs[number]>> =>
+): Effect.Effect<
+  Handle,
+  Errors.ConfigurationError,
+  Scope.Scope | StateStore | QueueAdapter | Job.Context<Jobs[number]>
+> =>
   Effect.gen(function*() {
     const store = yield* StateStore
     const queue = yield* QueueAdapter
@@ -107,7 +111,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const workerId = options.workerId ?? `w-${base32(digest([Math.random(), Date.now()])).slice(0, 10)}`
     const concurrency = options.concurrency ?? Math.max(...options.jobs.map((j) => j.concurrency.perWorker))
     if (!Number.isInteger(concurrency) || concurrency < 1) {
-      return yield* new Errors.ConfigurationError({ message: `Worker: concurrency must be a positive integer (got ${concurrency})` })
+      return yield* new Errors.ConfigurationError({
+        message: `Worker: concurrency must be a positive integer (got ${concurrency})`
+      })
     }
     const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
     const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
@@ -142,7 +148,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         deduplicationId: `${m.unitId}:${m.seq}`
       })))
     }).pipe(
-      Effect.catchAll((error) => Effect.logWarning("chunkwise: feeding the queue failed; retrying on the next tick", error)),
+      Effect.catchAll((error) =>
+        Effect.logWarning("chunkwise: feeding the queue failed; retrying on the next tick", error)
+      ),
       Effect.withSpan("chunkwise.feed")
     )
     const kickFeeder = Queue.offer(feedKick, undefined)
@@ -155,9 +163,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       const now = yield* monotonicMs
       const held = yield* store.renewLeases(workerId, entries.map((e) => e.lease), leaseMs).pipe(
         Effect.map((ids) => new Set(ids)),
-        Effect.catchAll((error) =>
-          Effect.as(Effect.logWarning("chunkwise: renewing leases failed", error), undefined)
-        )
+        Effect.catchAll((error) => Effect.as(Effect.logWarning("chunkwise: renewing leases failed", error), undefined))
       )
       for (const entry of entries) {
         if (held?.has(entry.lease.unitId)) entry.deadline = now + leaseMs
@@ -195,7 +201,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
 
     const checkLease = (entry: Active) =>
       Effect.flatMap(monotonicMs, (now) =>
-        now >= entry.deadline ? Effect.fail(leaseLost(entry.lease, "the lease expired before the next chunk")) : Effect.void)
+        now >= entry.deadline
+          ? Effect.fail(leaseLost(entry.lease, "the lease expired before the next chunk"))
+          : Effect.void)
 
     /** Records, logs and decides on one failure (D12). Returns how the unit continues. */
     const onFailure = (
@@ -204,13 +212,24 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       lease: Lease,
       cause: Cause.Cause<unknown>,
       where: { readonly step: string; readonly cursor: unknown; readonly attempt: number }
-    ): Effect.Effect<{ readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending }, Errors.StoreUnavailable> =>
+    ): Effect.Effect<
+      { readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending },
+      Errors.StoreUnavailable
+    > =>
       Effect.gen(function*() {
         const failure = Cause.failureOption(cause)
-        if (Option.isSome(failure) && (failure.value instanceof Errors.LeaseLost || failure.value instanceof Errors.CheckpointMoved)) {
+        if (
+          Option.isSome(failure) &&
+          (failure.value instanceof Errors.LeaseLost || failure.value instanceof Errors.CheckpointMoved)
+        ) {
           yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
           yield* Effect.logInfo("chunkwise: lease lost; the chunk rolled back and another worker continues").pipe(
-            Effect.annotateLogs({ job: job.name, runId: lease.runId, unitId: lease.unitId, reason: String(failure.value) })
+            Effect.annotateLogs({
+              job: job.name,
+              runId: lease.runId,
+              unitId: lease.unitId,
+              reason: String(failure.value)
+            })
           )
           return { _tag: "end", ending: "ack" } as const
         }
@@ -234,9 +253,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           outcome,
           at: yield* Clock.currentTimeMillis
         })
-        yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag))
+        yield* Metric.increment(
+          Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag)
+        )
         yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs })
-        if (delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) return { _tag: "retry-now", delayMs } as const
+        if (delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) {
+          return { _tag: "retry-now", delayMs } as const
+        }
         const result = yield* store.failUnit(
           lease,
           delayMs === undefined
@@ -260,7 +283,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       firstAttempt: number,
       where: { readonly step: string; readonly cursor: unknown },
       attempt: (n: number) => Effect.Effect<A, unknown, never>
-    ): Effect.Effect<{ readonly _tag: "ok"; readonly value: A } | { readonly _tag: "end"; readonly ending: Ending }, Errors.StoreUnavailable> =>
+    ): Effect.Effect<
+      { readonly _tag: "ok"; readonly value: A } | { readonly _tag: "end"; readonly ending: Ending },
+      Errors.StoreUnavailable
+    > =>
       Effect.gen(function*() {
         let n = firstAttempt
         while (true) {
@@ -274,17 +300,29 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
       })
 
-    const runPartition = (job: Job.Any, { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+    const runPartition = (
+      job: Job.Any,
+      { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease },
+      entry: Active
+    ) =>
       Effect.gen(function*() {
         const failNow = (error: unknown, step: string) =>
           Effect.map(
-            onFailure(job, { ...unit, attempt: unit.attempt }, lease, Cause.fail(error), { step, cursor: unit.cursor, attempt: unit.attempt }),
+            onFailure(job, { ...unit, attempt: unit.attempt }, lease, Cause.fail(error), {
+              step,
+              cursor: unit.cursor,
+              attempt: unit.attempt
+            }),
             () => "ack" as Ending
           )
         const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
         if (unit.crashesSinceProgress >= job.maxCrashes) {
           return yield* failNow(
-            new Errors.CrashLoop({ crashes: unit.crashesSinceProgress, step: stepName, cursor: JSON.stringify(unit.cursor) }),
+            new Errors.CrashLoop({
+              crashes: unit.crashesSinceProgress,
+              step: stepName,
+              cursor: JSON.stringify(unit.cursor)
+            }),
             stepName
           )
         }
@@ -310,7 +348,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
               if (decoded._tag === "Left") {
                 return yield* failNow(
-                  new Errors.CursorUndecodable({ step: step.name, cursor: JSON.stringify(encodedCursor), details: decoded.left.message }),
+                  new Errors.CursorUndecodable({
+                    step: step.name,
+                    cursor: JSON.stringify(encodedCursor),
+                    details: decoded.left.message
+                  }),
                   step.name
                 )
               }
@@ -328,78 +370,89 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           }
           const idempotencyKey = step.idempotencyKey?.(keyInput) ?? defaultKey(keyInput)
           const from = { stepIndex, chunkSeq }
-          const result = yield* withRetries(job, unit, entry, attempt, { step: step.name, cursor: encodedCursor }, (n) =>
-            Effect.gen(function*() {
-              const info = infoOf(lease, job.name, step.name, chunkSeq, n)
-              yield* probe.at("before-effect", info)
-              const ctx: Step.ChunkContext<unknown, unknown> = {
-                job: job.name,
-                runId: lease.runId,
-                params,
-                partition,
-                step: step.name,
-                idempotencyKey,
-                itemKey: (id) => itemKeyOf(idempotencyKey, id),
-                attempt: n,
-                fencingToken: lease.fencingToken,
-                chunkSeq,
-                cursor,
-                chunkSize: step._tag === "Chunked" ? step.chunkSize : 1
-              }
-              const effect = step._tag === "Chunked"
-                ? Effect.suspend(() => step.runChunk(ctx))
-                : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
-              const timed = step.timeout === undefined ? effect : effect.pipe(
-                Effect.timeoutFail({
-                  duration: step.timeout,
-                  onTimeout: () => new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
-                })
-              )
-              const commit = (progress: { readonly next: unknown; readonly items: number }) =>
-                Effect.gen(function*() {
-                  yield* probe.at("after-effect", info)
-                  const stepDone = progress.next === Step.done
-                  const nextCursor = stepDone || step._tag !== "Chunked"
-                    ? null
-                    : yield* Effect.orDie(Schema.encode(step.cursor)(progress.next))
-                  const to = stepDone
-                    ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
-                    : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
-                  const committed = yield* store.commitChunk({
-                    lease,
-                    from,
-                    to,
-                    unitDone: stepDone && stepIndex + 1 === job.steps.length,
-                    items: progress.items,
-                    idempotencyKey,
-                    step: step.name,
-                    leaseMs
-                  })
-                  return { to, runStatus: committed.runStatus, items: progress.items }
-                })
-              const run = step.transaction === "chunk"
-                ? store.transaction(Effect.flatMap(timed, commit))
-                : Effect.flatMap(timed, commit)
-              const out = yield* run.pipe(Effect.withSpan("chunkwise.chunk", {
-                attributes: {
-                  "chunkwise.job": job.name,
-                  "chunkwise.run_id": lease.runId,
-                  "chunkwise.partition": partition.key,
-                  "chunkwise.step": step.name,
-                  "chunkwise.chunk_seq": chunkSeq,
-                  "chunkwise.attempt": n,
-                  "chunkwise.idempotency_key": idempotencyKey
+          const result = yield* withRetries(
+            job,
+            unit,
+            entry,
+            attempt,
+            { step: step.name, cursor: encodedCursor },
+            (n) =>
+              Effect.gen(function*() {
+                const info = infoOf(lease, job.name, step.name, chunkSeq, n)
+                yield* probe.at("before-effect", info)
+                const ctx: Step.ChunkContext<unknown, unknown> = {
+                  job: job.name,
+                  runId: lease.runId,
+                  params,
+                  partition,
+                  step: step.name,
+                  idempotencyKey,
+                  itemKey: (id) => itemKeyOf(idempotencyKey, id),
+                  attempt: n,
+                  fencingToken: lease.fencingToken,
+                  chunkSeq,
+                  cursor,
+                  chunkSize: step._tag === "Chunked" ? step.chunkSize : 1
                 }
-              }))
-              yield* probe.at("after-commit", info)
-              return out
-            }).pipe(provideJobContext))
+                const effect = step._tag === "Chunked"
+                  ? Effect.suspend(() => step.runChunk(ctx))
+                  : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+                const timed = step.timeout === undefined ? effect : effect.pipe(
+                  Effect.timeoutFail({
+                    duration: step.timeout,
+                    onTimeout: () =>
+                      new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
+                  })
+                )
+                const commit = (progress: { readonly next: unknown; readonly items: number }) =>
+                  Effect.gen(function*() {
+                    yield* probe.at("after-effect", info)
+                    const stepDone = progress.next === Step.done
+                    const nextCursor = stepDone || step._tag !== "Chunked"
+                      ? null
+                      : yield* Effect.orDie(Schema.encode(step.cursor)(progress.next))
+                    const to = stepDone
+                      ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
+                      : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
+                    const committed = yield* store.commitChunk({
+                      lease,
+                      from,
+                      to,
+                      unitDone: stepDone && stepIndex + 1 === job.steps.length,
+                      items: progress.items,
+                      idempotencyKey,
+                      step: step.name,
+                      leaseMs
+                    })
+                    return { to, runStatus: committed.runStatus, items: progress.items }
+                  })
+                const run = step.transaction === "chunk"
+                  ? store.transaction(Effect.flatMap(timed, commit))
+                  : Effect.flatMap(timed, commit)
+                const out = yield* run.pipe(Effect.withSpan("chunkwise.chunk", {
+                  attributes: {
+                    "chunkwise.job": job.name,
+                    "chunkwise.run_id": lease.runId,
+                    "chunkwise.partition": partition.key,
+                    "chunkwise.step": step.name,
+                    "chunkwise.chunk_seq": chunkSeq,
+                    "chunkwise.attempt": n,
+                    "chunkwise.idempotency_key": idempotencyKey
+                  }
+                }))
+                yield* probe.at("after-commit", info)
+                return out
+              }).pipe(provideJobContext)
+          )
           if (result._tag === "end") return result.ending
           const { items, runStatus, to } = result.value
           entry.deadline = (yield* monotonicMs) + leaseMs
           yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
           if (items > 0) {
-            yield* Metric.incrementBy(Metric.tagged(Metric.tagged(Metrics.items, "job", job.name), "step", step.name), items)
+            yield* Metric.incrementBy(
+              Metric.tagged(Metric.tagged(Metrics.items, "job", job.name), "step", step.name),
+              items
+            )
           }
           stepIndex = to.stepIndex
           chunkSeq = to.chunkSeq
@@ -413,7 +466,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         return "ack" as Ending
       })
 
-    const runFinalize = (job: Job.Any, { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+    const runFinalize = (
+      job: Job.Any,
+      { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease },
+      entry: Active
+    ) =>
       Effect.gen(function*() {
         const progress = yield* store.progress(run.runId)
         const failed = progress.units.failed + progress.units.cancelled
@@ -430,7 +487,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
         if (decodedParams._tag === "Left") {
           return yield* Effect.as(
-            onFailure(job, unit, lease, Cause.fail(decodedParams.left), { step: "onComplete", cursor: null, attempt: unit.attempt }),
+            onFailure(job, unit, lease, Cause.fail(decodedParams.left), {
+              step: "onComplete",
+              cursor: null,
+              attempt: unit.attempt
+            }),
             "ack" as Ending
           )
         }
@@ -460,7 +521,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 Effect.zipRight(hook, probe.at("after-complete", info)),
                 store.finishRun(lease, outcome, idempotencyKey)
               )
-            ).pipe(Effect.withSpan("chunkwise.complete", { attributes: { "chunkwise.job": job.name, "chunkwise.run_id": run.runId } }))
+            ).pipe(
+              Effect.withSpan("chunkwise.complete", {
+                attributes: { "chunkwise.job": job.name, "chunkwise.run_id": run.runId }
+              })
+            )
           }).pipe(provideJobContext))
         if (result._tag === "end") return result.ending
         yield* Effect.logInfo(`chunkwise: run ${outcome}`).pipe(
@@ -501,8 +566,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           return yield* queue.release(delivery.receipt, 30_000)
         }
         const unitKey = `${message.runId}\u0000${message.unitId}`
-        if (active.has(unitKey)) return yield* queue.ack([delivery.receipt])
-        const perJob = [...active.values()].filter((a) => a.job === job.name).length
+        if (active.has(unitKey)) {
+          return yield* queue.ack([delivery.receipt])
+        }
+        const perJob = [...active.values()].filter((a) =>
+          a.job === job.name
+        ).length
         if (perJob >= job.concurrency.perWorker) return yield* queue.release(delivery.receipt, 1000)
 
         const claim = yield* store.claim({ message, workerId, leaseMs, jobConcurrency: job.concurrency.total })
@@ -532,11 +601,23 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
-          ? onFailure(job, claim.unit, claim.lease, Cause.fail(new Errors.DefinitionChanged({
-            job: job.name,
-            runId: message.runId,
-            changes: mismatch
-          })), { step: job.steps[claim.unit.stepIndex]?.name ?? "", cursor: claim.unit.cursor, attempt: claim.unit.attempt }).pipe(
+          ? onFailure(
+            job,
+            claim.unit,
+            claim.lease,
+            Cause.fail(
+              new Errors.DefinitionChanged({
+                job: job.name,
+                runId: message.runId,
+                changes: mismatch
+              })
+            ),
+            {
+              step: job.steps[claim.unit.stepIndex]?.name ?? "",
+              cursor: claim.unit.cursor,
+              attempt: claim.unit.attempt
+            }
+          ).pipe(
             Effect.as("ack" as Ending)
           )
           : runUnit(job, claim, entry)
@@ -560,7 +641,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           active.delete(unitKey)
           return Metric.set(Metrics.inFlight, active.size)
         })))
-        yield* Metric.update(Metric.tagged(Metrics.unitDuration, "job", job.name), ((yield* monotonicMs) - began) / 1000)
+        yield* Metric.update(
+          Metric.tagged(Metrics.unitDuration, "job", job.name),
+          ((yield* monotonicMs) - began) / 1000
+        )
 
         let ending: Ending
         if (Exit.isSuccess(exit)) ending = exit.value
@@ -576,14 +660,19 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         } else if (Cause.isInterruptedOnly(exit.cause)) {
           ending = "release"
         } else {
-          yield* Effect.logError("chunkwise: the worker failed while handling a unit; it will be redelivered", exit.cause)
+          yield* Effect.logError(
+            "chunkwise: the worker failed while handling a unit; it will be redelivered",
+            exit.cause
+          )
           ending = "release"
         }
         yield* probe.at("before-ack", infoOf(claim.lease, job.name, "", 0, 0))
         if (ending === "ack") {
           yield* queue.ack([delivery.receipt])
           const finalized = yield* store.tryFinalize(message.runId)
-          if (finalized) yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))
+          if (finalized) {
+            yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))
+          }
         } else {
           yield* queue.release(delivery.receipt, 0)
         }
@@ -604,22 +693,29 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           yield* Queue.take(slotFreed)
           continue
         }
-        const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs }).pipe(
-          Effect.catchAll((error) =>
-            Effect.as(
-              Effect.zipRight(Effect.logWarning("chunkwise: receiving failed; backing off", error), Effect.sleep(pollMs)),
-              []
+        const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs })
+          .pipe(
+            Effect.catchAll((error) =>
+              Effect.as(
+                Effect.zipRight(
+                  Effect.logWarning("chunkwise: receiving failed; backing off", error),
+                  Effect.sleep(pollMs)
+                ),
+                []
+              )
             )
           )
-        )
         for (const delivery of deliveries) {
           inflight += 1
-          yield* FiberSet.run(handlers, handle(delivery).pipe(
-            Effect.ensuring(Effect.suspend(() => {
-              inflight -= 1
-              return Queue.offer(slotFreed, undefined)
-            }))
-          ))
+          yield* FiberSet.run(
+            handlers,
+            handle(delivery).pipe(
+              Effect.ensuring(Effect.suspend(() => {
+                inflight -= 1
+                return Queue.offer(slotFreed, undefined)
+              }))
+            )
+          )
         }
       }
     })
@@ -667,7 +763,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     )
     yield* kickFeeder
     yield* Effect.logInfo("chunkwise: worker started").pipe(
-      Effect.annotateLogs({ workerId, jobs: [...jobs.keys()].join(","), concurrency, store: store.kind, queue: queue.kind })
+      Effect.annotateLogs({
+        workerId,
+        jobs: [...jobs.keys()].join(","),
+        concurrency,
+        store: store.kind,
+        queue: queue.kind
+      })
     )
     return { workerId, activeUnits: Effect.sync(() => active.size) }
   })
@@ -696,7 +798,8 @@ const alert = (
   }
 ) => {
   const { runbook } = classified
-  const line = `chunkwise failure: ${runbook.title} [${classified.tag}] in ${job.name}/${unit.partitionKey}/${where.step}`
+  const line =
+    `chunkwise failure: ${runbook.title} [${classified.tag}] in ${job.name}/${unit.partitionKey}/${where.step}`
   const annotated = Effect.annotateLogs({
     alert: "chunkwise.failure",
     job: job.name,
@@ -735,13 +838,17 @@ export const itemKeyOf = (idempotencyKey: string, itemId: string | number | bigi
 
 const registry = (jobs: ReadonlyArray<Job.Any>) =>
   Effect.gen(function*() {
-    if (jobs.length === 0) return yield* new Errors.ConfigurationError({ message: "Worker: give at least one job in `jobs`" })
+    if (jobs.length === 0) {
+      return yield* new Errors.ConfigurationError({ message: "Worker: give at least one job in `jobs`" })
+    }
     const byName = new Map<string, Job.Any>()
     const byTag = new Map<string, { readonly job: string; readonly id: string }>()
     const byId = new Map<string, { readonly job: string; readonly tag: string }>()
     for (const job of jobs) {
       if (byName.has(job.name)) {
-        return yield* new Errors.ConfigurationError({ message: `Worker: two jobs are named "${job.name}"; job names must be unique` })
+        return yield* new Errors.ConfigurationError({
+          message: `Worker: two jobs are named "${job.name}"; job names must be unique`
+        })
       }
       byName.set(job.name, job)
       for (const { id, tag } of job.runbooks.values()) {
@@ -749,7 +856,8 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
         const sameId = byId.get(id)
         if ((sameTag !== undefined && sameTag.id !== id) || (sameId !== undefined && sameId.tag !== tag)) {
           return yield* new Errors.ConfigurationError({
-            message: `Worker: jobs "${(sameTag ?? sameId)!.job}" and "${job.name}" register error tag "${tag}" / runbook ` +
+            message:
+              `Worker: jobs "${(sameTag ?? sameId)!.job}" and "${job.name}" register error tag "${tag}" / runbook ` +
               `"${id}" differently (D12); share one registration or rename one of them`
           })
         }
@@ -763,12 +871,15 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
 /** D13: `chunk` mode needs the user's writes in the store's transaction. */
 const checkTransactions = (storeKind: string, jobs: ReadonlyArray<Job.Any>) =>
   Effect.gen(function*() {
-    const chunkSteps = jobs.flatMap((job) => job.steps.filter((s) => s.transaction === "chunk").map((s) => `${job.name}/${s.name}`))
+    const chunkSteps = jobs.flatMap((job) =>
+      job.steps.filter((s) => s.transaction === "chunk").map((s) => `${job.name}/${s.name}`)
+    )
     if (storeKind !== "memory" || chunkSteps.length === 0) return
     const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
     if (Option.isSome(sql)) {
       return yield* new Errors.ConfigurationError({
-        message: `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk" and a SqlClient is provided, but the ` +
+        message:
+          `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk" and a SqlClient is provided, but the ` +
           `state store is in memory, so their SQL writes could not commit with the checkpoint. Use PgStateStore.layer, ` +
           `or set transaction: "none" and make the writes idempotent.`
       })

@@ -1,8 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Metric, MetricState } from "effect"
+import { Effect, HashMap, Logger, LogLevel, Metric, MetricState } from "effect"
 import { Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
-
 
 describe("completion", () => {
   it.scoped("the completion hook runs exactly once when many workers finish together", () =>
@@ -41,7 +40,9 @@ describe("completion", () => {
       let crashes = 0
       const probe = {
         at: (point: Probe.Point) =>
-          point === "after-complete" && crashes < 2 ? Effect.suspend(() => (crashes += 1, Effect.interrupt)) : Effect.void
+          point === "after-complete" && crashes < 2
+            ? Effect.suspend(() => (crashes += 1, Effect.interrupt))
+            : Effect.void
       }
       yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
       const { runId } = yield* Runner.start(job, { label: "hook-crash" })
@@ -60,7 +61,9 @@ describe("telemetry", () => {
       yield* Worker.make({ jobs: [job], ...fastWorker })
       const { runId } = yield* Runner.start(job, { label: "m" })
       yield* driveUntil(runEnded(runId))
-      const chunks = yield* Metric.value(Metric.tagged(Metric.tagged(Metrics.chunks, "job", "metered"), "step", "apply"))
+      const chunks = yield* Metric.value(
+        Metric.tagged(Metric.tagged(Metrics.chunks, "job", "metered"), "step", "apply")
+      )
       const items = yield* Metric.value(Metric.tagged(Metric.tagged(Metrics.items, "job", "metered"), "step", "apply"))
       const failures = yield* Metric.value(
         Metric.tagged(Metric.tagged(Metrics.failures, "job", "metered"), "error_tag", "BadRecord")
@@ -82,7 +85,46 @@ describe("runbooks", () => {
     expect(markdown).toContain("- id: `test-bad-record`")
     expect(markdown).toContain("retried up to 3 times")
     for (const builtin of Runbook.builtins) expect(markdown).toContain(`- id: \`${builtin.runbook.id}\``)
-    expect(() => Runbook.make(Runbook.builtins[0]!.errorClass, { id: "Bad Id", title: "t", severity: "info", meaning: "m", steps: ["s"] }))
+    expect(() =>
+      Runbook.make(Runbook.builtins[0]!.errorClass, {
+        id: "Bad Id",
+        title: "t",
+        severity: "info",
+        meaning: "m",
+        steps: ["s"]
+      })
+    )
       .toThrow(/lower-case letters/)
   })
+})
+
+describe("alerts", () => {
+  it.scoped("every failure writes one structured line carrying its runbook and the retry command", () =>
+    Effect.gen(function*() {
+      const lines: Array<{ message: unknown; level: string; annotations: Record<string, unknown> }> = []
+      const capture = Logger.make(({ annotations, logLevel, message }) => {
+        lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+      })
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 2, itemsPerPartition: 3, badItems: [1001] })
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture)),
+        Effect.provide(Logger.minimumLogLevel(LogLevel.Info))
+      )
+      const { runId } = yield* Runner.start(job, { label: "alert" })
+      yield* driveUntil(runEnded(runId))
+      const alerts = lines.filter((l) => l.annotations["alert"] === "chunkwise.failure")
+      expect(alerts).toHaveLength(1)
+      expect(alerts[0]!.level).toBe("ERROR")
+      expect(alerts[0]!.annotations).toMatchObject({
+        runbookId: "test-bad-record",
+        runbookTitle: "A record cannot be applied",
+        severity: "ticket",
+        errorTag: "BadRecord",
+        partition: "p1",
+        step: "apply",
+        runId,
+        retryCommand: `chunkwise retry ${runId} --partition "p1"`
+      })
+    }).pipe(Effect.provide(memoryEngine())))
 })

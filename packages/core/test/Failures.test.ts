@@ -1,6 +1,6 @@
+import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Schema } from "effect"
-import { SqlClient } from "@effect/sql"
 import { Errors, Job, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
 
@@ -278,7 +278,12 @@ describe("bad input", () => {
       const store = yield* StateStore.StateStore
       const { runId } = yield* Runner.start(v1, {})
       const [message] = yield* store.feed({ maxOutstanding: 10, redeliverAfterMs: 60_000 })
-      const claim = yield* store.claim({ message: message!, workerId: "manual", leaseMs: 60_000, jobConcurrency: undefined })
+      const claim = yield* store.claim({
+        message: message!,
+        workerId: "manual",
+        leaseMs: 60_000,
+        jobConcurrency: undefined
+      })
       if (claim._tag !== "Claimed") return yield* Effect.die("expected a claim")
       yield* store.commitChunk({
         lease: claim.lease,
@@ -355,7 +360,13 @@ describe("configuration errors fail fast", () => {
     expect(() =>
       Job.make({
         ...base,
-        errors: [{ errorClass: Errors.LeaseLost, runbook: { ...Job.runbookFor(testJob(recorder(), { partitions: 1, itemsPerPartition: 1 }), "LeaseLost"), id: "mine" } }],
+        errors: [{
+          errorClass: Errors.LeaseLost,
+          runbook: {
+            ...Job.runbookFor(testJob(recorder(), { partitions: 1, itemsPerPartition: 1 }), "LeaseLost"),
+            id: "mine"
+          }
+        }],
         steps: (step) => [step.single("s", { transaction: "none", run: () => Effect.void })]
       })
     ).toThrow(/chunkwise built-in/)

@@ -3,8 +3,8 @@
  * counts how many times a chunk applying it committed (must be exactly 1), and `effects` logs every
  * execution of a step's effect (which may repeat, always with the same key).
  */
-import { type Duration, Effect, Layer, Option, Schema, TestClock } from "effect"
-import { Job, MemoryDatabase, QueueAdapter, Runbook, RetryPolicy, Runner, StateStore, Step } from "../src/index.js"
+import { type Duration, Effect, Layer, Logger, LogLevel, Option, Schema, TestClock } from "effect"
+import { Job, MemoryDatabase, QueueAdapter, RetryPolicy, Runbook, Runner, StateStore, Step } from "../src/index.js"
 
 export class BadRecord extends Schema.TaggedError<BadRecord>()("BadRecord", { item: Schema.Number }) {}
 export class FlakyUpstream extends Schema.TaggedError<FlakyUpstream>()("FlakyUpstream", { message: Schema.String }) {}
@@ -24,7 +24,12 @@ export interface Recorder {
   completions: number
 }
 
-export const recorder = (): Recorder => ({ effects: [], running: new Map(), maxConcurrentPerPartition: 0, completions: 0 })
+export const recorder = (): Recorder => ({
+  effects: [],
+  running: new Map(),
+  maxConcurrentPerPartition: 0,
+  completions: 0
+})
 
 export interface TestJobOptions {
   readonly name?: string
@@ -49,8 +54,7 @@ export const testJob = (recorder: Recorder, options: TestJobOptions) => {
   return Job.make({
     name: options.name ?? "test-job",
     params: Schema.Struct({ label: Schema.String }),
-    partitions: () =>
-      Array.from({ length: options.partitions }, (_, i) => ({ key: `p${i}`, weight: (i % 3) + 1 })),
+    partitions: () => Array.from({ length: options.partitions }, (_, i) => ({ key: `p${i}`, weight: (i % 3) + 1 })),
     steps: (step) => [
       step.chunked("apply", {
         cursor: Schema.Struct({ next: Schema.Number }),
@@ -64,7 +68,13 @@ export const testJob = (recorder: Recorder, options: TestJobOptions) => {
             const now = (recorder.running.get(partition) ?? 0) + 1
             recorder.running.set(partition, now)
             recorder.maxConcurrentPerPartition = Math.max(recorder.maxConcurrentPerPartition, now)
-            recorder.effects.push({ partition, step: ctx.step, chunkSeq: ctx.chunkSeq, key: ctx.idempotencyKey, attempt: ctx.attempt })
+            recorder.effects.push({
+              partition,
+              step: ctx.step,
+              chunkSeq: ctx.chunkSeq,
+              key: ctx.idempotencyKey,
+              attempt: ctx.attempt
+            })
             try {
               if (options.chunkDelay !== undefined) yield* Effect.sleep(options.chunkDelay)
               const base = Number(partition.slice(1)) * 1000
@@ -90,7 +100,13 @@ export const testJob = (recorder: Recorder, options: TestJobOptions) => {
         run: (ctx) =>
           Effect.gen(function*() {
             const db = yield* MemoryDatabase.MemoryDatabase
-            recorder.effects.push({ partition: ctx.partition.key, step: ctx.step, chunkSeq: ctx.chunkSeq, key: ctx.idempotencyKey, attempt: ctx.attempt })
+            recorder.effects.push({
+              partition: ctx.partition.key,
+              step: ctx.step,
+              chunkSeq: ctx.chunkSeq,
+              key: ctx.idempotencyKey,
+              attempt: ctx.attempt
+            })
             const seen = yield* db.get("summaries", ctx.partition.key)
             yield* db.put("summaries", ctx.partition.key, Option.getOrElse(seen, () => 0) as number + 1)
           })
@@ -125,9 +141,9 @@ export const testJob = (recorder: Recorder, options: TestJobOptions) => {
   })
 }
 
-/** The in-memory engine: store + database + queue. */
+/** The in-memory engine: store + database + queue; logs are kept quiet unless a test asks for them. */
 export const memoryEngine = (queue: QueueAdapter.MemoryOptions = {}) =>
-  Layer.merge(StateStore.layerMemory, QueueAdapter.layerMemory(queue))
+  Layer.mergeAll(StateStore.layerMemory, QueueAdapter.layerMemory(queue), Logger.minimumLogLevel(LogLevel.None))
 
 /** Fast timers for tests driven by TestClock. */
 export const fastWorker = {
@@ -159,8 +175,10 @@ export const runEnded = (runId: string) =>
 
 /** Every row of a memory table as a plain object. */
 export const table = (name: string) =>
-  Effect.flatMap(MemoryDatabase.MemoryDatabase, (db) =>
-    Effect.map(db.rows(name), (rows) => Object.fromEntries(rows) as Record<string, number>))
+  Effect.flatMap(
+    MemoryDatabase.MemoryDatabase,
+    (db) => Effect.map(db.rows(name), (rows) => Object.fromEntries(rows) as Record<string, number>)
+  )
 
 /** The keys `pN` items that a full run applies. */
 export const expectedItems = (partitions: number, itemsPerPartition: number): Record<string, number> => {

@@ -27,8 +27,7 @@ export const suite = (name: string, options: Options): void => {
   const visibility = options.visibilityMs ?? 400
   // Under TestClock nothing advances while a receive waits, so receives return at once there.
   const waitMs = options.time === "test-clock" ? 0 : visibility
-  const pass = (ms: number) =>
-    options.time === "test-clock" ? TestClock.adjust(ms) : Effect.sleep(ms)
+  const pass = (ms: number) => options.time === "test-clock" ? TestClock.adjust(ms) : Effect.sleep(ms)
   const run = <A, E>(effect: Effect.Effect<A, E, QueueAdapter.QueueAdapter>, maxReceives = 50) =>
     Effect.provide(effect, options.make({ maxReceives }))
   const test = (title: string, body: Effect.Effect<void, unknown, QueueAdapter.QueueAdapter>, maxReceives?: number) =>
@@ -54,147 +53,183 @@ export const suite = (name: string, options: Options): void => {
     })
 
   describe(name, () => {
-    test("delivers a sent message, and ack removes it", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: `{"n":1}` }])
-      const [delivery] = yield* receiveUntil(1)
-      expect(delivery!.body).toBe(`{"n":1}`)
-      expect(delivery!.receiveCount).toBe(1)
-      yield* queue.ack([delivery!.receipt])
-      yield* pass(visibility * 2)
-      expect(yield* receiveAll(10)).toEqual([])
-    }))
-
-    test("redelivers a message that is not acked within its visibility timeout", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "again" }])
-      const [first] = yield* receiveUntil(1)
-      expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
-      yield* pass(visibility * 2)
-      const [second] = yield* receiveUntil(1)
-      expect(second!.body).toBe("again")
-      expect(second!.receiveCount).toBe(2)
-      // The first delivery's receipt is stale: acking it must not remove the message now in flight again.
-      yield* queue.ack([first!.receipt])
-      yield* pass(visibility * 2)
-      const [third] = yield* receiveUntil(1)
-      expect(third!.receiveCount).toBe(3)
-      yield* queue.ack([third!.receipt])
-    }))
-
-    test("release makes a message visible again after its delay", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "later" }])
-      const [first] = yield* receiveUntil(1, 60_000)
-      yield* queue.release(first!.receipt, visibility * 2)
-      expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
-      yield* pass(visibility * 3)
-      const [second] = yield* receiveUntil(1)
-      expect(second!.body).toBe("later")
-      yield* queue.ack([second!.receipt])
-    }))
-
-    test("release with no delay makes the message visible at once", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "now" }])
-      const [first] = yield* receiveUntil(1, 60_000)
-      yield* queue.release(first!.receipt, 0)
-      const [second] = yield* receiveUntil(1)
-      expect(second!.body).toBe("now")
-      yield* queue.ack([second!.receipt])
-    }))
-
-    test("extend keeps a message hidden past its first timeout", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "long" }])
-      const [first] = yield* receiveUntil(1)
-      yield* queue.extend([first!.receipt], visibility * 4)
-      yield* pass(visibility * 2)
-      expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
-      yield* pass(visibility * 3)
-      const [second] = yield* receiveUntil(1)
-      expect(second!.receiveCount).toBe(2)
-      yield* queue.ack([second!.receipt])
-    }))
-
-    test("sends and acks in batches larger than one broker call", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      const bodies = Array.from({ length: 25 }, (_, i) => `m${i}`)
-      yield* queue.send(bodies.map((body) => ({ body })))
-      const got = yield* receiveUntil(25, 60_000)
-      expect(got.map((d) => d.body).sort()).toEqual([...bodies].sort())
-      yield* queue.ack(got.map((d) => d.receipt))
-      const depth = yield* queue.depth
-      expect(depth.ready + depth.inFlight + depth.delayed).toBe(0)
-    }))
-
-    test("dead-letters a message after maxReceives with the reason, and redrive brings it back", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "poison" }])
-      for (let i = 0; i < 2; i++) {
-        yield* receiveUntil(1)
+    test(
+      "delivers a sent message, and ack removes it",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: `{"n":1}` }])
+        const [delivery] = yield* receiveUntil(1)
+        expect(delivery!.body).toBe(`{"n":1}`)
+        expect(delivery!.receiveCount).toBe(1)
+        yield* queue.ack([delivery!.receipt])
         yield* pass(visibility * 2)
-      }
-      expect(yield* receiveAll(10)).toEqual([])
-      const dead = yield* queue.deadLetters({ limit: 10 })
-      expect(dead).toHaveLength(1)
-      expect(dead[0]!.body).toBe("poison")
-      expect(dead[0]!.reason).toMatch(/2/)
-      expect((yield* queue.depth).dead).toBe(1)
-      expect(yield* queue.redrive({})).toBe(1)
-      const [back] = yield* receiveUntil(1)
-      expect(back!.body).toBe("poison")
-      yield* queue.ack([back!.receipt])
-    }), 2)
-
-    test("deadLetter moves a message with the caller's reason", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "garbage" }])
-      const [delivery] = yield* receiveUntil(1)
-      yield* queue.deadLetter(delivery!.receipt, "MalformedMessage: body is not JSON")
-      yield* pass(visibility * 2)
-      expect(yield* receiveAll(10)).toEqual([])
-      const [dead] = yield* queue.deadLetters({ limit: 10 })
-      expect(dead!.reason).toBe("MalformedMessage: body is not JSON")
-    }))
-
-    test("depth counts ready, in-flight and delayed messages", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      yield* queue.send([{ body: "a" }, { body: "b" }, { body: "c" }])
-      yield* queue.send([{ body: "d" }], { delayMs: 60_000 })
-      yield* receiveUntil(1, 60_000)
-      const depth = yield* queue.depth
-      expect(depth).toMatchObject({ ready: 2, inFlight: 1, delayed: 1, dead: 0 })
-    }))
-
-    test("rejects an oversize body with a clear error and sends nothing", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      const error = yield* Effect.flip(queue.send([{ body: "ok" }, { body: "x".repeat(options.maxMessageBytes + 1) }]))
-      expect(error._tag).toBe("MessageRejected")
-      expect(error.message).toMatch(/bytes/)
-      expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
-    }))
-
-    test("many concurrent consumers lose nothing", Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      const total = 200
-      yield* queue.send(Array.from({ length: total }, (_, i) => ({ body: String(i) })))
-      const seen = new Set<string>()
-      const consumer = Effect.gen(function*() {
-        for (let empty = 0; empty < 3 && seen.size < total;) {
-          const got = yield* queue.receive({ max: 10, visibilityMs: 60_000, waitMs })
-          if (got.length === 0) {
-            empty += 1
-            continue
-          }
-          for (const d of got) seen.add(d.body)
-          yield* queue.ack(got.map((d) => d.receipt))
-        }
+        expect(yield* receiveAll(10)).toEqual([])
       })
-      yield* Effect.all(Array.from({ length: 8 }, () => consumer), { concurrency: "unbounded" })
-      expect(seen.size).toBe(total)
-      const depth = yield* queue.depth
-      expect(depth.ready + depth.inFlight).toBe(0)
-    }))
+    )
+
+    test(
+      "redelivers a message that is not acked within its visibility timeout",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "again" }])
+        const [first] = yield* receiveUntil(1)
+        expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
+        yield* pass(visibility * 2)
+        const [second] = yield* receiveUntil(1)
+        expect(second!.body).toBe("again")
+        expect(second!.receiveCount).toBe(2)
+        // The first delivery's receipt is stale: acking it must not remove the message now in flight again.
+        yield* queue.ack([first!.receipt])
+        yield* pass(visibility * 2)
+        const [third] = yield* receiveUntil(1)
+        expect(third!.receiveCount).toBe(3)
+        yield* queue.ack([third!.receipt])
+      })
+    )
+
+    test(
+      "release makes a message visible again after its delay",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "later" }])
+        const [first] = yield* receiveUntil(1, 60_000)
+        yield* queue.release(first!.receipt, visibility * 2)
+        expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
+        yield* pass(visibility * 3)
+        const [second] = yield* receiveUntil(1)
+        expect(second!.body).toBe("later")
+        yield* queue.ack([second!.receipt])
+      })
+    )
+
+    test(
+      "release with no delay makes the message visible at once",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "now" }])
+        const [first] = yield* receiveUntil(1, 60_000)
+        yield* queue.release(first!.receipt, 0)
+        const [second] = yield* receiveUntil(1)
+        expect(second!.body).toBe("now")
+        yield* queue.ack([second!.receipt])
+      })
+    )
+
+    test(
+      "extend keeps a message hidden past its first timeout",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "long" }])
+        const [first] = yield* receiveUntil(1)
+        yield* queue.extend([first!.receipt], visibility * 4)
+        yield* pass(visibility * 2)
+        expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
+        yield* pass(visibility * 3)
+        const [second] = yield* receiveUntil(1)
+        expect(second!.receiveCount).toBe(2)
+        yield* queue.ack([second!.receipt])
+      })
+    )
+
+    test(
+      "sends and acks in batches larger than one broker call",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const bodies = Array.from({ length: 25 }, (_, i) => `m${i}`)
+        yield* queue.send(bodies.map((body) => ({ body })))
+        const got = yield* receiveUntil(25, 60_000)
+        expect(got.map((d) => d.body).sort()).toEqual([...bodies].sort())
+        yield* queue.ack(got.map((d) => d.receipt))
+        const depth = yield* queue.depth
+        expect(depth.ready + depth.inFlight + depth.delayed).toBe(0)
+      })
+    )
+
+    test(
+      "dead-letters a message after maxReceives with the reason, and redrive brings it back",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "poison" }])
+        for (let i = 0; i < 2; i++) {
+          yield* receiveUntil(1)
+          yield* pass(visibility * 2)
+        }
+        expect(yield* receiveAll(10)).toEqual([])
+        const dead = yield* queue.deadLetters({ limit: 10 })
+        expect(dead).toHaveLength(1)
+        expect(dead[0]!.body).toBe("poison")
+        expect(dead[0]!.reason).toMatch(/2/)
+        expect((yield* queue.depth).dead).toBe(1)
+        expect(yield* queue.redrive({})).toBe(1)
+        const [back] = yield* receiveUntil(1)
+        expect(back!.body).toBe("poison")
+        yield* queue.ack([back!.receipt])
+      }),
+      2
+    )
+
+    test(
+      "deadLetter moves a message with the caller's reason",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "garbage" }])
+        const [delivery] = yield* receiveUntil(1)
+        yield* queue.deadLetter(delivery!.receipt, "MalformedMessage: body is not JSON")
+        yield* pass(visibility * 2)
+        expect(yield* receiveAll(10)).toEqual([])
+        const [dead] = yield* queue.deadLetters({ limit: 10 })
+        expect(dead!.reason).toBe("MalformedMessage: body is not JSON")
+      })
+    )
+
+    test(
+      "depth counts ready, in-flight and delayed messages",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "a" }, { body: "b" }, { body: "c" }])
+        yield* queue.send([{ body: "d" }], { delayMs: 60_000 })
+        yield* receiveUntil(1, 60_000)
+        const depth = yield* queue.depth
+        expect(depth).toMatchObject({ ready: 2, inFlight: 1, delayed: 1, dead: 0 })
+      })
+    )
+
+    test(
+      "rejects an oversize body with a clear error and sends nothing",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const error = yield* Effect.flip(
+          queue.send([{ body: "ok" }, { body: "x".repeat(options.maxMessageBytes + 1) }])
+        )
+        expect(error._tag).toBe("MessageRejected")
+        expect(error.message).toMatch(/bytes/)
+        expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
+      })
+    )
+
+    test(
+      "many concurrent consumers lose nothing",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const total = 200
+        yield* queue.send(Array.from({ length: total }, (_, i) => ({ body: String(i) })))
+        const seen = new Set<string>()
+        const consumer = Effect.gen(function*() {
+          for (let empty = 0; empty < 3 && seen.size < total;) {
+            const got = yield* queue.receive({ max: 10, visibilityMs: 60_000, waitMs })
+            if (got.length === 0) {
+              empty += 1
+              continue
+            }
+            for (const d of got) seen.add(d.body)
+            yield* queue.ack(got.map((d) => d.receipt))
+          }
+        })
+        yield* Effect.all(Array.from({ length: 8 }, () => consumer), { concurrency: "unbounded" })
+        expect(seen.size).toBe(total)
+        const depth = yield* queue.depth
+        expect(depth.ready + depth.inFlight).toBe(0)
+      })
+    )
   })
 }

@@ -44,14 +44,26 @@ export const classify = (job: Job.Any, cause: Cause.Cause<unknown>, step: string
     }
     if (Cause.isTimeoutException(error)) {
       const timeout = new Errors.StepTimeout({ step, timeoutMs: 0 })
-      return { tag: timeout._tag, message: messageOf(error), cause: pretty, runbook: Job.runbookFor(job, timeout._tag), error }
+      return {
+        tag: timeout._tag,
+        message: messageOf(error),
+        cause: pretty,
+        runbook: Job.runbookFor(job, timeout._tag),
+        error
+      }
     }
     const unclassified = new Errors.Unclassified({
       message: messageOf(error),
       originalTag: tag,
       defect: false
     })
-    return { tag: unclassified._tag, message: unclassified.message, cause: pretty, runbook: Job.runbookFor(job, "Unclassified"), error }
+    return {
+      tag: unclassified._tag,
+      message: unclassified.message,
+      cause: pretty,
+      runbook: Job.runbookFor(job, "Unclassified"),
+      error
+    }
   }
   const defect = Cause.dieOption(cause)
   const message = Option.isSome(defect) ? messageOf(defect.value) : "interrupted"

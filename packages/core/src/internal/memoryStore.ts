@@ -138,8 +138,13 @@ export const make = Effect.sync(() => {
     kind: "memory",
 
     transaction: (effect) =>
-      Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (active) =>
-        active !== undefined ? effect : Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet())),
+      Effect.flatMap(
+        FiberRef.get(MemoryDatabase.currentWriteSet),
+        (active) =>
+          active !== undefined
+            ? effect
+            : Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet())
+      ),
 
     createRun: (input) =>
       Effect.map(now, (at) => {
@@ -235,7 +240,9 @@ export const make = Effect.sync(() => {
               continue
             }
             const runnable = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
-            const due = unit.status === "pending" ? unit.retryAt === null || unit.retryAt <= at : unit.status === "leased"
+            const due = unit.status === "pending"
+              ? unit.retryAt === null || unit.retryAt <= at
+              : unit.status === "leased"
             if (runnable && due) candidates.push(unit)
           }
         }
@@ -290,39 +297,44 @@ export const make = Effect.sync(() => {
       }),
 
     commitChunk: (commit) =>
-      Effect.flatMap(now, (at) =>
-        Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet): Effect.Effect<
-          { readonly runStatus: RunStatus },
-          Errors.LeaseLost | Errors.CheckpointMoved
-        > => {
-          const { lease } = commit
-          const unit = units.get(lease.runId)?.get(lease.unitId)
-          if (!holds(unit, lease)) return Effect.fail(leaseLost(lease, "fenced by a newer claim or an operator action"))
-          if (unit.leaseExpiresAt === null || unit.leaseExpiresAt <= at) {
-            return Effect.fail(leaseLost(lease, "the lease expired before the commit"))
-          }
-          if (unit.stepIndex !== commit.from.stepIndex || unit.chunkSeq !== commit.from.chunkSeq) {
-            return Effect.fail(new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId }))
-          }
-          if (writeSet !== undefined) database.apply(writeSet)
-          unit.stepIndex = commit.to.stepIndex
-          unit.cursor = commit.to.cursor
-          unit.chunkSeq = commit.to.chunkSeq
-          unit.attempt = 1
-          unit.crashesSinceProgress = 0
-          unit.chunks += 1
-          unit.items += commit.items
-          unit.lastErrorTag = null
-          unit.leaseExpiresAt = at + commit.leaseMs
-          push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
-          if (commit.unitDone) {
-            unit.status = "succeeded"
-            unit.leaseOwner = null
-            unit.leaseExpiresAt = null
-            unit.finishedAt = at
-          }
-          return Effect.succeed({ runStatus: runs.get(lease.runId)!.status })
-        })),
+      Effect.flatMap(
+        now,
+        (at) =>
+          Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet): Effect.Effect<
+            { readonly runStatus: RunStatus },
+            Errors.LeaseLost | Errors.CheckpointMoved
+          > => {
+            const { lease } = commit
+            const unit = units.get(lease.runId)?.get(lease.unitId)
+            if (!holds(unit, lease)) {
+              return Effect.fail(leaseLost(lease, "fenced by a newer claim or an operator action"))
+            }
+            if (unit.leaseExpiresAt === null || unit.leaseExpiresAt <= at) {
+              return Effect.fail(leaseLost(lease, "the lease expired before the commit"))
+            }
+            if (unit.stepIndex !== commit.from.stepIndex || unit.chunkSeq !== commit.from.chunkSeq) {
+              return Effect.fail(new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId }))
+            }
+            if (writeSet !== undefined) database.apply(writeSet)
+            unit.stepIndex = commit.to.stepIndex
+            unit.cursor = commit.to.cursor
+            unit.chunkSeq = commit.to.chunkSeq
+            unit.attempt = 1
+            unit.crashesSinceProgress = 0
+            unit.chunks += 1
+            unit.items += commit.items
+            unit.lastErrorTag = null
+            unit.leaseExpiresAt = at + commit.leaseMs
+            push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
+            if (commit.unitDone) {
+              unit.status = "succeeded"
+              unit.leaseOwner = null
+              unit.leaseExpiresAt = null
+              unit.finishedAt = at
+            }
+            return Effect.succeed({ runStatus: runs.get(lease.runId)!.status })
+          })
+      ),
 
     renewLeases: (workerId, leases, leaseMs) =>
       Effect.map(now, (at) => {
@@ -353,7 +365,9 @@ export const make = Effect.sync(() => {
       Effect.flatMap(now, (at) => {
         const unit = units.get(lease.runId)?.get(lease.unitId)
         const run = runs.get(lease.runId)
-        if (!holds(unit, lease) || run === undefined) return Effect.fail(leaseLost(lease, "fenced before the failure was recorded"))
+        if (!holds(unit, lease) || run === undefined) {
+          return Effect.fail(leaseLost(lease, "fenced before the failure was recorded"))
+        }
         unit.lastErrorTag = disposition.errorTag
         unit.leaseOwner = null
         unit.leaseExpiresAt = null
@@ -466,7 +480,9 @@ export const make = Effect.sync(() => {
         const at = yield* now
         const run = yield* findRun(runId)
         const chosen = yield* select(run, selection, (u) => u.status === "failed")
-        const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) => plan(u, selection))
+        const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
+          plan(u, selection)
+        )
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) fence(unitsOf(runId).get(p.unitId)!, "skipped", at)
         if (run.status === "failed") reopen(run, at)
