@@ -12,7 +12,7 @@ export default defineConfig({
     }
   },
   test: {
-    include: ["packages/*/test/**/*.test.ts", "examples/*/test/**/*.test.ts"],
+    include: ["packages/*/test/**/*.test.ts", "examples/*/test/**/*.test.ts", "docs/**/*.test.ts"],
     testTimeout: 30_000,
     hookTimeout: 30_000
   }
