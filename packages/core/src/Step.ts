@@ -50,11 +50,15 @@ export interface ChunkContext<P, C> extends StepContext<P> {
   readonly chunkSize: number
 }
 
-/** Returned by a chunk to say the step has no more data. */
-export const done: unique symbol = Symbol.for("chunkwise/Step/done")
+const DoneTypeId: unique symbol = Symbol.for("chunkwise/Step/done")
 
-/** @since 0.1.0 */
-export type Done = typeof done
+/** The type of `Step.done` (an object, so it never widens the way a symbol does in inferred types). */
+export interface Done {
+  readonly [DoneTypeId]: typeof DoneTypeId
+}
+
+/** Returned by a chunk to say the step has no more data. Compared by identity. */
+export const done: Done = { [DoneTypeId]: DoneTypeId }
 
 const AdvanceTypeId: unique symbol = Symbol.for("chunkwise/Step/Advance")
 
@@ -106,17 +110,17 @@ export interface ProcessOptions<P, C, CI, R> extends CommonOptions {
   /** The cursor's schema: the cursor is stored encoded, so it must round-trip through JSON. */
   readonly cursor: Schema.Schema<C, CI, never>
   /** Where the step starts. */
-  readonly start: C
+  readonly start: NoInfer<C>
   /** Items per chunk (default 500). */
   readonly chunkSize?: number | undefined
   /** Does one chunk from `ctx.cursor` and returns the next cursor, or `Step.done`. */
-  process(ctx: ChunkContext<P, C>): Effect.Effect<Progress<C>, unknown, R>
+  process(ctx: ChunkContext<P, C>): Effect.Effect<Progress<NoInfer<C>>, unknown, R>
 }
 
 /** Options of a chunked step whose items pass through the framework: `read` a chunk, then `write` it. */
 export interface ReadWriteOptions<P, C, CI, I, R> extends CommonOptions {
   readonly cursor: Schema.Schema<C, CI, never>
-  readonly start: C
+  readonly start: NoInfer<C>
   readonly chunkSize?: number | undefined
   /** Reads at most `ctx.chunkSize` items from `ctx.cursor`; `next` is the cursor after them, or `Step.done`. */
   read(

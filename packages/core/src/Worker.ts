@@ -436,6 +436,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     "chunkwise.partition": partition.key,
                     "chunkwise.step": step.name,
                     "chunkwise.chunk_seq": chunkSeq,
+                    "chunkwise.cursor": encodedCursor === null ? "start" : JSON.stringify(encodedCursor),
+                    "chunkwise.chunk_size": ctx.chunkSize,
                     "chunkwise.attempt": n,
                     "chunkwise.idempotency_key": idempotencyKey
                   }
