@@ -41,7 +41,7 @@ import * as Probe from "./Probe.js"
 import { QueueAdapter } from "./QueueAdapter.js"
 import type { Delivery } from "./QueueAdapter.js"
 import * as RetryPolicy from "./RetryPolicy.js"
-import type { Lease, RunRecord, RunStatus, UnitRecord } from "./StateStore.js"
+import type { ClaimResult, FailureRecord, Lease, RunStatus, UnitRecord } from "./StateStore.js"
 import { StateStore } from "./StateStore.js"
 import * as Step from "./Step.js"
 
@@ -90,6 +90,9 @@ interface Active {
   /** Why the unit's fiber was interrupted from outside. */
   stop: "lease-lost" | "abandoned" | undefined
 }
+
+/** A successful claim: the unit, its run and the lease. */
+type Claimed = Extract<ClaimResult, { readonly _tag: "Claimed" }>
 
 /** How a unit execution ended, deciding what happens to its message. */
 type Ending = "ack" | "release"
@@ -181,7 +184,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     })
 
     // ---- one unit execution
-    const runUnit = (job: Job.Any, claimed: { unit: UnitRecord; run: RunRecord; lease: Lease }, entry: Active) =>
+    const runUnit = (job: Job.Any, claimed: Claimed, entry: Active) =>
       claimed.unit.kind === "finalize"
         ? runFinalize(job, claimed, entry)
         : runPartition(job, claimed, entry)
@@ -211,17 +214,39 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       unit: UnitRecord,
       lease: Lease,
       cause: Cause.Cause<unknown>,
-      where: { readonly step: string; readonly cursor: unknown; readonly attempt: number }
+      where: { readonly step: string; readonly cursor: unknown; readonly attempt: number },
+      inProcessRetry = true
     ): Effect.Effect<
       { readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending },
       Errors.StoreUnavailable
     > =>
       Effect.gen(function*() {
         const failure = Cause.failureOption(cause)
+        const cursor = where.cursor === null || where.cursor === undefined ? null : JSON.stringify(where.cursor)
+        const classified = classify(job, cause, where.step)
+        const at = yield* Clock.currentTimeMillis
+        const record = (outcome: FailureRecord["outcome"]) =>
+          store.recordFailure({
+            runId: lease.runId,
+            unitId: lease.unitId,
+            partitionKey: unit.partitionKey,
+            step: where.step,
+            errorTag: classified.tag,
+            message: classified.message,
+            cause: classified.cause,
+            cursor,
+            attempt: where.attempt,
+            runbookId: classified.runbook.id,
+            severity: classified.runbook.severity,
+            outcome,
+            at
+          })
         if (
           Option.isSome(failure) &&
           (failure.value instanceof Errors.LeaseLost || failure.value instanceof Errors.CheckpointMoved)
         ) {
+          // Not the unit's failure: its chunk rolled back and another worker holds it. Kept for operators.
+          yield* record("abandoned")
           yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
           yield* Effect.logInfo("chunkwise: lease lost; the chunk rolled back and another worker continues").pipe(
             Effect.annotateLogs({
@@ -233,31 +258,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           )
           return { _tag: "end", ending: "ack" } as const
         }
-        const classified = classify(job, cause, where.step)
         const random = yield* Random.next
         const delayMs = RetryPolicy.delayAfter(classified.runbook.retry, where.attempt, random)
         const outcome = delayMs === undefined ? "failed" : "retry"
-        const cursor = where.cursor === null || where.cursor === undefined ? null : JSON.stringify(where.cursor)
-        yield* store.recordFailure({
-          runId: lease.runId,
-          unitId: lease.unitId,
-          partitionKey: unit.partitionKey,
-          step: where.step,
-          errorTag: classified.tag,
-          message: classified.message,
-          cause: classified.cause,
-          cursor,
-          attempt: where.attempt,
-          runbookId: classified.runbook.id,
-          severity: classified.runbook.severity,
-          outcome,
-          at: yield* Clock.currentTimeMillis
-        })
+        yield* record(outcome)
         yield* Metric.increment(
           Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag)
         )
         yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs })
-        if (delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) {
+        if (inProcessRetry && delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) {
           return { _tag: "retry-now", delayMs } as const
         }
         const result = yield* store.failUnit(
@@ -300,24 +309,28 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
       })
 
+    /**
+     * Fails the unit at once with an error found before any step ran (crash loop, params, cursor,
+     * definition): classified, recorded and logged like any failure, never retried in-process.
+     */
+    const failWith = (job: Job.Any, { lease, unit }: Claimed, error: unknown, step: string) =>
+      Effect.as(
+        onFailure(job, unit, lease, Cause.fail(error), { step, cursor: unit.cursor, attempt: unit.attempt }, false),
+        "ack" as Ending
+      )
+
     const runPartition = (
       job: Job.Any,
-      { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease },
+      claimed: Claimed,
       entry: Active
     ) =>
       Effect.gen(function*() {
-        const failNow = (error: unknown, step: string) =>
-          Effect.map(
-            onFailure(job, { ...unit, attempt: unit.attempt }, lease, Cause.fail(error), {
-              step,
-              cursor: unit.cursor,
-              attempt: unit.attempt
-            }),
-            () => "ack" as Ending
-          )
+        const { lease, run, unit } = claimed
         const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
         if (unit.crashesSinceProgress >= job.maxCrashes) {
-          return yield* failNow(
+          return yield* failWith(
+            job,
+            claimed,
             new Errors.CrashLoop({
               crashes: unit.crashesSinceProgress,
               step: stepName,
@@ -327,7 +340,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           )
         }
         const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
-        if (decodedParams._tag === "Left") return yield* failNow(decodedParams.left, stepName)
+        if (decodedParams._tag === "Left") return yield* failWith(job, claimed, decodedParams.left, stepName)
         const params = decodedParams.right.params
         const partition = { key: unit.partitionKey, weight: unit.weight }
 
@@ -347,7 +360,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             else {
               const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
               if (decoded._tag === "Left") {
-                return yield* failNow(
+                return yield* failWith(
+                  job,
+                  claimed,
                   new Errors.CursorUndecodable({
                     step: step.name,
                     cursor: JSON.stringify(encodedCursor),
@@ -470,10 +485,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
 
     const runFinalize = (
       job: Job.Any,
-      { lease, run, unit }: { unit: UnitRecord; run: RunRecord; lease: Lease },
+      claimed: Claimed,
       entry: Active
     ) =>
       Effect.gen(function*() {
+        const { lease, run, unit } = claimed
         const progress = yield* store.progress(run.runId)
         const failed = progress.units.failed + progress.units.cancelled
         const outcome = failed > 0 ? "failed" as const : "succeeded" as const
@@ -487,16 +503,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           chunkSeq: 0
         })
         const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
-        if (decodedParams._tag === "Left") {
-          return yield* Effect.as(
-            onFailure(job, unit, lease, Cause.fail(decodedParams.left), {
-              step: "onComplete",
-              cursor: null,
-              attempt: unit.attempt
-            }),
-            "ack" as Ending
-          )
-        }
+        if (decodedParams._tag === "Left") return yield* failWith(job, claimed, decodedParams.left, "onComplete")
         const result = yield* withRetries(job, unit, entry, unit.attempt, { step: "onComplete", cursor: null }, (n) =>
           Effect.gen(function*() {
             const info = infoOf(lease, job.name, "onComplete", 0, n)
@@ -603,24 +610,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
-          ? onFailure(
+          ? failWith(
             job,
-            claim.unit,
-            claim.lease,
-            Cause.fail(
-              new Errors.DefinitionChanged({
-                job: job.name,
-                runId: message.runId,
-                changes: mismatch
-              })
-            ),
-            {
-              step: job.steps[claim.unit.stepIndex]?.name ?? "",
-              cursor: claim.unit.cursor,
-              attempt: claim.unit.attempt
-            }
-          ).pipe(
-            Effect.as("ack" as Ending)
+            claim,
+            new Errors.DefinitionChanged({ job: job.name, runId: message.runId, changes: mismatch }),
+            job.steps[claim.unit.stepIndex]?.name ?? ""
           )
           : runUnit(job, claim, entry)
         yield* Metric.set(Metrics.inFlight, active.size)

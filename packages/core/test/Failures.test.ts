@@ -2,7 +2,17 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Schema } from "effect"
 import { Errors, Job, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
-import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
+import {
+  commitManually,
+  driveUntil,
+  expectedItems,
+  fastWorker,
+  memoryEngine,
+  recorder,
+  runEnded,
+  table,
+  testJob
+} from "./fixtures.js"
 
 const operator = { actor: "alice", reason: "fixed the record" }
 
@@ -278,23 +288,7 @@ describe("bad input", () => {
       const store = yield* StateStore.StateStore
       const { runId } = yield* Runner.start(v1, {})
       const [message] = yield* store.feed({ maxOutstanding: 10, redeliverAfterMs: 60_000 })
-      const claim = yield* store.claim({
-        message: message!,
-        workerId: "manual",
-        leaseMs: 60_000,
-        jobConcurrency: undefined
-      })
-      if (claim._tag !== "Claimed") return yield* Effect.die("expected a claim")
-      yield* store.commitChunk({
-        lease: claim.lease,
-        from: { stepIndex: 0, chunkSeq: 0 },
-        to: { stepIndex: 0, chunkSeq: 1, cursor: { n: 5 } },
-        unitDone: false,
-        items: 0,
-        idempotencyKey: "k",
-        step: "count",
-        leaseMs: 1
-      })
+      yield* commitManually(message!, { stepIndex: 0, chunkSeq: 1, cursor: { n: 5 } }, false)
       const v2 = make(Schema.Struct({ n: Schema.Number.pipe(Schema.lessThan(3)) }), 100)
       expect(v2.fingerprint).toBe(v1.fingerprint) // refinements do not change the stored definition
       yield* Worker.make({ jobs: [v2], ...fastWorker })

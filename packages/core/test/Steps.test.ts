@@ -1,7 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option, Schema } from "effect"
 import { Job, MemoryDatabase, Probe, Runner, StateStore, Step, Worker } from "../src/index.js"
-import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
+import {
+  commitManually,
+  driveUntil,
+  expectedItems,
+  fastWorker,
+  memoryEngine,
+  recorder,
+  runEnded,
+  table,
+  testJob
+} from "./fixtures.js"
 
 describe("steps", () => {
   it.scoped("read + write steps pass items through, a slow chunk times out, and custom keys are used", () =>
@@ -73,6 +83,8 @@ describe("steps", () => {
       expect(yield* table("applied")).toEqual(expectedItems(1, 6))
       const [unit] = yield* store.listUnits(runId, { limit: 1 })
       expect(yield* store.ledger(runId, unit!.unitId)).toHaveLength(3)
+      const failures = yield* store.listFailures(runId, { limit: 10 })
+      expect(failures.map((f) => [f.errorTag, f.outcome])).toContainEqual(["LeaseLost", "abandoned"])
     }).pipe(Effect.provide(memoryEngine())))
 })
 
@@ -93,23 +105,7 @@ describe("feeding", () => {
       expect(yield* Effect.forEach(first, (m) => keyOf(m.unitId))).toEqual(["huge", "mid"])
       expect(yield* store.feed({ maxOutstanding: 2, redeliverAfterMs: 60_000 })).toEqual([])
       // One finishes: the feeder tops up with the next.
-      const claim = yield* store.claim({
-        message: first[0]!,
-        workerId: "w",
-        leaseMs: 60_000,
-        jobConcurrency: undefined
-      })
-      if (claim._tag !== "Claimed") return yield* Effect.die("expected a claim")
-      yield* store.commitChunk({
-        lease: claim.lease,
-        from: { stepIndex: 0, chunkSeq: 0 },
-        to: { stepIndex: 1, chunkSeq: 0, cursor: null },
-        unitDone: true,
-        items: 0,
-        idempotencyKey: "k",
-        step: "s",
-        leaseMs: 60_000
-      })
+      yield* commitManually(first[0]!, { stepIndex: 1, chunkSeq: 0, cursor: null }, true)
       const next = yield* store.feed({ maxOutstanding: 2, redeliverAfterMs: 60_000 })
       expect(yield* Effect.forEach(next, (m) => keyOf(m.unitId))).toEqual(["small"])
       // A message older than redeliverAfter whose unit nobody holds is sent again, with a newer seq.

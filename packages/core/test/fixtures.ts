@@ -4,7 +4,17 @@
  * execution of a step's effect (which may repeat, always with the same key).
  */
 import { type Duration, Effect, Layer, Logger, LogLevel, Option, Schema, TestClock } from "effect"
-import { Job, MemoryDatabase, QueueAdapter, RetryPolicy, Runbook, Runner, StateStore, Step } from "../src/index.js"
+import {
+  Job,
+  MemoryDatabase,
+  type Message,
+  QueueAdapter,
+  RetryPolicy,
+  Runbook,
+  Runner,
+  StateStore,
+  Step
+} from "../src/index.js"
 
 export class BadRecord extends Schema.TaggedError<BadRecord>()("BadRecord", { item: Schema.Number }) {}
 export class FlakyUpstream extends Schema.TaggedError<FlakyUpstream>()("FlakyUpstream", { message: Schema.String }) {}
@@ -186,3 +196,26 @@ export const expectedItems = (partitions: number, itemsPerPartition: number): Re
   for (let p = 0; p < partitions; p++) for (let i = 0; i < itemsPerPartition; i++) out[String(p * 1000 + i)] = 1
   return out
 }
+
+/** Claims the unit a message points to, commits one chunk by hand as a worker would, and lets go. */
+export const commitManually = (
+  message: Message.WorkMessage,
+  to: StateStore.ChunkCommit["to"],
+  unitDone: boolean
+) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore.StateStore
+    const claim = yield* store.claim({ message, workerId: "manual", leaseMs: 60_000, jobConcurrency: undefined })
+    if (claim._tag !== "Claimed") return yield* Effect.dieMessage(`expected a claim, got ${claim._tag}`)
+    yield* store.commitChunk({
+      lease: claim.lease,
+      from: { stepIndex: claim.unit.stepIndex, chunkSeq: claim.unit.chunkSeq },
+      to,
+      unitDone,
+      items: 0,
+      idempotencyKey: `manual-${claim.unit.chunkSeq}`,
+      step: "manual",
+      leaseMs: 60_000
+    })
+    if (!unitDone) yield* store.release(claim.lease, { abandonedChunk: false })
+  })
