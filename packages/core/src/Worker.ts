@@ -575,8 +575,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           return yield* queue.release(delivery.receipt, 30_000)
         }
         const unitKey = `${message.runId}\u0000${message.unitId}`
+        // Running here already: keep the message until that execution ends. Acking it would strand the
+        // unit for `redeliverAfter` if this execution is a zombie (its lease lapsed) that will not commit.
         if (active.has(unitKey)) {
-          return yield* queue.ack([delivery.receipt])
+          return yield* queue.release(delivery.receipt, leaseMs)
         }
         const perJob = [...active.values()].filter((a) =>
           a.job === job.name

@@ -1,0 +1,860 @@
+/**
+ * The production state store on Postgres, written against `@effect/sql`'s `SqlClient`: provide the
+ * `PgClient` layer your service already has. Every chunk costs one statement inside the chunk's
+ * transaction (the compare-and-set checkpoint with its ledger row, D3) and none outside it.
+ *
+ * - Tables live in their own schema (default `chunkwise`), created and migrated by `migrate` under an
+ *   advisory lock, so many workers may start at once (D14).
+ * - Times are the database's (`clock_timestamp()`), never the worker's (D5).
+ * - Store SQL runs without the client's name transforms and reads int8 as text (D15).
+ * - In a `chunk`-mode step, the user's SQL on the same `SqlClient` joins the chunk transaction (D4).
+ *
+ * @since 0.1.0
+ */
+import { SqlClient, type SqlError } from "@effect/sql"
+import { Migrator } from "@effect/sql"
+import { Context, Effect, Layer, Option } from "effect"
+import * as Errors from "./Errors.js"
+import { migrations } from "./internal/pgMigrations.js"
+import type { JobDefinition } from "./JobDefinition.js"
+import type * as Runbook from "./Runbook.js"
+import type {
+  Actor,
+  AuditEntry,
+  ClaimResult,
+  FailureRecord,
+  Lease,
+  PlannedUnit,
+  RunRecord,
+  RunStatus,
+  Selection,
+  StateStoreShape,
+  UnitRecord,
+  UnitStatus
+} from "./StateStore.js"
+import { StateStore } from "./StateStore.js"
+
+/** Options of the Postgres store. */
+export interface Options {
+  /** The schema that holds chunkwise's tables (default `chunkwise`): a plain lower-case identifier. */
+  readonly schema?: string | undefined
+  /** Run the migrations at start-up (default true); with false, start-up only checks the version. */
+  readonly migrate?: boolean | undefined
+}
+
+const SCHEMA_PATTERN = /^[a-z_][a-z0-9_]{0,62}$/
+
+const schemaOf = (options: Options) =>
+  Effect.gen(function*() {
+    const schema = options.schema ?? "chunkwise"
+    if (!SCHEMA_PATTERN.test(schema)) {
+      return yield* new Errors.ConfigurationError({
+        message:
+          `PgStateStore: schema "${schema}" must be a lower-case identifier (letters, digits, _), e.g. "chunkwise"`
+      })
+    }
+    return schema
+  })
+
+const unavailable = (operation: string) => (error: SqlError.SqlError) =>
+  new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
+
+/** The newest migration this code knows. */
+const LATEST = 1
+
+/**
+ * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
+ * holds an advisory lock on the schema while the migrator runs (D14). Refuses a database that is at a
+ * newer migration than this code knows.
+ */
+export const migrate = (options: Options = {}) =>
+  Effect.gen(function*() {
+    const schema = yield* schemaOf(options)
+    const client = yield* SqlClient.SqlClient
+    const sql = client.withoutTransforms()
+    const table = `${schema}.chunkwise_migrations`
+    const run = Effect.gen(function*() {
+      yield* sql`select pg_advisory_xact_lock(hashtext(${"chunkwise:" + schema}))`
+      yield* sql`create schema if not exists ${sql(schema)}`
+      yield* sql`create table if not exists ${sql(table)} (
+        migration_id integer primary key,
+        created_at timestamptz not null default now(),
+        name text not null
+      )`
+      const [row] = yield* sql<{ readonly latest: number | null }>`select max(migration_id) as latest from ${
+        sql(table)
+      }`
+      if (row !== undefined && row.latest !== null && row.latest > LATEST) {
+        return yield* new Errors.ConfigurationError({
+          message: `PgStateStore: schema "${schema}" is at migration ${row.latest}, newer than this code knows ` +
+            `(${LATEST}). Deploy a chunkwise version that knows it; never run older workers against a newer schema.`
+        })
+      }
+      if (options.migrate === false) {
+        if (row === undefined || row.latest !== LATEST) {
+          return yield* new Errors.ConfigurationError({
+            message: `PgStateStore: schema "${schema}" is at migration ${row?.latest ?? "none"}, this code needs ` +
+              `${LATEST}. Run PgStateStore.migrate (or start with migrate: true).`
+          })
+        }
+        return
+      }
+      yield* Migrator.make({})({ loader: Migrator.fromRecord(migrations(schema)), table }).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql)
+      )
+    })
+    yield* client.withTransaction(run).pipe(
+      Effect.catchTags({
+        SqlError: (e) => Effect.fail(unavailable("migrate")(e)),
+        MigrationError: (e) =>
+          Effect.fail(new Errors.ConfigurationError({ message: `PgStateStore: migration failed: ${e.message}` }))
+      })
+    )
+  })
+
+// ---- row shapes, as selected (times in epoch ms, int8 as text)
+
+const UNIT_COLUMNS = `u.run_id as "runId", u.unit_id as "unitId", u.job, u.kind, u.partition_key as "partitionKey",
+  u.weight, u.status, u.step_index as "stepIndex", u.cursor, u.chunk_seq as "chunkSeq", u.generation, u.attempt,
+  u.crashes_since_progress as "crashesSinceProgress", u.fencing_token::text as "fencingToken",
+  u.lease_owner as "leaseOwner", (extract(epoch from u.lease_expires_at) * 1000)::float8 as "leaseExpiresAt",
+  u.enqueue_seq as "enqueueSeq", (extract(epoch from u.enqueued_at) * 1000)::float8 as "enqueuedAt",
+  (extract(epoch from u.retry_at) * 1000)::float8 as "retryAt", u.chunks::text as chunks, u.items::text as items,
+  (extract(epoch from u.started_at) * 1000)::float8 as "startedAt",
+  (extract(epoch from u.finished_at) * 1000)::float8 as "finishedAt", u.last_error_tag as "lastErrorTag"`
+
+const RUN_COLUMNS = `r.run_id as "runId", r.job, r.run_key as "runKey", r.params, r.definition, r.fingerprint, r.status,
+  r.partition_count as "partitionCount", r.failure_budget::text as "failureBudget", r.finalize_seq as "finalizeSeq",
+  (extract(epoch from r.created_at) * 1000)::float8 as "createdAt",
+  (extract(epoch from r.updated_at) * 1000)::float8 as "updatedAt",
+  (extract(epoch from r.finished_at) * 1000)::float8 as "finishedAt", r.reason`
+
+type Row = Record<string, unknown>
+
+const num = (value: unknown): number => (typeof value === "number" ? value : Number(value))
+const numOrNull = (value: unknown): number | null => (value === null || value === undefined ? null : num(value))
+
+const toUnit = (row: Row): UnitRecord => ({
+  runId: row["runId"] as string,
+  unitId: row["unitId"] as string,
+  job: row["job"] as string,
+  kind: row["kind"] as UnitRecord["kind"],
+  partitionKey: row["partitionKey"] as string,
+  weight: num(row["weight"]),
+  status: row["status"] as UnitStatus,
+  stepIndex: num(row["stepIndex"]),
+  cursor: row["cursor"] ?? null,
+  chunkSeq: num(row["chunkSeq"]),
+  generation: num(row["generation"]),
+  attempt: num(row["attempt"]),
+  crashesSinceProgress: num(row["crashesSinceProgress"]),
+  fencingToken: num(row["fencingToken"]),
+  leaseOwner: (row["leaseOwner"] as string | null) ?? null,
+  leaseExpiresAt: numOrNull(row["leaseExpiresAt"]),
+  enqueueSeq: num(row["enqueueSeq"]),
+  enqueuedAt: numOrNull(row["enqueuedAt"]),
+  retryAt: numOrNull(row["retryAt"]),
+  chunks: num(row["chunks"]),
+  items: num(row["items"]),
+  startedAt: numOrNull(row["startedAt"]),
+  finishedAt: numOrNull(row["finishedAt"]),
+  lastErrorTag: (row["lastErrorTag"] as string | null) ?? null
+})
+
+const toRun = (row: Row): RunRecord => ({
+  runId: row["runId"] as string,
+  job: row["job"] as string,
+  runKey: row["runKey"] as string,
+  params: row["params"],
+  definition: row["definition"] as JobDefinition,
+  fingerprint: row["fingerprint"] as string,
+  status: row["status"] as RunStatus,
+  partitionCount: num(row["partitionCount"]),
+  failureBudget: num(row["failureBudget"]),
+  finalizeSeq: num(row["finalizeSeq"]),
+  createdAt: num(row["createdAt"]),
+  updatedAt: num(row["updatedAt"]),
+  finishedAt: numOrNull(row["finishedAt"]),
+  reason: (row["reason"] as string | null) ?? null
+})
+
+const toFailure = (row: Row): FailureRecord => ({
+  runId: row["runId"] as string,
+  unitId: row["unitId"] as string,
+  partitionKey: row["partitionKey"] as string,
+  step: row["step"] as string,
+  errorTag: row["errorTag"] as string,
+  message: row["message"] as string,
+  cause: row["cause"] as string,
+  cursor: (row["cursor"] as string | null) ?? null,
+  attempt: num(row["attempt"]),
+  runbookId: row["runbookId"] as string,
+  severity: row["severity"] as Runbook.Severity,
+  outcome: row["outcome"] as FailureRecord["outcome"],
+  at: num(row["at"])
+})
+
+/** Boxes a user error so the transaction can tell it from the store's own SQL errors. */
+class UserFailure {
+  constructor(readonly error: unknown) {}
+}
+
+/** Makes the store; runs the migrations first unless `migrate: false`. */
+export const make = (options: Options = {}): Effect.Effect<
+  StateStoreShape,
+  Errors.ConfigurationError | Errors.StoreUnavailable,
+  SqlClient.SqlClient
+> =>
+  Effect.gen(function*() {
+    const schema = yield* schemaOf(options)
+    yield* migrate(options)
+    const client = yield* SqlClient.SqlClient
+    const sql = client.withoutTransforms()
+    const s = sql(schema)
+    const units = sql.literal(UNIT_COLUMNS)
+    const runs = sql.literal(RUN_COLUMNS)
+    const ms = (value: number) => sql`(${value}::float8 * interval '1 millisecond')`
+    /** Store writes that must survive a chunk's rollback run outside any transaction (D4). */
+    const detached = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.mapInputContext(effect, (context: Context.Context<R>) =>
+        Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<R>)
+    /** The store's own SQL errors become `StoreUnavailable`, naming the operation; other errors pass. */
+    const op = <A, E extends { readonly _tag: string }>(
+      operation: string,
+      effect: Effect.Effect<A, E>
+    ): Effect.Effect<A, Exclude<E, SqlError.SqlError> | Errors.StoreUnavailable> =>
+      Effect.mapError(effect, (error) =>
+        error._tag === "SqlError"
+          ? unavailable(operation)(error as unknown as SqlError.SqlError)
+          : error as Exclude<E, SqlError.SqlError>)
+
+    const getRun = (runId: string) =>
+      Effect.map(sql<Row>`select ${runs} from ${s}.runs r where r.run_id = ${runId}`, (rows) =>
+        Option.map(Option.fromNullable(rows[0]), toRun))
+    const requireRun = (runId: string) =>
+      Effect.flatMap(
+        op("getRun", getRun(runId)),
+        Option.match({
+          onNone: () =>
+            Effect.fail(new Errors.NotFound({ what: "run", id: runId })),
+          onSome: Effect.succeed
+        })
+      )
+    const leaseLost = (lease: Lease, reason: string) =>
+      new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
+    const audit = (runId: string, action: AuditEntry["action"], actor: Actor, details: unknown) =>
+      sql`insert into ${s}.audit (actor, action, run_id, reason, details)
+          values (${actor.actor}, ${action}, ${runId}, ${actor.reason}, ${JSON.stringify(details)}::jsonb)`
+
+    /** Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit. */
+    const finalizeIfComplete = (runId: string) =>
+      Effect.map(
+        sql<{ readonly unitId: string }>`
+          with r as (
+            update ${s}.runs set status = 'finalizing', updated_at = clock_timestamp()
+            where run_id = ${runId} and status in ('running', 'failing')
+              and not exists (
+                select 1 from ${s}.units
+                where run_id = ${runId} and kind = 'partition' and status in ('pending', 'leased'))
+            returning run_id, job, finalize_seq)
+          insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+          select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
+          on conflict do nothing
+          returning unit_id as "unitId"`,
+        (rows) =>
+          rows.length > 0
+      )
+
+    /** Re-opens a finished (or finalizing) run for another round; cancels its pending finalize unit. */
+    const reopen = (runId: string) =>
+      Effect.gen(function*() {
+        yield* sql`
+          update ${s}.units u set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
+            lease_expires_at = null, finished_at = clock_timestamp()
+          from ${s}.runs r
+          where r.run_id = ${runId} and u.run_id = r.run_id and r.status = 'finalizing'
+            and u.unit_id = 'finalize-' || r.finalize_seq and u.status in ('pending', 'leased')`
+        yield* sql`
+          update ${s}.runs set
+            finalize_seq = finalize_seq + case when status in ('enumerating', 'running') then 0 else 1 end,
+            status = 'running', reason = null, finished_at = null, updated_at = clock_timestamp()
+          where run_id = ${runId} and status <> 'running'`
+      })
+
+    const selectUnits = (runId: string, selection: Selection, defaultStatuses: ReadonlyArray<UnitStatus>) =>
+      Effect.gen(function*() {
+        const rows = selection.partitions === undefined
+          ? yield* sql<Row>`select ${units} from ${s}.units u
+              where u.run_id = ${runId} and u.kind = 'partition' and u.status in ${sql.in(defaultStatuses)}
+              order by u.partition_key`
+          : selection.partitions.length === 0
+          ? []
+          : yield* sql<Row>`select ${units} from ${s}.units u
+              where u.run_id = ${runId} and u.kind = 'partition' and u.partition_key in ${sql.in(selection.partitions)}
+              order by u.partition_key`
+        const found = rows.map(toUnit)
+        const missing = (selection.partitions ?? []).find((key) =>
+          !found.some((u) => u.partitionKey === key)
+        )
+        if (missing !== undefined) return yield* new Errors.NotFound({ what: `partition of run ${runId}`, id: missing })
+        return found
+      })
+
+    const plan = (unit: UnitRecord, selection: Selection): PlannedUnit => ({
+      unitId: unit.unitId,
+      partitionKey: unit.partitionKey,
+      status: unit.status,
+      fromStepIndex: selection.fromStep ?? unit.stepIndex,
+      generation: selection.fromStep === undefined ? unit.generation : unit.generation + 1,
+      chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
+    })
+
+    const store: StateStoreShape = {
+      kind: "postgres",
+
+      transaction: (effect) =>
+        client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(
+          Effect.mapError((error) =>
+            error instanceof UserFailure
+              ? error.error as never
+              : new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+          )
+        ),
+
+      createRun: (input) =>
+        op(
+          "createRun",
+          Effect.gen(function*() {
+            const inserted = yield* sql<Row>`
+              insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+              values (${input.runId}, ${input.job}, ${input.runKey}, ${JSON.stringify(input.params)}::jsonb,
+                ${JSON.stringify(input.definition)}::jsonb, ${input.fingerprint}, 'enumerating')
+              on conflict (run_id) do nothing
+              returning run_id`
+            const run = yield* getRun(input.runId)
+            return { run: Option.getOrThrow(run), created: inserted.length > 0 }
+          })
+        ),
+
+      insertUnits: (runId, inputs) =>
+        inputs.length === 0 ? Effect.void : op(
+          "insertUnits",
+          Effect.asVoid(sql`
+            insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+            select ${runId}, x.unit_id, r.job, 'partition', x.partition_key, x.weight
+            from jsonb_to_recordset(${
+            JSON.stringify(inputs.map((u) => ({ unit_id: u.unitId, partition_key: u.partitionKey, weight: u.weight })))
+          }::jsonb)
+              as x(unit_id text, partition_key text, weight float8)
+            join ${s}.runs r on r.run_id = ${runId}
+            on conflict do nothing`)
+        ),
+
+      openRun: (runId, budget) =>
+        Effect.gen(function*() {
+          const [row] = yield* op(
+            "openRun",
+            sql<{ readonly n: string }>`
+            select count(*)::text as n from ${s}.units where run_id = ${runId} and kind = 'partition'`
+          )
+          const count = num(row?.n ?? 0)
+          yield* op(
+            "openRun",
+            sql`
+            update ${s}.runs set status = 'running', partition_count = ${count},
+              failure_budget = ${budget(count)}, updated_at = clock_timestamp()
+            where run_id = ${runId} and status = 'enumerating'`
+          )
+          yield* op("openRun", finalizeIfComplete(runId))
+          return yield* requireRun(runId)
+        }),
+
+      getRun: (runId) => op("getRun", getRun(runId)),
+
+      listRuns: ({ job, limit }) =>
+        op(
+          "listRuns",
+          Effect.map(
+            job === undefined
+              ? sql<Row>`select ${runs} from ${s}.runs r order by r.created_at desc limit ${limit}`
+              : sql<
+                Row
+              >`select ${runs} from ${s}.runs r where r.job = ${job} order by r.created_at desc limit ${limit}`,
+            (rows) => rows.map(toRun)
+          )
+        ),
+
+      progress: (runId) =>
+        Effect.gen(function*() {
+          const run = yield* requireRun(runId)
+          const rows = yield* op(
+            "progress",
+            sql<Row>`
+            select status, step_index as "stepIndex", count(*)::text as n, sum(chunks)::text as chunks,
+              sum(items)::text as items
+            from ${s}.units where run_id = ${runId} and kind = 'partition'
+            group by status, step_index`
+          )
+          const counts: Record<UnitStatus, number> = {
+            pending: 0,
+            leased: 0,
+            succeeded: 0,
+            failed: 0,
+            skipped: 0,
+            cancelled: 0
+          }
+          const atStep: Array<number> = run.definition.steps.map(() => 0)
+          let chunks = 0
+          let items = 0
+          for (const row of rows) {
+            const status = row["status"] as UnitStatus
+            const n = num(row["n"])
+            const stepIndex = num(row["stepIndex"])
+            counts[status] += n
+            if ((status === "pending" || status === "leased") && stepIndex < atStep.length) atStep[stepIndex]! += n
+            chunks += num(row["chunks"])
+            items += num(row["items"])
+          }
+          return { run, units: counts, atStep, chunks, items }
+        }),
+
+      listUnits: (runId, { limit, status }) =>
+        op(
+          "listUnits",
+          Effect.map(
+            status === undefined
+              ? sql<Row>`select ${units} from ${s}.units u where u.run_id = ${runId} order by u.unit_id limit ${limit}`
+              : status.length === 0
+              ? Effect.succeed([])
+              : sql<Row>`select ${units} from ${s}.units u where u.run_id = ${runId} and u.status in ${sql.in(status)}
+                order by u.unit_id limit ${limit}`,
+            (rows) => rows.map(toUnit)
+          )
+        ),
+
+      listFailures: (runId, { limit }) =>
+        op(
+          "listFailures",
+          Effect.map(
+            sql<Row>`
+            select * from (
+              select id, run_id as "runId", unit_id as "unitId", partition_key as "partitionKey", step,
+                error_tag as "errorTag", message, cause, cursor, attempt, runbook_id as "runbookId", severity, outcome,
+                (extract(epoch from at) * 1000)::float8 as at
+              from ${s}.failures where run_id = ${runId} order by id desc limit ${limit}) f
+            order by id`,
+            (rows) => rows.map(toFailure)
+          )
+        ),
+
+      ledger: (runId, unitId) =>
+        op(
+          "ledger",
+          Effect.map(
+            sql<{ readonly key: string }>`
+            select idempotency_key as key from ${s}.ledger where run_id = ${runId} and unit_id = ${unitId}
+            order by committed_at, step, chunk_seq`,
+            (rows) => rows.map((r) => r.key)
+          )
+        ),
+
+      auditLog: (runId) =>
+        op(
+          "auditLog",
+          Effect.map(
+            sql<
+              Row
+            >`select (extract(epoch from at) * 1000)::float8 as at, actor, action, run_id as "runId", reason, details
+            from ${s}.audit where run_id = ${runId} order by id`,
+            (rows) =>
+              rows.map((r): AuditEntry => ({
+                at: num(r["at"]),
+                actor: r["actor"] as string,
+                action: r["action"] as AuditEntry["action"],
+                runId: r["runId"] as string,
+                reason: r["reason"] as string,
+                details: r["details"]
+              }))
+          )
+        ),
+
+      feed: ({ maxOutstanding, redeliverAfterMs }) =>
+        op(
+          "feed",
+          client.withTransaction(Effect.gen(function*() {
+            // One feeder at a time across all workers; the others skip this tick.
+            const [lock] = yield* sql<{ readonly ok: boolean }>`
+              select pg_try_advisory_xact_lock(hashtext(${"chunkwise:feed:" + schema})) as ok`
+            if (lock === undefined || !lock.ok) return []
+            const rows = yield* sql<Row>`
+              with outstanding as (
+                select count(*) as n from ${s}.units
+                where status in ('pending', 'leased')
+                  and ((status = 'leased' and lease_expires_at > clock_timestamp())
+                    or (status = 'pending' and enqueued_at > clock_timestamp() - ${ms(redeliverAfterMs)}))),
+              candidates as (
+                select u.run_id, u.unit_id from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
+                where u.status in ('pending', 'leased')
+                  and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
+                  and case when u.status = 'pending' then u.retry_at is null or u.retry_at <= clock_timestamp()
+                           else u.lease_expires_at <= clock_timestamp() end
+                  and (u.enqueued_at is null or u.enqueued_at <= clock_timestamp() - ${ms(redeliverAfterMs)})
+                order by (u.kind = 'finalize') desc, u.weight desc, u.unit_id
+                limit greatest(0, ${maxOutstanding} - (select n from outstanding))
+                for update of u skip locked)
+              update ${s}.units u set enqueue_seq = u.enqueue_seq + 1, enqueued_at = clock_timestamp()
+              from candidates c where u.run_id = c.run_id and u.unit_id = c.unit_id
+              returning u.job, u.run_id as "runId", u.unit_id as "unitId", u.enqueue_seq as seq, u.weight,
+                (u.kind = 'finalize') as finalize`
+            return [...rows]
+              .sort((a, b) =>
+                Number(b["finalize"]) - Number(a["finalize"]) || num(b["weight"]) - num(a["weight"]) ||
+                String(a["unitId"]).localeCompare(String(b["unitId"]))
+              )
+              .map((r) => ({
+                v: 1 as const,
+                job: r["job"] as string,
+                runId: r["runId"] as string,
+                unitId: r["unitId"] as string,
+                seq: num(r["seq"])
+              }))
+          }))
+        ),
+
+      claim: ({ jobConcurrency, leaseMs, message, workerId }) =>
+        op(
+          "claim",
+          Effect.gen(function*() {
+            const attempt = sql<Row>`
+              with claimed as (
+                update ${s}.units u set
+                  status = 'leased',
+                  fencing_token = u.fencing_token + 1,
+                  lease_owner = ${workerId},
+                  lease_expires_at = clock_timestamp() + ${ms(leaseMs)},
+                  retry_at = null,
+                  started_at = coalesce(u.started_at, clock_timestamp()),
+                  crashes_since_progress = u.crashes_since_progress + case when u.status = 'leased' then 1 else 0 end,
+                  attempt = u.attempt + case when u.status = 'leased' then 1 else 0 end
+                from ${s}.runs r
+                where u.run_id = ${message.runId} and u.unit_id = ${message.unitId} and r.run_id = u.run_id
+                  and u.enqueue_seq <= ${message.seq}
+                  and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
+                  and (u.status = 'pending' or (u.status = 'leased' and u.lease_expires_at <= clock_timestamp()))
+                  and (u.retry_at is null or u.retry_at <= clock_timestamp() or u.status = 'leased')
+                  ${
+              jobConcurrency === undefined ? sql`` : sql`and (
+                    select count(*) from ${s}.units x
+                    where x.job = u.job and x.status = 'leased' and x.lease_expires_at > clock_timestamp()
+                  ) < ${jobConcurrency}`
+            }
+                returning u.*)
+              select ${units}, ${runs} from claimed u join ${s}.runs r on r.run_id = u.run_id`
+            // A job-wide cap counts leased units, so its claims take a job lock to count and claim atomically.
+            const rows = jobConcurrency === undefined ? yield* attempt : yield* client.withTransaction(
+              Effect.zipRight(sql`select pg_advisory_xact_lock(hashtext(${"chunkwise:job:" + message.job}))`, attempt)
+            )
+            const row = rows[0]
+            if (row !== undefined) {
+              const unit = toUnit(row)
+              return {
+                _tag: "Claimed",
+                unit,
+                run: toRun(row),
+                lease: { runId: unit.runId, unitId: unit.unitId, workerId, fencingToken: unit.fencingToken }
+              } satisfies ClaimResult
+            }
+            const [why] = yield* sql<Row>`
+              select u.status, u.enqueue_seq as "enqueueSeq", u.kind, r.status as "runStatus",
+                greatest(0, extract(epoch from (u.lease_expires_at - clock_timestamp())) * 1000)::float8 as "leaseLeftMs",
+                (u.retry_at > clock_timestamp()) as "notDue"
+              from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
+              where u.run_id = ${message.runId} and u.unit_id = ${message.unitId}`
+            return diagnose(why, message.seq)
+          })
+        ),
+
+      commitChunk: (commit) =>
+        Effect.gen(function*() {
+          const { lease } = commit
+          const rows = yield* op(
+            "commitChunk",
+            sql<{ readonly status: RunStatus }>`
+            with u as (
+              update ${s}.units set
+                step_index = ${commit.to.stepIndex},
+                cursor = ${commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor)}::jsonb,
+                chunk_seq = ${commit.to.chunkSeq},
+                attempt = 1,
+                crashes_since_progress = 0,
+                chunks = chunks + 1,
+                items = items + ${commit.items},
+                last_error_tag = null,
+                status = case when ${commit.unitDone} then 'succeeded' else status end,
+                lease_owner = case when ${commit.unitDone} then null else lease_owner end,
+                lease_expires_at = case when ${commit.unitDone} then null else clock_timestamp() + ${
+              ms(commit.leaseMs)
+            } end,
+                finished_at = case when ${commit.unitDone} then clock_timestamp() else finished_at end
+              where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+                and lease_owner = ${lease.workerId} and status = 'leased' and lease_expires_at > clock_timestamp()
+                and step_index = ${commit.from.stepIndex} and chunk_seq = ${commit.from.chunkSeq}
+              returning run_id),
+            l as (
+              insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq)
+              select run_id, ${lease.unitId}, ${commit.idempotencyKey}, ${commit.step}, ${commit.from.chunkSeq} from u
+              on conflict do nothing)
+            select r.status from ${s}.runs r join u on u.run_id = r.run_id`
+          )
+          if (rows[0] !== undefined) return { runStatus: rows[0].status }
+          // Zero rows: say why, and fail inside the transaction so the chunk's writes roll back (D3).
+          const [now] = yield* op(
+            "commitChunk",
+            sql<Row>`
+            select fencing_token::text as token, status, step_index as "stepIndex", chunk_seq as "chunkSeq",
+              lease_owner as owner, (lease_expires_at > clock_timestamp()) as live
+            from ${s}.units where run_id = ${lease.runId} and unit_id = ${lease.unitId}`
+          )
+          if (
+            now === undefined || num(now["token"]) !== lease.fencingToken || now["owner"] !== lease.workerId ||
+            now["status"] !== "leased"
+          ) {
+            return yield* leaseLost(lease, "fenced by a newer claim or an operator action")
+          }
+          if (now["live"] !== true) return yield* leaseLost(lease, "the lease expired before the commit")
+          return yield* new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId })
+        }),
+
+      renewLeases: (workerId, leases, leaseMs) =>
+        leases.length === 0 ? Effect.succeed([]) : op(
+          "renewLeases",
+          Effect.map(
+            sql<{ readonly unitId: string }>`
+              update ${s}.units u set lease_expires_at = clock_timestamp() + ${ms(leaseMs)}
+              from jsonb_to_recordset(${
+              JSON.stringify(leases.map((l) => ({ run_id: l.runId, unit_id: l.unitId, token: l.fencingToken })))
+            }::jsonb)
+                as x(run_id text, unit_id text, token bigint)
+              where u.run_id = x.run_id and u.unit_id = x.unit_id and u.fencing_token = x.token
+                and u.lease_owner = ${workerId} and u.status = 'leased' and u.lease_expires_at > clock_timestamp()
+              returning u.unit_id as "unitId"`,
+            (rows) => rows.map((r) => r.unitId)
+          )
+        ),
+
+      release: (lease, { abandonedChunk }) =>
+        op(
+          "release",
+          Effect.asVoid(sql`
+          update ${s}.units set status = 'pending', lease_owner = null, lease_expires_at = null,
+            attempt = attempt + ${abandonedChunk ? 1 : 0}
+          where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+            and lease_owner = ${lease.workerId} and status = 'leased'`)
+        ),
+
+      recordFailure: (f) =>
+        detached(op(
+          "recordFailure",
+          Effect.asVoid(sql`
+          insert into ${s}.failures (run_id, unit_id, partition_key, step, error_tag, message, cause, cursor, attempt,
+            runbook_id, severity, outcome, at)
+          values (${f.runId}, ${f.unitId}, ${f.partitionKey}, ${f.step}, ${f.errorTag}, ${f.message}, ${f.cause},
+            ${f.cursor}, ${f.attempt}, ${f.runbookId}, ${f.severity}, ${f.outcome}, to_timestamp(${f.at / 1000}))`)
+        )),
+
+      failUnit: (lease, disposition) =>
+        detached(Effect.gen(function*() {
+          const result = yield* op(
+            "failUnit",
+            client.withTransaction(Effect.gen(function*() {
+              // Serialise failures of one run, so the budget counts every one of them.
+              const [run] = yield* sql<{ readonly status: RunStatus }>`
+              select status from ${s}.runs where run_id = ${lease.runId} for update`
+              const updated = disposition._tag === "RetryLater"
+                ? yield* sql<{ readonly kind: string }>`
+                  update ${s}.units set status = 'pending', attempt = attempt + 1, lease_owner = null,
+                    lease_expires_at = null, enqueued_at = null, last_error_tag = ${disposition.errorTag},
+                    retry_at = clock_timestamp() + ${ms(disposition.delayMs)}
+                  where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+                    and lease_owner = ${lease.workerId} and status = 'leased'
+                  returning kind`
+                : yield* sql<{ readonly kind: string }>`
+                  update ${s}.units set status = 'failed', lease_owner = null, lease_expires_at = null,
+                    last_error_tag = ${disposition.errorTag}, finished_at = clock_timestamp()
+                  where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+                    and lease_owner = ${lease.workerId} and status = 'leased'
+                  returning kind`
+              if (run === undefined || updated.length === 0) return undefined
+              if (disposition._tag !== "Failed" || updated[0]!.kind !== "partition" || run.status !== "running") {
+                return run.status
+              }
+              const [failing] = yield* sql<{ readonly status: RunStatus }>`
+              with counts as (
+                select count(*) as failed from ${s}.units
+                where run_id = ${lease.runId} and kind = 'partition' and status = 'failed')
+              update ${s}.runs r set status = 'failing', updated_at = clock_timestamp(),
+                reason = 'failure budget exceeded: ' || c.failed || ' of ' || r.partition_count ||
+                  ' partitions failed (the budget allows ' || r.failure_budget || ')'
+              from counts c
+              where r.run_id = ${lease.runId} and r.status = 'running' and c.failed > r.failure_budget
+              returning r.status`
+              if (failing === undefined) return run.status
+              yield* sql`
+              update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1,
+                finished_at = clock_timestamp()
+              where run_id = ${lease.runId} and kind = 'partition' and status = 'pending'`
+              return failing.status
+            }))
+          )
+          if (result === undefined) return yield* leaseLost(lease, "fenced before the failure was recorded")
+          return { runStatus: result }
+        })),
+
+      cancelUnit: (lease) =>
+        op(
+          "cancelUnit",
+          Effect.asVoid(sql`
+          update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
+            lease_expires_at = null, finished_at = clock_timestamp()
+          where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+            and lease_owner = ${lease.workerId} and status = 'leased'`)
+        ),
+
+      tryFinalize: (runId) => op("tryFinalize", finalizeIfComplete(runId)),
+
+      finishRun: (lease, outcome, idempotencyKey) =>
+        Effect.gen(function*() {
+          const rows = yield* op(
+            "finishRun",
+            sql<{ readonly runId: string }>`
+            with u as (
+              update ${s}.units set status = 'succeeded', lease_owner = null, lease_expires_at = null,
+                finished_at = clock_timestamp(), chunks = chunks + 1
+              where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+                and lease_owner = ${lease.workerId} and status = 'leased' and lease_expires_at > clock_timestamp()
+              returning run_id),
+            l as (
+              insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq)
+              select run_id, ${lease.unitId}, ${idempotencyKey}, 'onComplete', 0 from u on conflict do nothing)
+            update ${s}.runs r set status = ${outcome}, finished_at = clock_timestamp(), updated_at = clock_timestamp()
+            from u where r.run_id = u.run_id and r.status = 'finalizing'
+            returning r.run_id as "runId"`
+          )
+          if (rows.length === 0) return yield* leaseLost(lease, "the finalize unit was fenced or its lease expired")
+        }),
+
+      sweep: () =>
+        op(
+          "sweep",
+          Effect.gen(function*() {
+            const candidates = yield* sql<{ readonly runId: string }>`
+            select r.run_id as "runId" from ${s}.runs r
+            where r.status in ('running', 'failing')
+              and not exists (select 1 from ${s}.units u
+                where u.run_id = r.run_id and u.kind = 'partition' and u.status in ('pending', 'leased'))`
+            const done: Array<string> = []
+            for (const { runId } of candidates) if (yield* finalizeIfComplete(runId)) done.push(runId)
+            return done
+          })
+        ),
+
+      cancelRun: (runId, actor) =>
+        Effect.gen(function*() {
+          yield* op(
+            "cancelRun",
+            client.withTransaction(Effect.gen(function*() {
+              const cancelled = yield* sql`
+              update ${s}.runs set status = 'cancelled', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
+                reason = ${`cancelled by ${actor.actor}: ${actor.reason}`}
+              where run_id = ${runId} and status not in ('succeeded', 'failed', 'cancelled')
+              returning run_id`
+              if (cancelled.length === 0) return
+              yield* sql`
+              update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
+                lease_expires_at = null, finished_at = clock_timestamp()
+              where run_id = ${runId} and status in ('pending', 'leased')`
+              yield* audit(runId, "cancel", actor, {})
+            }))
+          )
+          return yield* requireRun(runId)
+        }),
+
+      retry: (runId, selection, actor) =>
+        Effect.gen(function*() {
+          yield* requireRun(runId)
+          return yield* client.withTransaction(Effect.gen(function*() {
+            const chosen = yield* op("retry", selectUnits(runId, selection, ["failed", "cancelled"]))
+            const planned = chosen
+              .filter((u) => !(u.status === "leased" && u.leaseExpiresAt !== null && u.leaseExpiresAt > Date.now()))
+              .map((u) => plan(u, selection))
+            if (selection.dryRun || planned.length === 0) return planned
+            const ids = planned.map((p) => p.unitId)
+            yield* op(
+              "retry",
+              Effect.gen(function*() {
+                yield* sql`
+                update ${s}.units set status = 'pending', fencing_token = fencing_token + 1, lease_owner = null,
+                  lease_expires_at = null, attempt = 1, crashes_since_progress = 0, retry_at = null,
+                  enqueued_at = null, finished_at = null, last_error_tag = null
+                  ${
+                  selection.fromStep === undefined ? sql`` : sql`, step_index = ${selection.fromStep}, cursor = null,
+                  chunk_seq = 0, generation = generation + 1`
+                }
+                where run_id = ${runId} and unit_id in ${sql.in(ids)}
+                  and not (status = 'leased' and lease_expires_at > clock_timestamp())`
+                yield* reopen(runId)
+                yield* audit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) })
+              })
+            )
+            return planned
+          })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("retry")(e))))
+        }),
+
+      skip: (runId, selection, actor) =>
+        Effect.gen(function*() {
+          const run = yield* requireRun(runId)
+          return yield* client.withTransaction(Effect.gen(function*() {
+            const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"]))
+            const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
+              plan(u, selection)
+            )
+            if (selection.dryRun || planned.length === 0) return planned
+            yield* op(
+              "skip",
+              Effect.gen(function*() {
+                yield* sql`
+                update ${s}.units set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
+                  lease_expires_at = null, finished_at = clock_timestamp()
+                where run_id = ${runId} and unit_id in ${sql.in(planned.map((p) => p.unitId))}`
+                if (run.status === "failed") yield* reopen(runId)
+                yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
+                yield* finalizeIfComplete(runId)
+              })
+            )
+            return planned
+          })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("skip")(e))))
+        })
+    }
+    return store
+  })
+
+/** Why a claim matched no row, as a receive-rule answer (D2). */
+const diagnose = (why: Row | undefined, seq: number): ClaimResult => {
+  if (why === undefined) return { _tag: "Ack", reason: "unknown-unit" }
+  const status = why["status"] as UnitStatus
+  if (status !== "pending" && status !== "leased") return { _tag: "Ack", reason: "terminal" }
+  if (seq < num(why["enqueueSeq"])) return { _tag: "Ack", reason: "stale-message" }
+  const runStatus = why["runStatus"] as RunStatus
+  const active = why["kind"] === "finalize" ? runStatus === "finalizing" : runStatus === "running"
+  if (!active) return { _tag: "Ack", reason: "run-not-active" }
+  const left = num(why["leaseLeftMs"])
+  if (status === "leased" && left > 0) return { _tag: "Later", reason: "leased-elsewhere", delayMs: Math.ceil(left) }
+  if (status === "pending" && why["notDue"] === true) return { _tag: "Ack", reason: "not-due" }
+  return { _tag: "Later", reason: "job-concurrency", delayMs: 1000 }
+}
+
+/** The Postgres store as a layer over the service's `SqlClient` (e.g. `PgClient.layer`). */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<StateStore, Errors.ConfigurationError | Errors.StoreUnavailable, SqlClient.SqlClient> =>
+  Layer.effect(StateStore, make(options))

@@ -1,0 +1,99 @@
+import { SqlClient } from "@effect/sql"
+import { Effect } from "effect"
+
+/**
+ * The Postgres store's migrations, numbered and append-only: never edit one that shipped, add the next.
+ * The schema name is validated as a plain identifier and always interpolated as an identifier.
+ */
+export const migrations = (schema: string): Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> => ({
+  "1_store": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    yield* sql`
+      create table ${s}.runs (
+        run_id          text primary key,
+        job             text not null,
+        run_key         text not null,
+        params          jsonb not null,
+        definition      jsonb not null,
+        fingerprint     text not null,
+        status          text not null,
+        partition_count integer not null default 0,
+        failure_budget  bigint not null default 9007199254740991,
+        finalize_seq    integer not null default 1,
+        created_at      timestamptz not null default clock_timestamp(),
+        updated_at      timestamptz not null default clock_timestamp(),
+        finished_at     timestamptz,
+        reason          text
+      )`
+    // Checkpoint updates touch no indexed column and leave room on the page: they stay HOT (D16).
+    yield* sql`
+      create table ${s}.units (
+        run_id                 text not null references ${s}.runs (run_id) on delete cascade,
+        unit_id                text not null,
+        job                    text not null,
+        kind                   text not null,
+        partition_key          text not null,
+        weight                 double precision not null,
+        status                 text not null default 'pending',
+        step_index             integer not null default 0,
+        cursor                 jsonb,
+        chunk_seq              integer not null default 0,
+        generation             integer not null default 0,
+        attempt                integer not null default 1,
+        crashes_since_progress integer not null default 0,
+        fencing_token          bigint not null default 0,
+        lease_owner            text,
+        lease_expires_at       timestamptz,
+        enqueue_seq            integer not null default 0,
+        enqueued_at            timestamptz,
+        retry_at               timestamptz,
+        chunks                 bigint not null default 0,
+        items                  bigint not null default 0,
+        started_at             timestamptz,
+        finished_at            timestamptz,
+        last_error_tag         text,
+        primary key (run_id, unit_id)
+      ) with (fillfactor = 70)`
+    yield* sql`create index units_live on ${s}.units (run_id, status) where status in ('pending', 'leased')`
+    yield* sql`
+      create table ${s}.ledger (
+        run_id          text not null,
+        unit_id         text not null,
+        idempotency_key text not null,
+        step            text not null,
+        chunk_seq       integer not null,
+        committed_at    timestamptz not null default clock_timestamp(),
+        primary key (run_id, unit_id, idempotency_key)
+      )`
+    yield* sql`
+      create table ${s}.failures (
+        id            bigserial primary key,
+        run_id        text not null,
+        unit_id       text not null,
+        partition_key text not null,
+        step          text not null,
+        error_tag     text not null,
+        message       text not null,
+        cause         text not null,
+        cursor        text,
+        attempt       integer not null,
+        runbook_id    text not null,
+        severity      text not null,
+        outcome       text not null,
+        at            timestamptz not null
+      )`
+    yield* sql`create index failures_run on ${s}.failures (run_id, id)`
+    yield* sql`
+      create table ${s}.audit (
+        id      bigserial primary key,
+        at      timestamptz not null default clock_timestamp(),
+        actor   text not null,
+        action  text not null,
+        run_id  text not null,
+        reason  text not null,
+        details jsonb not null
+      )`
+    yield* sql`create index audit_run on ${s}.audit (run_id, id)`
+  })
+})

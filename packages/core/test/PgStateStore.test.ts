@@ -1,0 +1,170 @@
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, type Scope } from "effect"
+import pg from "pg"
+import { PgStateStore, Probe, type QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import {
+  applied,
+  awaitRun,
+  expectedApplied,
+  freshSchema,
+  liveWorker,
+  pgClient,
+  pgEngine,
+  pgJob,
+  withSchemas
+} from "./pg.js"
+
+/** Runs `body` with a fresh store schema and app schema on real Postgres. */
+const onPostgres = <A, E>(
+  body: (
+    app: string
+  ) => Effect.Effect<A, E, StateStore.StateStore | SqlClient.SqlClient | QueueAdapter.QueueAdapter | Scope.Scope>,
+  client = pgClient()
+) => {
+  const store = freshSchema("cw_store")
+  const app = freshSchema("cw_app")
+  return Effect.gen(function*() {
+    yield* withSchemas(store, app)
+    // Workers stop (inner scope) before the engine closes, and the engine before the schemas drop.
+    return yield* body(app).pipe(Effect.scoped, Effect.provide(pgEngine(store)))
+  }).pipe(Effect.scoped, Effect.provide(Layer.orDie(client)))
+}
+
+describe("PgStateStore on real Postgres", () => {
+  it.live("runs every partition and applies every item exactly once; the hook commits once", () =>
+    onPostgres((app) =>
+      Effect.gen(function*() {
+        const job = pgJob(app, { partitions: 4, size: 10 })
+        yield* Worker.make({ jobs: [job], ...liveWorker })
+        const { runId } = yield* Runner.start(job, { label: "all" })
+        const progress = yield* awaitRun(runId)
+        expect(progress.run.status).toBe("succeeded")
+        expect(progress.items).toBe(40)
+        expect(yield* applied(app)).toEqual(expectedApplied(4, 10))
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
+        const store = yield* StateStore.StateStore
+        const units = yield* store.listUnits(runId, { limit: 10 })
+        for (const unit of units.filter((u) => u.kind === "partition")) {
+          expect(yield* store.ledger(runId, unit.unitId)).toHaveLength(3)
+        }
+      })
+    ))
+
+  it.live("never applies a chunk twice when the worker dies at any point of its life", () =>
+    Effect.gen(function*() {
+      for (const point of ["before-effect", "after-effect", "after-commit", "before-ack"] as const) {
+        yield* onPostgres((app) =>
+          Effect.gen(function*() {
+            const job = pgJob(app, { partitions: 2, size: 8 })
+            let crashed = false
+            const probe = {
+              at: (p: Probe.Point, info: Probe.Info) =>
+                !crashed && p === point && (p === "before-ack" || (info.step === "apply" && info.chunkSeq === 1))
+                  ? Effect.suspend(() => {
+                    crashed = true
+                    return Effect.interrupt
+                  })
+                  : Effect.void
+            }
+            yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second" }).pipe(
+              Effect.provideService(Probe.Probe, probe)
+            )
+            const { runId } = yield* Runner.start(job, { label: point })
+            const progress = yield* awaitRun(runId)
+            expect(crashed, point).toBe(true)
+            expect(progress.run.status, point).toBe("succeeded")
+            expect(yield* applied(app), point).toEqual(expectedApplied(2, 8))
+          })
+        )
+      }
+    }), 120_000)
+
+  it.live(
+    "a zombie whose lease expired cannot commit: its writes roll back",
+    () =>
+      onPostgres((app) =>
+        Effect.gen(function*() {
+          const executions: Array<string> = []
+          const job = pgJob(app, { partitions: 1, size: 8, chunkDelay: 2500, executions })
+          // The zombie's first heartbeat hangs past its lease (a long GC pause, a network partition).
+          let paused = false
+          const frozen = {
+            at: (point: Probe.Point) =>
+              point === "heartbeat" && !paused
+                ? Effect.suspend(() => (paused = true, Effect.sleep("3 seconds")))
+                : Effect.void
+          }
+          yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second", workerId: "zombie" }).pipe(
+            Effect.provideService(Probe.Probe, frozen)
+          )
+          const { runId } = yield* Runner.start(job, { label: "zombie" })
+          yield* Effect.sleep("300 millis")
+          yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second", workerId: "healthy" })
+          const progress = yield* awaitRun(runId, 20)
+          expect(progress.run.status).toBe("succeeded")
+          expect(executions.filter((e) => e.startsWith("p0/0/")).length).toBeGreaterThanOrEqual(2)
+          expect(yield* applied(app)).toEqual(expectedApplied(1, 8))
+          const failures = yield* Effect.flatMap(StateStore.StateStore, (s) => s.listFailures(runId, { limit: 10 }))
+          expect(failures.map((f) => [f.errorTag, f.outcome])).toContainEqual(["LeaseLost", "abandoned"])
+        })
+      ),
+    60_000
+  )
+
+  it.live(
+    "several workers racing finish with the same state as one, and the hook commits once",
+    () =>
+      onPostgres((app) =>
+        Effect.gen(function*() {
+          const job = pgJob(app, { partitions: 16, size: 12, chunkSize: 3 })
+          for (const id of ["a", "b", "c"]) yield* Worker.make({ jobs: [job], ...liveWorker, workerId: id })
+          const { runId } = yield* Runner.start(job, { label: "race" })
+          expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
+          expect(yield* applied(app)).toEqual(expectedApplied(16, 12))
+          const sql = yield* SqlClient.SqlClient
+          expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
+        })
+      ),
+    60_000
+  )
+
+  it.live("works on a client with name transforms and a custom int8 parser (D15)", () =>
+    onPostgres(
+      (app) =>
+        Effect.gen(function*() {
+          const job = pgJob(app, { partitions: 2, size: 5 })
+          yield* Worker.make({ jobs: [job], ...liveWorker })
+          const { runId } = yield* Runner.start(job, { label: "transforms" })
+          const progress = yield* awaitRun(runId)
+          expect(progress.run.status).toBe("succeeded")
+          expect(progress.items).toBe(10)
+        }),
+      pgClient({
+        transformResultNames: (name) => name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()),
+        transformQueryNames: (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`),
+        types: {
+          getTypeParser: ((oid: number, format?: "text" | "binary") =>
+            oid === 20
+              ? (v: string) => BigInt(v)
+              : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser
+        }
+      })
+    ), 60_000)
+
+  it.live("migrations are safe when many workers start at once, and a newer schema is refused", () =>
+    Effect.gen(function*() {
+      const schema = freshSchema("cw_migrate")
+      const sql = yield* SqlClient.SqlClient
+      yield* Effect.all(Array.from({ length: 6 }, () => PgStateStore.migrate({ schema })), { concurrency: "unbounded" })
+      const rows = yield* sql`select migration_id from ${sql(schema)}.chunkwise_migrations`
+      expect(rows).toEqual([{ migrationId: 1 }].map((r) => ({ migration_id: r.migrationId })))
+      yield* sql`insert into ${sql(schema)}.chunkwise_migrations (migration_id, name) values (99, 'future')`
+      const error = yield* Effect.flip(PgStateStore.migrate({ schema }))
+      expect(error.message).toContain("newer than this code knows")
+      const bad = yield* Effect.flip(PgStateStore.migrate({ schema: "Bad-Name" }))
+      expect(bad.message).toContain("lower-case identifier")
+      yield* sql`drop schema ${sql(schema)} cascade`
+    }).pipe(Effect.provide(Layer.orDie(pgClient()))))
+})
