@@ -161,3 +161,20 @@ export class EnumerationFailed extends Schema.TaggedError<EnumerationFailed>()("
       `Start the run again to retry the enumeration; partitions already stored are kept.`
   }
 }
+
+/** A database error that passes: lost connection, shutdown, overload, serialization failure, deadlock, lock timeout. */
+export class DatabaseTransient extends Schema.TaggedError<DatabaseTransient>()("DatabaseTransient", {
+  sqlState: Schema.String,
+  message: Schema.String
+}) {}
+
+/** The database rejected the data: a constraint or a data exception (SQLSTATE 22*, 23*). */
+export class DatabaseRejected extends Schema.TaggedError<DatabaseRejected>()("DatabaseRejected", {
+  sqlState: Schema.String,
+  message: Schema.String
+}) {}
+
+/** A statement ran in a transaction that had already failed (SQLSTATE 25P02). */
+export class TransactionAborted extends Schema.TaggedError<TransactionAborted>()("TransactionAborted", {
+  message: Schema.String
+}) {}

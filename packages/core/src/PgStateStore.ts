@@ -318,6 +318,14 @@ export const make = (options: Options = {}): Effect.Effect<
             error instanceof UserFailure
               ? error.error as never
               : new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+          ),
+          // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
+          Effect.catchSomeDefect((defect) =>
+            typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "SqlError"
+              ? Option.some(
+                Effect.fail(new Errors.CommitOutcomeUnknown({ message: String((defect as Error).message) }))
+              )
+              : Option.none()
           )
         ),
 

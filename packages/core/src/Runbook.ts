@@ -223,6 +223,39 @@ export const builtins: ReadonlyArray<Registration> = [
     steps: ["Check the broker's health and credentials.", "Nothing is lost: the feeder re-sends pending units."],
     retry: RetryPolicy.infrastructure
   }),
+  builtin(Errors.DatabaseTransient, {
+    title: "A database error that usually passes",
+    severity: "info",
+    meaning: "The connection was lost, the server was shutting down or overloaded, or the transaction hit a " +
+      "serialization failure, a deadlock or a lock timeout. The chunk rolled back and is retried with backoff.",
+    steps: [
+      "Nothing to do for a few occurrences.",
+      "If it persists, check the database's health, connection limits and lock waits (pg_stat_activity)."
+    ],
+    retry: RetryPolicy.infrastructure
+  }),
+  builtin(Errors.DatabaseRejected, {
+    title: "The database rejected a chunk's data",
+    severity: "ticket",
+    meaning: "A constraint or data exception (SQLSTATE class 22 or 23): retrying the same data would fail the " +
+      "same way, so the partition failed. The chunk's writes rolled back.",
+    steps: [
+      "Read the failure's message: it names the constraint or the value.",
+      "Fix the data or the step, then `chunkwise retry <run> --partition <key>`."
+    ]
+  }),
+  builtin(Errors.TransactionAborted, {
+    title: "A statement ran in an already failed transaction",
+    severity: "ticket",
+    meaning: "An earlier statement in the chunk's transaction failed and its error was caught, so Postgres " +
+      "refused the rest (SQLSTATE 25P02). This is a bug in the step: a caught SQL error inside a chunk " +
+      "transaction leaves it unusable.",
+    steps: [
+      "Find the caught SQL error in the step; let it fail the chunk, or wrap the statement that may fail in its own " +
+      "nested `sql.withTransaction` (a savepoint) so a failure rolls back only that statement.",
+      "Deploy the fix, then retry the partition."
+    ]
+  }),
   builtin(Errors.CommitOutcomeUnknown, {
     title: "A commit's outcome is unknown",
     severity: "info",

@@ -255,9 +255,12 @@ export interface StateStoreShape {
   readonly kind: string
   /**
    * Runs `effect` in one store transaction: for a `chunk`-mode step, the user's writes and the final
-   * `commitChunk` commit together or not at all.
+   * `commitChunk` commit together or not at all. When the connection fails at or after COMMIT the
+   * outcome is unknown (`CommitOutcomeUnknown`): the caller must re-read the unit before going on (D3).
    */
-  readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | Errors.StoreUnavailable, R>
+  readonly transaction: <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | Errors.StoreUnavailable | Errors.CommitOutcomeUnknown, R>
 
   /** Inserts the run, or returns the existing one with `created: false`. */
   readonly createRun: (

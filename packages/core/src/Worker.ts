@@ -241,10 +241,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             outcome,
             at
           })
-        if (
-          Option.isSome(failure) &&
-          (failure.value instanceof Errors.LeaseLost || failure.value instanceof Errors.CheckpointMoved)
-        ) {
+        if (Option.isSome(failure) && failure.value instanceof Errors.CheckpointMoved) {
+          // Our own lease, but the checkpoint is ahead of us: a commit whose reply was lost did apply.
+          // Give the unit back so the next claim continues from the stored checkpoint (D3).
+          yield* store.release(lease, { abandonedChunk: false })
+          return { _tag: "end", ending: "release" } as const
+        }
+        if (Option.isSome(failure) && failure.value instanceof Errors.LeaseLost) {
           // Not the unit's failure: its chunk rolled back and another worker holds it. Kept for operators.
           yield* record("abandoned")
           yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, HashMap, Logger, LogLevel, Metric, MetricState } from "effect"
-import { Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
+import { Errors, Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
 
 describe("completion", () => {
@@ -126,5 +126,34 @@ describe("alerts", () => {
         runId,
         retryCommand: `chunkwise retry ${runId} --partition "p1"`
       })
+    }).pipe(Effect.provide(memoryEngine())))
+})
+
+describe("commit outcome unknown (D3)", () => {
+  it.scoped("a commit that applied but whose reply was lost is neither doubled nor skipped", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 2, itemsPerPartition: 9 })
+      const real = yield* StateStore.StateStore
+      let lost = 0
+      // The commit reaches the store, then the connection drops before the reply (every third chunk).
+      const flaky: StateStore.StateStoreShape = {
+        ...real,
+        transaction: (effect) =>
+          Effect.flatMap(real.transaction(effect), (value) =>
+            ++lost % 3 === 0
+              ? Effect.fail(new Errors.CommitOutcomeUnknown({ message: "connection reset after COMMIT" }))
+              : Effect.succeed(value))
+      }
+      const worker = yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(
+        Effect.provideService(StateStore.StateStore, flaky)
+      )
+      const { runId } = yield* Runner.start(job, { label: "reply-lost" })
+      yield* driveUntil(runEnded(runId))
+      // The finalize unit's own lost reply is retried after the run ended: let it settle.
+      yield* driveUntil(Effect.map(worker.activeUnits, (n) => n === 0))
+      expect(lost).toBeGreaterThanOrEqual(3)
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(yield* table("applied")).toEqual(expectedItems(2, 9))
     }).pipe(Effect.provide(memoryEngine())))
 })

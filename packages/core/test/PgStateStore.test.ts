@@ -1,8 +1,8 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, type Scope } from "effect"
+import { Effect, Layer, Schema, type Scope } from "effect"
 import pg from "pg"
-import { PgStateStore, Probe, type QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { Job, PgStateStore, Probe, type QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
   applied,
   awaitRun,
@@ -152,6 +152,43 @@ describe("PgStateStore on real Postgres", () => {
         }
       })
     ), 60_000)
+
+  it.live(
+    "classifies SQL errors by SQLSTATE: a constraint violation fails the partition once, recorded",
+    () =>
+      onPostgres((app) =>
+        Effect.gen(function*() {
+          let runs = 0
+          const job = Job.make({
+            name: "pg-rejects",
+            params: Schema.Struct({}),
+            partitions: () => ["bad", "good"],
+            steps: (step) => [
+              step.single("insert", {
+                transaction: "chunk",
+                run: ({ partition }) =>
+                  Effect.flatMap(SqlClient.SqlClient, (sql) => {
+                    runs += 1
+                    return partition.key === "bad"
+                      ? sql`insert into ${sql(app)}.applied (item, count) values (1, null)`
+                      : sql`insert into ${sql(app)}.applied (item, count) values (2, 1)`
+                  })
+              })
+            ]
+          })
+          yield* Worker.make({ jobs: [job], ...liveWorker })
+          const { runId } = yield* Runner.start(job, {})
+          const progress = yield* awaitRun(runId, 20)
+          expect(progress.run.status).toBe("failed")
+          expect(progress.units).toMatchObject({ succeeded: 1, failed: 1 })
+          expect(runs).toBe(2) // DatabaseRejected is never retried
+          const [failure] = yield* Effect.flatMap(StateStore.StateStore, (st) => st.listFailures(runId, { limit: 10 }))
+          expect(failure).toMatchObject({ errorTag: "DatabaseRejected", runbookId: "chunkwise-database-rejected" })
+          expect(yield* applied(app)).toEqual({ "2": 1 })
+        })
+      ),
+    30_000
+  )
 
   it.live("migrations are safe when many workers start at once, and a newer schema is refused", () =>
     Effect.gen(function*() {

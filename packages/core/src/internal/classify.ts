@@ -42,6 +42,19 @@ export const classify = (job: Job.Any, cause: Cause.Cause<unknown>, step: string
     if (tag !== undefined && job.runbooks.has(tag)) {
       return { tag, message: messageOf(error), cause: pretty, runbook: job.runbooks.get(tag)!, error }
     }
+    const sqlState = tag === "SqlError" ? sqlStateOf(error) : undefined
+    if (sqlState !== undefined) {
+      const mapped = fromSqlState(sqlState, messageOf(error))
+      if (mapped !== undefined) {
+        return {
+          tag: mapped._tag,
+          message: mapped.message,
+          cause: pretty,
+          runbook: Job.runbookFor(job, mapped._tag),
+          error
+        }
+      }
+    }
     if (Cause.isTimeoutException(error)) {
       const timeout = new Errors.StepTimeout({ step, timeoutMs: 0 })
       return {
@@ -74,4 +87,30 @@ export const classify = (job: Job.Any, cause: Cause.Cause<unknown>, step: string
     runbook: Job.runbookFor(job, "Unclassified"),
     error: Option.getOrUndefined(defect)
   }
+}
+
+/** The SQLSTATE (or the Node system error code) behind an `SqlError`, if any. */
+const sqlStateOf = (error: unknown): string | undefined => {
+  let current: unknown = (error as { cause?: unknown }).cause
+  for (let depth = 0; depth < 4 && current !== null && typeof current === "object"; depth++) {
+    const code = (current as { code?: unknown }).code
+    if (typeof code === "string") return code
+    current = (current as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
+/** D12: SQLSTATE classes that say what a database error means for a retry. */
+const fromSqlState = (code: string, message: string) => {
+  if (
+    code.startsWith("08") || code.startsWith("53") ||
+    ["57P01", "57P02", "57P03", "40001", "40P01", "55P03"].includes(code) ||
+    /^E[A-Z]+$/.test(code) // a Node system error on the connection: ECONNREFUSED, ECONNRESET, ...
+  ) {
+    return new Errors.DatabaseTransient({ sqlState: code, message })
+  }
+  if (code === "57014") return new Errors.StepTimeout({ step: "", timeoutMs: 0 })
+  if (code.startsWith("22") || code.startsWith("23")) return new Errors.DatabaseRejected({ sqlState: code, message })
+  if (code === "25P02") return new Errors.TransactionAborted({ message })
+  return undefined
 }
