@@ -1,8 +1,8 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Schema, type Scope } from "effect"
+import { Effect, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
 import pg from "pg"
-import { Job, PgStateStore, Probe, type QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { Job, PgQueue, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
   applied,
   awaitRun,
@@ -153,6 +153,41 @@ describe("PgStateStore on real Postgres", () => {
       })
     ), 60_000)
 
+  it.live("runs end to end with the Postgres queue too, crashes included", () =>
+    Effect.gen(function*() {
+      const store = freshSchema("cw_store")
+      const app = freshSchema("cw_app")
+      yield* withSchemas(store, app)
+      yield* Effect.gen(function*() {
+        const job = pgJob(app, { partitions: 6, size: 9, chunkSize: 3 })
+        let crashes = 0
+        const probe = {
+          at: (p: Probe.Point, info: Probe.Info) =>
+            p === "after-commit" && info.chunkSeq === 1 && crashes < 2
+              ? Effect.suspend(() => (crashes += 1, Effect.interrupt))
+              : Effect.void
+        }
+        for (const id of ["q1", "q2"]) {
+          yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second", workerId: id }).pipe(
+            Effect.provideService(Probe.Probe, probe)
+          )
+        }
+        const { runId } = yield* Runner.start(job, { label: "pg-queue" })
+        expect((yield* awaitRun(runId, 30)).run.status).toBe("succeeded")
+        expect(crashes).toBe(2)
+        expect(yield* applied(app)).toEqual(expectedApplied(6, 9))
+        const depth = yield* Effect.flatMap(QueueAdapter.QueueAdapter, (q) => q.depth)
+        expect(depth.dead).toBe(0)
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(Layer.mergeAll(
+          PgStateStore.layer({ schema: store }),
+          PgQueue.layer({ schema: store }),
+          Logger.minimumLogLevel(LogLevel.None)
+        ))
+      )
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 60_000)
+
   it.live(
     "classifies SQL errors by SQLSTATE: a constraint violation fails the partition once, recorded",
     () =>
@@ -196,7 +231,7 @@ describe("PgStateStore on real Postgres", () => {
       const sql = yield* SqlClient.SqlClient
       yield* Effect.all(Array.from({ length: 6 }, () => PgStateStore.migrate({ schema })), { concurrency: "unbounded" })
       const rows = yield* sql`select migration_id from ${sql(schema)}.chunkwise_migrations`
-      expect(rows).toEqual([{ migrationId: 1 }].map((r) => ({ migration_id: r.migrationId })))
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }])
       yield* sql`insert into ${sql(schema)}.chunkwise_migrations (migration_id, name) values (99, 'future')`
       const error = yield* Effect.flip(PgStateStore.migrate({ schema }))
       expect(error.message).toContain("newer than this code knows")

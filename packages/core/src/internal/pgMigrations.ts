@@ -95,5 +95,33 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         details jsonb not null
       )`
     yield* sql`create index audit_run on ${s}.audit (run_id, id)`
+  }),
+  "2_queue": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // The Postgres queue: one table for every queue name, claimed with FOR UPDATE SKIP LOCKED.
+    yield* sql`
+      create table ${s}.queue_messages (
+        id            bigserial primary key,
+        queue         text not null,
+        body          text not null,
+        group_id      text,
+        visible_at    timestamptz not null default clock_timestamp(),
+        receive_count integer not null default 0,
+        receipt       text,
+        sent_at       timestamptz not null default clock_timestamp()
+      ) with (fillfactor = 80)`
+    yield* sql`create index queue_messages_ready on ${s}.queue_messages (queue, visible_at, id)`
+    yield* sql`create unique index queue_messages_receipt on ${s}.queue_messages (receipt) where receipt is not null`
+    yield* sql`
+      create table ${s}.queue_dead (
+        id            bigint primary key,
+        queue         text not null,
+        body          text not null,
+        reason        text not null,
+        receive_count integer not null,
+        at            timestamptz not null default clock_timestamp()
+      )`
+    yield* sql`create index queue_dead_queue on ${s}.queue_dead (queue, id)`
   })
 })

@@ -1,0 +1,35 @@
+import { PgQueue } from "@chunkwise/core"
+import { SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer } from "effect"
+import { afterAll } from "vitest"
+import { QueueAdapterConformance } from "../src/index.js"
+
+// Real Postgres at 127.0.0.1:5432 (database test): one schema for this file, one queue name per test.
+const client = PgClient.layer({
+  host: "127.0.0.1",
+  port: 5432,
+  username: "postgres",
+  database: "test",
+  maxConnections: 16
+})
+const schema = `cw_queue_${process.pid}_${Date.now().toString(36)}`
+let n = 0
+
+afterAll(() =>
+  Effect.runPromise(
+    Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`).pipe(
+      Effect.provide(client)
+    )
+  )
+)
+
+QueueAdapterConformance.suite("PgQueue", {
+  make: ({ maxReceives }) =>
+    PgQueue.layer({ schema, queue: `conformance-${n++}`, maxReceives, pollInterval: "20 millis" }).pipe(
+      Layer.provide(client)
+    ),
+  time: "live",
+  visibilityMs: 400,
+  maxMessageBytes: 262_144
+})
