@@ -32,7 +32,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "./StateStore.js"
-import { StateStore } from "./StateStore.js"
+import { databaseIdentity, StateStore } from "./StateStore.js"
 
 /** Options of the Postgres store. */
 export interface Options {
@@ -311,6 +311,17 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const store: StateStoreShape = {
       kind: "postgres",
+      database: {
+        identity: op("databaseIdentity", databaseIdentity(client)),
+        idleInTransactionTimeoutMs: op(
+          "idleInTransactionTimeout",
+          Effect.map(
+            sql<{ readonly ms: string }>`
+              select (extract(epoch from current_setting('idle_in_transaction_session_timeout')::interval) * 1000)::text as ms`,
+            (rows) => Number(rows[0]?.ms ?? 0)
+          )
+        )
+      },
 
       transaction: (effect) =>
         client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(

@@ -21,6 +21,7 @@
  *
  * @since 0.1.0
  */
+import type { SqlClient } from "@effect/sql"
 import { Context, Effect, Layer, Option } from "effect"
 import type * as Errors from "./Errors.js"
 import * as MemoryStore from "./internal/memoryStore.js"
@@ -253,6 +254,13 @@ export interface PlannedUnit {
 export interface StateStoreShape {
   /** `"memory"`, `"postgres"`, ...: shown in messages and used for start-up checks. */
   readonly kind: string
+  /** SQL stores: the database the store writes to, for the worker's start-up checks (D4, D6). */
+  readonly database?: {
+    /** `database@host:port`, as `databaseIdentity` computes it. */
+    readonly identity: Effect.Effect<string, Errors.StoreUnavailable>
+    /** `idle_in_transaction_session_timeout` in ms (0 = off). */
+    readonly idleInTransactionTimeoutMs: Effect.Effect<number, Errors.StoreUnavailable>
+  } | undefined
   /**
    * Runs `effect` in one store transaction: for a `chunk`-mode step, the user's writes and the final
    * `commitChunk` commit together or not at all. When the connection fails at or after COMMIT the
@@ -366,6 +374,15 @@ export interface StateStoreShape {
     actor: Actor
   ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
 }
+
+/** Which database a SqlClient reaches: `database@address:port`, asked of the server itself. */
+export const databaseIdentity = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql.withoutTransforms()<{ readonly id: string }>`
+      select current_database() || '@' || coalesce(host(inet_server_addr()), 'local') || ':' ||
+        coalesce(inet_server_port()::text, '') as id`,
+    (rows) => rows[0]?.id ?? "unknown"
+  )
 
 /** The state store service. */
 export class StateStore extends Context.Tag("@chunkwise/core/StateStore")<StateStore, StateStoreShape>() {}

@@ -41,8 +41,8 @@ import * as Probe from "./Probe.js"
 import { QueueAdapter } from "./QueueAdapter.js"
 import type { Delivery } from "./QueueAdapter.js"
 import * as RetryPolicy from "./RetryPolicy.js"
-import type { ClaimResult, FailureRecord, Lease, RunStatus, UnitRecord } from "./StateStore.js"
-import { StateStore } from "./StateStore.js"
+import type { ClaimResult, FailureRecord, Lease, RunStatus, StateStoreShape, UnitRecord } from "./StateStore.js"
+import { databaseIdentity, StateStore } from "./StateStore.js"
 import * as Step from "./Step.js"
 
 /** Worker options. Durations take Effect `DurationInput` ("30 seconds", 5000, ...). */
@@ -109,7 +109,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const store = yield* StateStore
     const queue = yield* QueueAdapter
     const jobs = yield* registry(options.jobs)
-    yield* checkTransactions(store.kind, options.jobs)
 
     const workerId = options.workerId ?? `w-${base32(digest([Math.random(), Date.now()])).slice(0, 10)}`
     const concurrency = options.concurrency ?? Math.max(...options.jobs.map((j) => j.concurrency.perWorker))
@@ -119,6 +118,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       })
     }
     const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
+    yield* checkTransactions(store, options.jobs, leaseMs)
     const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
     const feedMs = Duration.toMillis(options.feedInterval ?? "1 second")
     const maxOutstanding = options.maxOutstanding ?? 100
@@ -869,20 +869,43 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
     return byName
   })
 
-/** D13: `chunk` mode needs the user's writes in the store's transaction. */
-const checkTransactions = (storeKind: string, jobs: ReadonlyArray<Job.Any>) =>
+/**
+ * `chunk` mode needs the user's writes in the store's transaction. On the in-memory store a SqlClient
+ * cannot join it (D13); on a SQL store the steps' SqlClient must reach the store's database, since
+ * one transaction connection serves every SqlClient in the chunk (D4). Also warns when Postgres would
+ * not abort a paused worker's transaction before its lease ends (D6).
+ */
+const checkTransactions = (store: StateStoreShape, jobs: ReadonlyArray<Job.Any>, leaseMs: number) =>
   Effect.gen(function*() {
     const chunkSteps = jobs.flatMap((job) =>
       job.steps.filter((s) => s.transaction === "chunk").map((s) => `${job.name}/${s.name}`)
     )
-    if (storeKind !== "memory" || chunkSteps.length === 0) return
+    if (chunkSteps.length === 0) return
     const sql = yield* Effect.serviceOption(SqlClient.SqlClient)
-    if (Option.isSome(sql)) {
+    if (store.kind === "memory" && Option.isSome(sql)) {
       return yield* new Errors.ConfigurationError({
         message:
           `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk" and a SqlClient is provided, but the ` +
           `state store is in memory, so their SQL writes could not commit with the checkpoint. Use PgStateStore.layer, ` +
           `or set transaction: "none" and make the writes idempotent.`
       })
+    }
+    if (store.database === undefined || Option.isNone(sql)) return
+    const storeDatabase = yield* Effect.orDie(store.database.identity)
+    const stepDatabase = yield* Effect.orDie(databaseIdentity(sql.value))
+    if (storeDatabase !== stepDatabase) {
+      return yield* new Errors.ConfigurationError({
+        message: `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk", but the worker's SqlClient reaches ` +
+          `${stepDatabase} while the state store writes to ${storeDatabase}; their writes could not commit together. ` +
+          `Give PgStateStore.layer and the worker the same PgClient layer, or set transaction: "none".`
+      })
+    }
+    const timeoutMs = yield* Effect.orDie(store.database.idleInTransactionTimeoutMs)
+    if (timeoutMs === 0 || timeoutMs > leaseMs) {
+      yield* Effect.logWarning(
+        `chunkwise: idle_in_transaction_session_timeout is ${timeoutMs === 0 ? "off" : `${timeoutMs} ms`}; set it to ` +
+          `at most the lease (${leaseMs} ms) on the worker's role, so Postgres aborts a paused worker's chunk ` +
+          `transaction and frees its locks (ALTER ROLE ... SET idle_in_transaction_session_timeout = '${leaseMs}ms')`
+      )
     }
   })
