@@ -4,7 +4,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Chunk, Duration, Effect, Option, Stream } from "effect"
+import { Cause, Chunk, type Duration, Effect, Option, Schedule, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { canonicalJson } from "./internal/hash.js"
 import * as Job from "./Job.js"
@@ -191,16 +191,27 @@ export const skip = (
     (store) => store.skip(runId, { partitions: options.partitions, dryRun: options.dryRun ?? false }, actor)
   )
 
-/** Waits until the run is terminal, polling the store; returns its final progress. */
+/**
+ * Waits until the run is terminal, polling the store; returns its final progress. A store that is
+ * briefly unavailable (a restart, a dropped connection) is polled again, not reported.
+ */
 export const awaitTerminal = (
   runId: string,
   options: { readonly pollInterval?: Duration.DurationInput | undefined } = {}
 ) =>
   Effect.gen(function*() {
     const store = yield* StateStore
+    const interval = options.pollInterval ?? "500 millis"
+    const poll = store.progress(runId).pipe(
+      Effect.tapErrorTag(
+        "StoreUnavailable",
+        (e) => Effect.logWarning("chunkwise: status unavailable; polling again", e)
+      ),
+      Effect.retry({ while: (e) => e._tag === "StoreUnavailable", schedule: Schedule.spaced(interval) })
+    )
     while (true) {
-      const progress = yield* store.progress(runId)
+      const progress = yield* poll
       if (isTerminalRun(progress.run.status)) return progress
-      yield* Effect.sleep(options.pollInterval ?? "500 millis")
+      yield* Effect.sleep(interval)
     }
   })

@@ -895,7 +895,8 @@ const checkTransactions = (store: StateStoreShape, jobs: ReadonlyArray<Job.Any>,
     const stepDatabase = yield* Effect.orDie(databaseIdentity(sql.value))
     if (storeDatabase !== stepDatabase) {
       return yield* new Errors.ConfigurationError({
-        message: `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk", but the worker's SqlClient reaches ` +
+        message:
+          `Worker: step(s) ${chunkSteps.join(", ")} use transaction "chunk", but the worker's SqlClient reaches ` +
           `${stepDatabase} while the state store writes to ${storeDatabase}; their writes could not commit together. ` +
           `Give PgStateStore.layer and the worker the same PgClient layer, or set transaction: "none".`
       })

@@ -225,22 +225,26 @@ describe("PgStateStore on real Postgres", () => {
     30_000
   )
 
-  it.live("refuses a chunk step whose SqlClient reaches another database than the store's (D4)", () =>
-    Effect.gen(function*() {
-      const schema = freshSchema("cw_store")
-      const job = pgJob("unused", { partitions: 1, size: 1 })
-      const store = PgStateStore.layer({ schema }).pipe(Layer.provide(pgClient()))
-      const error = yield* Effect.flip(
-        Effect.scoped(Worker.make({ jobs: [job] })).pipe(
-          Effect.provide(Layer.mergeAll(store, QueueAdapter.layerMemory(), pgClient({ database: "postgres" })))
+  it.live(
+    "refuses a chunk step whose SqlClient reaches another database than the store's (D4)",
+    () =>
+      Effect.gen(function*() {
+        const schema = freshSchema("cw_store")
+        const job = pgJob("unused", { partitions: 1, size: 1 })
+        const store = PgStateStore.layer({ schema }).pipe(Layer.provide(pgClient()))
+        const error = yield* Effect.flip(
+          Effect.scoped(Worker.make({ jobs: [job] })).pipe(
+            Effect.provide(Layer.mergeAll(store, QueueAdapter.layerMemory(), pgClient({ database: "postgres" })))
+          )
         )
-      )
-      expect(error._tag).toBe("ConfigurationError")
-      expect(error.message).toMatch(/reaches postgres@.* while the state store writes to test@/)
-      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema ${sql(schema)} cascade`).pipe(
-        Effect.provide(pgClient())
-      )
-    }).pipe(Effect.orDie), 30_000)
+        expect(error._tag).toBe("ConfigurationError")
+        expect(error.message).toMatch(/reaches postgres@.* while the state store writes to test@/)
+        yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema ${sql(schema)} cascade`).pipe(
+          Effect.provide(pgClient())
+        )
+      }).pipe(Effect.orDie),
+    30_000
+  )
 
   it.live("migrations are safe when many workers start at once, and a newer schema is refused", () =>
     Effect.gen(function*() {
