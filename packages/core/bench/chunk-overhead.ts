@@ -7,6 +7,7 @@
  *  - loop:        BEGIN; the chunk's INSERT ... SELECT; COMMIT            (the bare baseline of D20)
  *  - loop+ckpt:   the same plus an UPDATE of a checkpoint row in the transaction (a hand-written resumable loop)
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
+ * ONLY=chunkwise runs the chunkwise contender alone (for profiling).
  */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
@@ -108,8 +109,10 @@ const program = Effect.gen(function*() {
     yield* sql`truncate ${sql(schema)}.t_loop, ${sql(schema)}.t_loop_ckpt, ${sql(schema)}.t_chunkwise`
     yield* sql`delete from ${sql(schema)}.checkpoints`
     yield* sql`insert into ${sql(schema)}.checkpoints select p, 0, 0 from generate_series(0, ${PARTITIONS - 1}) p`
-    results["loop"]!.push(yield* time(handLoop(false)))
-    results["loop+ckpt"]!.push(yield* time(handLoop(true)))
+    if (process.env["ONLY"] !== "chunkwise") {
+      results["loop"]!.push(yield* time(handLoop(false)))
+      results["loop+ckpt"]!.push(yield* time(handLoop(true)))
+    }
     results["chunkwise"]!.push(
       yield* time(chunkwise(round).pipe(Effect.provide(Layer.merge(store, QueueAdapter.layerMemory()))))
     )
@@ -117,12 +120,12 @@ const program = Effect.gen(function*() {
   const [copied] = yield* sql<{ readonly n: number }>`select count(*)::int as n from ${sql(schema)}.t_chunkwise`
   if (copied?.n !== PARTITIONS * ROWS) throw new Error(`chunkwise copied ${copied?.n} rows`)
   const chunks = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
-  const base = median(results["loop"]!)
+  const base = median(results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!)
   console.log(
     `chunk overhead: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${chunks} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} alternated rounds`
   )
-  for (const [name, xs] of Object.entries(results)) {
+  for (const [name, xs] of Object.entries(results).filter(([, xs]) => xs.length > 0)) {
     const m = median(xs)
     console.log(
       `  ${name.padEnd(10)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x loop  ` +
