@@ -24,7 +24,6 @@ import type {
   ClaimResult,
   FailureRecord,
   Lease,
-  PlannedUnit,
   RunRecord,
   RunStatus,
   Selection,
@@ -32,7 +31,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "./StateStore.js"
-import { databaseIdentity, StateStore } from "./StateStore.js"
+import { databaseIdentity, plannedUnit, StateStore } from "./StateStore.js"
 
 /** Options of the Postgres store. */
 export interface Options {
@@ -299,15 +298,6 @@ export const make = (options: Options = {}): Effect.Effect<
         if (missing !== undefined) return yield* new Errors.NotFound({ what: `partition of run ${runId}`, id: missing })
         return found
       })
-
-    const plan = (unit: UnitRecord, selection: Selection): PlannedUnit => ({
-      unitId: unit.unitId,
-      partitionKey: unit.partitionKey,
-      status: unit.status,
-      fromStepIndex: selection.fromStep ?? unit.stepIndex,
-      generation: selection.fromStep === undefined ? unit.generation : unit.generation + 1,
-      chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
-    })
 
     const store: StateStoreShape = {
       kind: "postgres",
@@ -805,7 +795,7 @@ export const make = (options: Options = {}): Effect.Effect<
             const chosen = yield* op("retry", selectUnits(runId, selection, ["failed", "cancelled"]))
             const planned = chosen
               .filter((u) => !(u.status === "leased" && u.leaseExpiresAt !== null && u.leaseExpiresAt > Date.now()))
-              .map((u) => plan(u, selection))
+              .map((u) => plannedUnit(u, selection))
             if (selection.dryRun || planned.length === 0) return planned
             const ids = planned.map((p) => p.unitId)
             yield* op(
@@ -835,7 +825,7 @@ export const make = (options: Options = {}): Effect.Effect<
           return yield* client.withTransaction(Effect.gen(function*() {
             const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"]))
             const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
-              plan(u, selection)
+              plannedUnit(u, selection)
             )
             if (selection.dryRun || planned.length === 0) return planned
             yield* op(

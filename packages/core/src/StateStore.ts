@@ -250,6 +250,16 @@ export interface PlannedUnit {
   readonly chunkSeq: number
 }
 
+/** What an operator action does to a unit: the same rule for every driver. */
+export const plannedUnit = (unit: UnitRecord, selection: Selection): PlannedUnit => ({
+  unitId: unit.unitId,
+  partitionKey: unit.partitionKey,
+  status: unit.status,
+  fromStepIndex: selection.fromStep ?? unit.stepIndex,
+  generation: selection.fromStep === undefined ? unit.generation : unit.generation + 1,
+  chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
+})
+
 /** The state store. See the module doc for its contract. */
 export interface StateStoreShape {
   /** `"memory"`, `"postgres"`, ...: shown in messages and used for start-up checks. */

@@ -8,7 +8,6 @@ import type {
   ClaimResult,
   FailureRecord,
   Lease,
-  PlannedUnit,
   RunRecord,
   RunStatus,
   Selection,
@@ -16,7 +15,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "../StateStore.js"
-import { isTerminalRun, isTerminalUnit } from "../StateStore.js"
+import { isTerminalRun, isTerminalUnit, plannedUnit } from "../StateStore.js"
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 type Run = Mutable<RunRecord>
@@ -121,15 +120,6 @@ export const make = Effect.sync(() => {
       }
       return chosen
     })
-
-  const plan = (unit: Unit, selection: Selection): PlannedUnit => ({
-    unitId: unit.unitId,
-    partitionKey: unit.partitionKey,
-    status: unit.status,
-    fromStepIndex: selection.fromStep ?? unit.stepIndex,
-    generation: selection.fromStep === undefined ? unit.generation : unit.generation + 1,
-    chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
-  })
 
   const recordAudit = (runId: string, action: AuditEntry["action"], actor: Actor, details: unknown, at: number) =>
     push(audit, runId, { at, action, runId, details, actor: actor.actor, reason: actor.reason })
@@ -452,7 +442,7 @@ export const make = Effect.sync(() => {
         const at = yield* now
         const run = yield* findRun(runId)
         const chosen = yield* select(run, selection, (u) => u.status === "failed" || u.status === "cancelled")
-        const planned = chosen.filter((u) => !liveLease(u, at)).map((u) => plan(u, selection))
+        const planned = chosen.filter((u) => !liveLease(u, at)).map((u) => plannedUnit(u, selection))
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) {
           const unit = unitsOf(runId).get(p.unitId)!
@@ -481,7 +471,7 @@ export const make = Effect.sync(() => {
         const run = yield* findRun(runId)
         const chosen = yield* select(run, selection, (u) => u.status === "failed")
         const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
-          plan(u, selection)
+          plannedUnit(u, selection)
         )
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) fence(unitsOf(runId).get(p.unitId)!, "skipped", at)
