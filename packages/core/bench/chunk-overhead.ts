@@ -7,7 +7,8 @@
  *  - loop:        BEGIN; the chunk's INSERT ... SELECT; COMMIT            (the bare baseline of D20)
  *  - loop+ckpt:   the same plus an UPDATE of a checkpoint row in the transaction (a hand-written resumable loop)
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
- * ONLY=chunkwise runs the chunkwise contender alone (for profiling).
+ * ONLY=chunkwise or ONLY=loop runs that contender alone, MODE=none runs the chunkwise step in mode "none"
+ * (for profiling).
  */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
@@ -63,7 +64,7 @@ const job = Job.make({
       cursor: Schema.Struct({ after: Schema.Number }),
       start: { after: 0 },
       chunkSize: CHUNK,
-      transaction: "chunk",
+      transaction: (process.env["MODE"] ?? "chunk") as "chunk" | "none",
       process: ({ cursor, partition }) =>
         Effect.map(
           copyChunk("t_chunkwise", Number(partition.key), cursor.after),
@@ -109,16 +110,18 @@ const program = Effect.gen(function*() {
     yield* sql`truncate ${sql(schema)}.t_loop, ${sql(schema)}.t_loop_ckpt, ${sql(schema)}.t_chunkwise`
     yield* sql`delete from ${sql(schema)}.checkpoints`
     yield* sql`insert into ${sql(schema)}.checkpoints select p, 0, 0 from generate_series(0, ${PARTITIONS - 1}) p`
-    if (process.env["ONLY"] !== "chunkwise") {
-      results["loop"]!.push(yield* time(handLoop(false)))
-      results["loop+ckpt"]!.push(yield* time(handLoop(true)))
+    if (process.env["ONLY"] !== "chunkwise") results["loop"]!.push(yield* time(handLoop(false)))
+    if (process.env["ONLY"] === undefined) results["loop+ckpt"]!.push(yield* time(handLoop(true)))
+    if (process.env["ONLY"] !== "loop") {
+      results["chunkwise"]!.push(
+        yield* time(chunkwise(round).pipe(Effect.provide(Layer.merge(store, QueueAdapter.layerMemory()))))
+      )
     }
-    results["chunkwise"]!.push(
-      yield* time(chunkwise(round).pipe(Effect.provide(Layer.merge(store, QueueAdapter.layerMemory()))))
-    )
   }
   const [copied] = yield* sql<{ readonly n: number }>`select count(*)::int as n from ${sql(schema)}.t_chunkwise`
-  if (copied?.n !== PARTITIONS * ROWS) throw new Error(`chunkwise copied ${copied?.n} rows`)
+  if (process.env["ONLY"] !== "loop" && copied?.n !== PARTITIONS * ROWS) {
+    throw new Error(`chunkwise copied ${copied?.n} rows`)
+  }
   const chunks = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
   const base = median(results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!)
   console.log(
