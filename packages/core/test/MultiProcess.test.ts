@@ -1,0 +1,55 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Logger, LogLevel } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { PgQueue, PgStateStore, Runner } from "../src/index.js"
+import { applied, awaitRun, expectedApplied, freshSchema, pgClient, pgJob, withSchemas } from "./pg.js"
+
+const script = fileURLToPath(new URL("./worker-process.ts", import.meta.url))
+
+const startWorker = (env: Record<string, string>): ChildProcess =>
+  spawn(process.execPath, ["--import", "tsx", script], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "inherit"]
+  })
+
+const exited = (child: ChildProcess) =>
+  Effect.async<number | null>((resume) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.succeed(child.exitCode))
+    child.once("exit", (code) => resume(Effect.succeed(code)))
+  })
+
+describe("several worker processes on one database", () => {
+  it.live("finish with the state one worker gives, even when one is killed mid-run", () =>
+    Effect.gen(function*() {
+      const store = freshSchema("cw_store")
+      const app = freshSchema("cw_app")
+      yield* withSchemas(store, app)
+      const env = { CW_STORE: store, CW_APP: app }
+      const job = pgJob(app, { partitions: 12, size: 20, chunkSize: 2, chunkDelay: 20 })
+      yield* Effect.gen(function*() {
+        const { runId } = yield* Runner.start(job, { label: "multi-process" })
+        const children = yield* Effect.acquireRelease(
+          Effect.sync(() => ["w1", "w2", "w3"].map((id) => startWorker({ ...env, CW_WORKER: id }))),
+          (cs) => Effect.sync(() => cs.forEach((c) => c.kill("SIGKILL")))
+        )
+        // Let them work, then kill one without warning (no drain, no release: its leases must expire).
+        yield* Effect.sleep("2500 millis")
+        children[0]!.kill("SIGKILL")
+        const progress = yield* awaitRun(runId, 90)
+        expect(progress.run.status).toBe("succeeded")
+        expect(yield* applied(app)).toEqual(expectedApplied(12, 20))
+        // The survivors drain on SIGTERM and exit cleanly.
+        for (const child of children.slice(1)) child.kill("SIGTERM")
+        const codes = yield* Effect.forEach(children.slice(1), exited)
+        expect(codes).toEqual([0, 0])
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(Layer.mergeAll(
+          PgStateStore.layer({ schema: store }),
+          PgQueue.layer({ schema: store }),
+          Logger.minimumLogLevel(LogLevel.None)
+        ))
+      )
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 120_000)
+})
