@@ -217,6 +217,15 @@ export const make = (options: Options = {}): Effect.Effect<
     const detached = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       Effect.mapInputContext(effect, (context: Context.Context<R>) =>
         Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<R>)
+    /** A store transaction; a failed COMMIT (a defect in @effect/sql) becomes an ordinary SqlError. */
+    const tx = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      client.withTransaction(effect).pipe(
+        Effect.catchSomeDefect((defect) =>
+          typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "SqlError"
+            ? Option.some(Effect.fail(defect as SqlError.SqlError))
+            : Option.none()
+        )
+      )
     /** The store's own SQL errors become `StoreUnavailable`, naming the operation; other errors pass. */
     const op = <A, E extends { readonly _tag: string }>(
       operation: string,
@@ -490,7 +499,7 @@ export const make = (options: Options = {}): Effect.Effect<
       feed: ({ maxOutstanding, redeliverAfterMs }) =>
         op(
           "feed",
-          client.withTransaction(Effect.gen(function*() {
+          tx(Effect.gen(function*() {
             // One feeder at a time across all workers; the others skip this tick.
             const [lock] = yield* sql<{ readonly ok: boolean }>`
               select pg_try_advisory_xact_lock(hashtext(${"chunkwise:feed:" + schema})) as ok`
@@ -560,7 +569,7 @@ export const make = (options: Options = {}): Effect.Effect<
                 returning u.*)
               select ${units}, ${runs} from claimed u join ${s}.runs r on r.run_id = u.run_id`
             // A job-wide cap counts leased units, so its claims take a job lock to count and claim atomically.
-            const rows = jobConcurrency === undefined ? yield* attempt : yield* client.withTransaction(
+            const rows = jobConcurrency === undefined ? yield* attempt : yield* tx(
               Effect.zipRight(sql`select pg_advisory_xact_lock(hashtext(${"chunkwise:job:" + message.job}))`, attempt)
             )
             const row = rows[0]
@@ -675,7 +684,7 @@ export const make = (options: Options = {}): Effect.Effect<
         detached(Effect.gen(function*() {
           const result = yield* op(
             "failUnit",
-            client.withTransaction(Effect.gen(function*() {
+            tx(Effect.gen(function*() {
               // Serialise failures of one run, so the budget counts every one of them.
               const [run] = yield* sql<{ readonly status: RunStatus }>`
               select status from ${s}.runs where run_id = ${lease.runId} for update`
@@ -771,7 +780,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           yield* op(
             "cancelRun",
-            client.withTransaction(Effect.gen(function*() {
+            tx(Effect.gen(function*() {
               const cancelled = yield* sql`
               update ${s}.runs set status = 'cancelled', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
                 reason = ${`cancelled by ${actor.actor}: ${actor.reason}`}
@@ -791,7 +800,7 @@ export const make = (options: Options = {}): Effect.Effect<
       retry: (runId, selection, actor) =>
         Effect.gen(function*() {
           yield* requireRun(runId)
-          return yield* client.withTransaction(Effect.gen(function*() {
+          return yield* tx(Effect.gen(function*() {
             const chosen = yield* op("retry", selectUnits(runId, selection, ["failed", "cancelled"]))
             const planned = chosen
               .filter((u) => !(u.status === "leased" && u.leaseExpiresAt !== null && u.leaseExpiresAt > Date.now()))
@@ -822,7 +831,7 @@ export const make = (options: Options = {}): Effect.Effect<
       skip: (runId, selection, actor) =>
         Effect.gen(function*() {
           const run = yield* requireRun(runId)
-          return yield* client.withTransaction(Effect.gen(function*() {
+          return yield* tx(Effect.gen(function*() {
             const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"]))
             const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
               plannedUnit(u, selection)

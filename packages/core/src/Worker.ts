@@ -150,12 +150,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         groupId: m.unitId,
         deduplicationId: `${m.unitId}:${m.seq}`
       })))
-    }).pipe(
-      Effect.catchAll((error) =>
-        Effect.logWarning("chunkwise: feeding the queue failed; retrying on the next tick", error)
-      ),
-      Effect.withSpan("chunkwise.feed")
-    )
+    }).pipe(survive("feeding the queue failed; retrying on the next tick"), Effect.withSpan("chunkwise.feed"))
     const kickFeeder = Queue.offer(feedKick, undefined)
 
     // ---- heartbeat: one timer renews every lease and extends every message (D5).
@@ -696,14 +691,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
         const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs })
           .pipe(
-            Effect.catchAll((error) =>
-              Effect.as(
-                Effect.zipRight(
-                  Effect.logWarning("chunkwise: receiving failed; backing off", error),
-                  Effect.sleep(pollMs)
-                ),
-                []
-              )
+            Effect.catchAllCause((cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.failCause(cause as Cause.Cause<never>)
+                : Effect.as(
+                  Effect.zipRight(
+                    Effect.logWarning("chunkwise: receiving failed; backing off", cause),
+                    Effect.sleep(pollMs)
+                  ),
+                  []
+                )
             )
           )
         for (const delivery of deliveries) {
@@ -723,13 +720,18 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const feederLoop = Effect.forever(
       Effect.zipRight(feedOnce, Effect.raceFirst(Queue.take(feedKick), Effect.sleep(feedMs)))
     )
-    const heartbeatLoop = Effect.forever(Effect.zipRight(Effect.sleep(Math.max(1, Math.floor(leaseMs / 3))), heartbeat))
+    const heartbeatLoop = Effect.forever(
+      Effect.zipRight(
+        Effect.sleep(Math.max(1, Math.floor(leaseMs / 3))),
+        heartbeat.pipe(survive("the heartbeat failed; retrying on the next beat"))
+      )
+    )
     const sweeperLoop = Effect.forever(
       Effect.zipRight(
         Effect.sleep(sweepMs),
         store.sweep().pipe(
           Effect.flatMap((ids) => (ids.length > 0 ? kickFeeder : Effect.void)),
-          Effect.catchAll((error) => Effect.logWarning("chunkwise: sweeping failed", error))
+          survive("sweeping failed; retrying on the next sweep")
         )
       )
     )
@@ -824,6 +826,19 @@ const alert = (
     : Effect.logError(line)
   return annotated(log)
 }
+
+/**
+ * Keeps a background loop alive through any failure or defect of one iteration (a lost connection
+ * can surface as a defect, e.g. a failed COMMIT): logs it and lets the loop go on. Interruption passes.
+ */
+const survive = (what: string) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A | void, never, R> =>
+  Effect.catchAllCause(
+    effect,
+    (cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause as Cause.Cause<never>)
+        : Effect.logWarning(`chunkwise: ${what}`, cause)
+  )
 
 const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
 

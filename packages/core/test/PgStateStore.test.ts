@@ -246,6 +246,37 @@ describe("PgStateStore on real Postgres", () => {
     30_000
   )
 
+  it.live("survives its database connections dropping again and again mid-run; nothing lost or doubled", () => {
+    // Like a database restart: every connection the workers hold is killed, over and over, for 3 s.
+    const name = `cw-drop-${process.pid}-${Date.now()}`
+    return onPostgres(
+      (app) =>
+        Effect.gen(function*() {
+          const job = pgJob(app, { partitions: 6, size: 12, chunkSize: 2, chunkDelay: 30 })
+          yield* Worker.make({ jobs: [job], ...liveWorker, workerId: "a" })
+          yield* Worker.make({ jobs: [job], ...liveWorker, workerId: "b" })
+          const { runId } = yield* Runner.start(job, { label: "drops" })
+          const killed = yield* Effect.gen(function*() {
+            const sql = yield* SqlClient.SqlClient
+            let killed = 0
+            for (let i = 0; i < 10; i++) {
+              yield* Effect.sleep("300 millis")
+              const rows = yield* sql`
+                select pg_terminate_backend(pid) from pg_stat_activity
+                where application_name = ${name} and pid <> pg_backend_pid()`
+              killed += rows.length
+            }
+            return killed
+          }).pipe(Effect.provide(pgClient({ applicationName: `${name}-killer` })))
+          expect(killed).toBeGreaterThan(0)
+          const progress = yield* awaitRun(runId, 60)
+          expect(progress.run.status).toBe("succeeded")
+          expect(yield* applied(app)).toEqual(expectedApplied(6, 12))
+        }),
+      pgClient({ applicationName: name })
+    )
+  }, 90_000)
+
   it.live("migrations are safe when many workers start at once, and a newer schema is refused", () =>
     Effect.gen(function*() {
       const schema = freshSchema("cw_migrate")
