@@ -59,7 +59,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 2
+const LATEST = 3
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -595,36 +595,17 @@ export const make = (options: Options = {}): Effect.Effect<
       commitChunk: (commit) =>
         Effect.gen(function*() {
           const { lease } = commit
+          // The compare-and-set lives in the commit_chunk function (migration 3): one call, a cached plan.
           const rows = yield* op(
             "commitChunk",
-            sql<{ readonly status: RunStatus }>`
-            with u as (
-              update ${s}.units set
-                step_index = ${commit.to.stepIndex},
-                cursor = ${commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor)}::jsonb,
-                chunk_seq = ${commit.to.chunkSeq},
-                attempt = 1,
-                crashes_since_progress = 0,
-                chunks = chunks + 1,
-                items = items + ${commit.items},
-                last_error_tag = null,
-                status = case when ${commit.unitDone} then 'succeeded' else status end,
-                lease_owner = case when ${commit.unitDone} then null else lease_owner end,
-                lease_expires_at = case when ${commit.unitDone} then null else clock_timestamp() + ${
-              ms(commit.leaseMs)
-            } end,
-                finished_at = case when ${commit.unitDone} then clock_timestamp() else finished_at end
-              where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
-                and lease_owner = ${lease.workerId} and status = 'leased' and lease_expires_at > clock_timestamp()
-                and step_index = ${commit.from.stepIndex} and chunk_seq = ${commit.from.chunkSeq}
-              returning run_id),
-            l as (
-              insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq)
-              select run_id, ${lease.unitId}, ${commit.idempotencyKey}, ${commit.step}, ${commit.from.chunkSeq} from u
-              on conflict do nothing)
-            select r.status from ${s}.runs r join u on u.run_id = r.run_id`
+            sql<{ readonly status: RunStatus | null }>`
+              select ${s}.commit_chunk(${lease.runId}, ${lease.unitId}, ${lease.fencingToken}, ${lease.workerId},
+                ${commit.from.stepIndex}, ${commit.from.chunkSeq}, ${commit.to.stepIndex}, ${commit.to.chunkSeq},
+                ${commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor)}::jsonb, ${commit.items},
+                ${commit.unitDone}, ${commit.idempotencyKey}, ${commit.step}, ${commit.leaseMs}) as status`
           )
-          if (rows[0] !== undefined) return { runStatus: rows[0].status }
+          const status = rows[0]?.status
+          if (status !== null && status !== undefined) return { runStatus: status }
           // Zero rows: say why, and fail inside the transaction so the chunk's writes roll back (D3).
           const [now] = yield* op(
             "commitChunk",

@@ -123,5 +123,42 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         at            timestamptz not null default clock_timestamp()
       )`
     yield* sql`create index queue_dead_queue on ${s}.queue_dead (queue, id)`
+  }),
+  "3_commit_chunk": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // The framework's one statement per chunk (D3), as a function: PL/pgSQL keeps its plans per
+    // session, so a chunk pays neither the parse nor the planning of the compare-and-set again.
+    // Returns the run's status, or null when nothing matched (lease lost or checkpoint moved).
+    yield* sql`
+      create function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit and fencing_token = p_token and lease_owner = p_worker
+          and status = 'leased' and lease_expires_at > clock_timestamp()
+          and step_index = p_from_step and chunk_seq = p_from_seq;
+        if not found then
+          return null;
+        end if;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq)
+        values (p_run, p_unit, p_key, p_step, p_from_seq)
+        on conflict do nothing;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
