@@ -175,9 +175,10 @@ export const make = <
   if (!NAME_PATTERN.test(name)) {
     fail(name, "a job name is 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit")
   }
-  const steps = (typeof options.steps === "function" ? options.steps(Step.builder) : options.steps) as ReadonlyArray<
-    Step.Step<P, R>
-  >
+  const steps =
+    (typeof options.steps === "function" ? options.steps(Step.builder<P>()) : options.steps) as ReadonlyArray<
+      Step.Step<P, R>
+    >
   if (steps.length === 0) fail(name, "give the job at least one step")
   const seen = new Set<string>()
   for (const step of steps) {

@@ -242,4 +242,4 @@ export interface Builder<P> {
 }
 
 /** @internal */
-export const builder: Builder<any> = { chunked, single, done, advance }
+export const builder = <P>(): Builder<P> => ({ chunked, single, done, advance })

@@ -1,9 +1,18 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel } from "effect"
+import { Effect, Layer } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { PgQueue, PgStateStore, Runner } from "../src/index.js"
-import { applied, awaitRun, expectedApplied, freshSchema, pgClient, pgJob, withSchemas } from "./pg.js"
+import { Runner } from "../src/index.js"
+import {
+  applied,
+  awaitRun,
+  expectedApplied,
+  freshSchema,
+  pgClient,
+  pgEngineWithPgQueue,
+  pgJob,
+  withSchemas
+} from "./pg.js"
 
 const script = fileURLToPath(new URL("./worker-process.ts", import.meta.url))
 
@@ -45,11 +54,7 @@ describe("several worker processes on one database", () => {
         expect(codes).toEqual([0, 0])
       }).pipe(
         Effect.scoped,
-        Effect.provide(Layer.mergeAll(
-          PgStateStore.layer({ schema: store }),
-          PgQueue.layer({ schema: store }),
-          Logger.minimumLogLevel(LogLevel.None)
-        ))
+        Effect.provide(pgEngineWithPgQueue(store))
       )
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 120_000)
 })

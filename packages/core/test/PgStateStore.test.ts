@@ -1,8 +1,8 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
+import { Effect, Layer, Schema, type Scope } from "effect"
 import pg from "pg"
-import { Job, PgQueue, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { Job, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
   applied,
   awaitRun,
@@ -11,6 +11,7 @@ import {
   liveWorker,
   pgClient,
   pgEngine,
+  pgEngineWithPgQueue,
   pgJob,
   withSchemas
 } from "./pg.js"
@@ -180,11 +181,7 @@ describe("PgStateStore on real Postgres", () => {
         expect(depth.dead).toBe(0)
       }).pipe(
         Effect.scoped,
-        Effect.provide(Layer.mergeAll(
-          PgStateStore.layer({ schema: store }),
-          PgQueue.layer({ schema: store }),
-          Logger.minimumLogLevel(LogLevel.None)
-        ))
+        Effect.provide(pgEngineWithPgQueue(store))
       )
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 60_000)
 

@@ -5,7 +5,7 @@
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Logger, LogLevel, Schema } from "effect"
-import { Job, PgStateStore, QueueAdapter, Runner, Step } from "../src/index.js"
+import { Job, PgQueue, PgStateStore, QueueAdapter, Runner, Step } from "../src/index.js"
 
 export const pgClient = (options: Partial<PgClient.PgClientConfig> = {}) =>
   PgClient.layer({
@@ -44,6 +44,14 @@ export const pgEngine = (storeSchema: string) =>
     PgStateStore.layer({ schema: storeSchema }),
     QueueAdapter.layerMemory(),
     Logger.minimumLogLevel(process.env["CW_TEST_LOGS"] ? LogLevel.Debug : LogLevel.None)
+  )
+
+/** The Postgres store and the Postgres queue (over the `SqlClient` in context), with quiet logs. */
+export const pgEngineWithPgQueue = (storeSchema: string) =>
+  Layer.mergeAll(
+    PgStateStore.layer({ schema: storeSchema }),
+    PgQueue.layer({ schema: storeSchema }),
+    Logger.minimumLogLevel(LogLevel.None)
   )
 
 export const liveWorker = {
