@@ -150,7 +150,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         groupId: m.unitId,
         deduplicationId: `${m.unitId}:${m.seq}`
       })))
-    }).pipe(survive("feeding the queue failed; retrying on the next tick"), Effect.withSpan("chunkwise.feed"))
+    }).pipe(
+      survive("feeding the queue failed; retrying on the next tick"),
+      Effect.withSpan("chunkwise.feed", { captureStackTrace: false })
+    )
     const kickFeeder = Queue.offer(feedKick, undefined)
 
     // ---- heartbeat: one timer renews every lease and extends every message (D5).
@@ -443,6 +446,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   ? store.transaction(Effect.flatMap(timed, commit))
                   : Effect.flatMap(timed, commit)
                 const out = yield* run.pipe(Effect.withSpan("chunkwise.chunk", {
+                  captureStackTrace: false,
                   attributes: {
                     "chunkwise.job": job.name,
                     "chunkwise.run_id": lease.runId,
@@ -622,6 +626,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const exit = yield* Effect.gen(function*() {
           const fiber = yield* Effect.fork(execution.pipe(
             Effect.withSpan("chunkwise.unit", {
+              captureStackTrace: false,
               attributes: {
                 "chunkwise.job": job.name,
                 "chunkwise.run_id": message.runId,
