@@ -9,7 +9,7 @@ import { Either, ParseResult, Schema } from "effect"
 /** The message format version this code writes and reads. */
 export const VERSION = 1
 
-/** A queue message that points a worker at one unit of one run. */
+/** A queue message that points a worker at one unit of one run; its bounded fields keep it under 1 KiB. */
 export const WorkMessage = Schema.Struct({
   v: Schema.Literal(VERSION),
   job: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(200)),
@@ -21,9 +21,6 @@ export const WorkMessage = Schema.Struct({
 
 /** @since 0.1.0 */
 export interface WorkMessage extends Schema.Schema.Type<typeof WorkMessage> {}
-
-/** The largest body chunkwise sends; brokers allow far more, but a message is only a pointer. */
-export const MAX_BYTES = 1024
 
 /** Serialises a message to its wire form (JSON). */
 export const encode = (message: WorkMessage): string => JSON.stringify(message)

@@ -193,6 +193,10 @@ const toFailure = (row: Row): FailureRecord => ({
   at: num(row["at"])
 })
 
+/** @effect/sql reports a failed COMMIT as a defect carrying an SqlError. */
+const isSqlError = (defect: unknown): defect is SqlError.SqlError =>
+  typeof defect === "object" && defect !== null && (defect as { readonly _tag?: unknown })._tag === "SqlError"
+
 /** Boxes a user error so the transaction can tell it from the store's own SQL errors. */
 class UserFailure {
   constructor(readonly error: unknown) {}
@@ -221,8 +225,8 @@ export const make = (options: Options = {}): Effect.Effect<
     const tx = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       client.withTransaction(effect).pipe(
         Effect.catchSomeDefect((defect) =>
-          typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "SqlError"
-            ? Option.some(Effect.fail(defect as SqlError.SqlError))
+          isSqlError(defect)
+            ? Option.some(Effect.fail(defect))
             : Option.none()
         )
       )
@@ -331,9 +335,9 @@ export const make = (options: Options = {}): Effect.Effect<
           ),
           // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
           Effect.catchSomeDefect((defect) =>
-            typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "SqlError"
+            isSqlError(defect)
               ? Option.some(
-                Effect.fail(new Errors.CommitOutcomeUnknown({ message: String((defect as Error).message) }))
+                Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message }))
               )
               : Option.none()
           )

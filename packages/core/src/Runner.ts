@@ -96,8 +96,8 @@ const enumerate = <P, R>(job: Job.Job<P, R>, runId: string, params: P) =>
       Stream.runForEach((batch) =>
         store.insertUnits(
           runId,
-          Chunk.toReadonlyArray(batch).map((p) => ({ ...p, unitId: Job.unitIdOf(runId, p.key) })).map((p) => ({
-            unitId: p.unitId,
+          Chunk.toReadonlyArray(batch).map((p) => ({
+            unitId: Job.unitIdOf(runId, p.key),
             partitionKey: p.key,
             weight: p.weight
           }))

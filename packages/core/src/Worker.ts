@@ -695,19 +695,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           continue
         }
         const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs })
-          .pipe(
-            Effect.catchAllCause((cause) =>
-              Cause.isInterruptedOnly(cause)
-                ? Effect.failCause(cause as Cause.Cause<never>)
-                : Effect.as(
-                  Effect.zipRight(
-                    Effect.logWarning("chunkwise: receiving failed; backing off", cause),
-                    Effect.sleep(pollMs)
-                  ),
-                  []
-                )
-            )
-          )
+          .pipe(survive("receiving failed; backing off", Effect.as(Effect.sleep(pollMs), [])))
         for (const delivery of deliveries) {
           inflight += 1
           yield* FiberSet.run(
@@ -834,16 +822,19 @@ const alert = (
 
 /**
  * Keeps a background loop alive through any failure or defect of one iteration (a lost connection
- * can surface as a defect, e.g. a failed COMMIT): logs it and lets the loop go on. Interruption passes.
+ * can surface as a defect, e.g. a failed COMMIT): logs it, then runs `fallback` (by default nothing)
+ * and lets the loop go on. Interruption passes.
  */
-const survive = (what: string) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A | void, never, R> =>
-  Effect.catchAllCause(
-    effect,
-    (cause) =>
-      Cause.isInterruptedOnly(cause)
-        ? Effect.failCause(cause as Cause.Cause<never>)
-        : Effect.logWarning(`chunkwise: ${what}`, cause)
-  )
+const survive =
+  <B = void>(what: string, fallback: Effect.Effect<B> = Effect.void as Effect.Effect<B>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A | B, never, R> =>
+    Effect.catchAllCause(
+      effect,
+      (cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.failCause(cause as Cause.Cause<never>)
+          : Effect.zipRight(Effect.logWarning(`chunkwise: ${what}`, cause), fallback)
+    )
 
 const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
 
