@@ -8,7 +8,9 @@ export default defineConfig({
     // Tests run against the sources, so no build is needed first.
     alias: {
       "@chunkwise/core": src("core"),
-      "@chunkwise/testing": src("testing")
+      "@chunkwise/testing": src("testing"),
+      "@chunkwise/adapters-redis": src("adapters-redis"),
+      "@chunkwise/adapters-sqs": src("adapters-sqs")
     }
   },
   test: {
