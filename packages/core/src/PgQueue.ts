@@ -179,13 +179,16 @@ export const make = (options: Options = {}): Effect.Effect<
               count(*) filter (where visible_at <= clock_timestamp())::int as ready,
               count(*) filter (where visible_at > clock_timestamp() and receipt is not null)::int as "inFlight",
               count(*) filter (where visible_at > clock_timestamp() and receipt is null)::int as delayed,
+              (extract(epoch from clock_timestamp() - min(visible_at) filter (where visible_at <= clock_timestamp()))
+                * 1000)::float8 as "oldestReadyAgeMs",
               (select count(*)::int from ${s}.queue_dead where queue = ${queue}) as dead
             from ${s}.queue_messages where queue = ${queue}`,
           ([row]) => ({
             ready: Number(row?.["ready"] ?? 0),
             inFlight: Number(row?.["inFlight"] ?? 0),
             delayed: Number(row?.["delayed"] ?? 0),
-            dead: Number(row?.["dead"] ?? 0)
+            dead: Number(row?.["dead"] ?? 0),
+            oldestReadyAgeMs: row?.["oldestReadyAgeMs"] == null ? null : Math.round(Number(row["oldestReadyAgeMs"]))
           })
         )
       ),

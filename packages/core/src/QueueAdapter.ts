@@ -62,6 +62,12 @@ export interface Depth {
   readonly inFlight: number
   readonly delayed: number
   readonly dead: number
+  /**
+   * How long the oldest ready message has been waiting to be received, in ms: the signal to scale
+   * workers on. `null` when nothing is ready, or when the broker cannot tell cheaply (SQS reports it
+   * only as a CloudWatch metric).
+   */
+  readonly oldestReadyAgeMs: number | null
 }
 
 /** What a receive asks for. */
@@ -266,12 +272,21 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
         let ready = 0
         let inFlight = 0
         let delayed = 0
+        let readySince = Infinity
         for (const entry of entries.values()) {
-          if (entry.visibleAt <= at) ready += 1
-          else if (entry.receipt !== null) inFlight += 1
+          if (entry.visibleAt <= at) {
+            ready += 1
+            readySince = Math.min(readySince, entry.visibleAt)
+          } else if (entry.receipt !== null) inFlight += 1
           else delayed += 1
         }
-        return { ready, inFlight, delayed, dead: dead.length }
+        return {
+          ready,
+          inFlight,
+          delayed,
+          dead: dead.length,
+          oldestReadyAgeMs: ready === 0 ? null : at - readySince
+        }
       }),
       deadLetters: ({ limit }) => Effect.sync(() => dead.slice(0, limit)),
       redrive: ({ messageIds }) =>

@@ -20,6 +20,8 @@ export interface Options {
   readonly visibilityMs?: number | undefined
   /** The driver's maximum body size in bytes, to check the oversize rejection. */
   readonly maxMessageBytes: number
+  /** Whether the driver reports `oldestReadyAgeMs` (default true; SQS cannot, it reports `null`). */
+  readonly reportsOldestReadyAge?: boolean | undefined
 }
 
 /** Registers the conformance tests under `describe(name)`. */
@@ -191,6 +193,19 @@ export const suite = (name: string, options: Options): void => {
         yield* receiveUntil(1, 60_000)
         const depth = yield* queue.depth
         expect(depth).toMatchObject({ ready: 2, inFlight: 1, delayed: 1, dead: 0 })
+      })
+    )
+
+    test(
+      "depth reports how long the oldest ready message has waited",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        expect((yield* queue.depth).oldestReadyAgeMs).toBeNull()
+        yield* queue.send([{ body: "waiting" }])
+        yield* pass(visibility)
+        const age = (yield* queue.depth).oldestReadyAgeMs
+        if (options.reportsOldestReadyAge === false) expect(age).toBeNull()
+        else expect(age).toBeGreaterThanOrEqual(visibility / 2)
       })
     )
 
