@@ -34,7 +34,24 @@ export interface Info {
   readonly attempt: number
 }
 
+/** What a probe does. */
+export interface ProbeShape {
+  /** Runs at each point; a harness returns an interruption, a defect or a delay here. */
+  readonly at: (point: Point, info: Info) => Effect.Effect<void>
+  /**
+   * Wraps the user's effect of one chunk (or single step), from its start to its end however it ends:
+   * a harness records when each execution ran, to prove that no two overlapped.
+   */
+  readonly around: <A, E, R>(info: Info, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
 /** The probe service; a `Context.Reference`, so it needs no layer. */
 export class Probe extends Context.Reference<Probe>()("@chunkwise/core/Probe", {
-  defaultValue: (): { readonly at: (point: Point, info: Info) => Effect.Effect<void> } => ({ at: () => Effect.void })
+  defaultValue: (): ProbeShape => ({ at: () => Effect.void, around: (_, effect) => effect })
 }) {}
+
+/** A probe from the hooks given; the others do nothing. */
+export const make = (hooks: Partial<ProbeShape>): ProbeShape => ({
+  at: hooks.at ?? (() => Effect.void),
+  around: hooks.around ?? ((_, effect) => effect)
+})

@@ -410,9 +410,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   cursor,
                   chunkSize: step._tag === "Chunked" ? step.chunkSize : 1
                 }
-                const effect = step._tag === "Chunked"
-                  ? Effect.suspend(() => step.runChunk(ctx))
-                  : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+                const effect = probe.around(
+                  info,
+                  step._tag === "Chunked"
+                    ? Effect.suspend(() => step.runChunk(ctx))
+                    : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+                )
                 const timed = step.timeout === undefined ? effect : effect.pipe(
                   Effect.timeoutFail({
                     duration: step.timeout,

@@ -26,7 +26,7 @@ describe("completion", () => {
       const job = testJob(rec, { partitions: 1, itemsPerPartition: 3 })
       // Every unit's finisher "dies" before ack: nobody calls tryFinalize after a commit.
       const probe = { at: (point: Probe.Point) => (point === "before-ack" ? Effect.interrupt : Effect.void) }
-      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, Probe.make(probe)))
       const { runId } = yield* Runner.start(job, { label: "sweep" })
       yield* driveUntil(runEnded(runId))
       expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
@@ -44,7 +44,7 @@ describe("completion", () => {
             ? Effect.suspend(() => (crashes += 1, Effect.interrupt))
             : Effect.void
       }
-      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, Probe.make(probe)))
       const { runId } = yield* Runner.start(job, { label: "hook-crash" })
       yield* driveUntil(runEnded(runId))
       expect(crashes).toBe(2)

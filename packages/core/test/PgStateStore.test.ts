@@ -70,7 +70,7 @@ describe("PgStateStore on real Postgres", () => {
                   : Effect.void
             }
             yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second" }).pipe(
-              Effect.provideService(Probe.Probe, probe)
+              Effect.provideService(Probe.Probe, Probe.make(probe))
             )
             const { runId } = yield* Runner.start(job, { label: point })
             const progress = yield* awaitRun(runId)
@@ -98,7 +98,7 @@ describe("PgStateStore on real Postgres", () => {
                 : Effect.void
           }
           yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second", workerId: "zombie" }).pipe(
-            Effect.provideService(Probe.Probe, frozen)
+            Effect.provideService(Probe.Probe, Probe.make(frozen))
           )
           const { runId } = yield* Runner.start(job, { label: "zombie" })
           yield* Effect.sleep("300 millis")
@@ -170,7 +170,7 @@ describe("PgStateStore on real Postgres", () => {
         }
         for (const id of ["q1", "q2"]) {
           yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second", workerId: id }).pipe(
-            Effect.provideService(Probe.Probe, probe)
+            Effect.provideService(Probe.Probe, Probe.make(probe))
           )
         }
         const { runId } = yield* Runner.start(job, { label: "pg-queue" })

@@ -71,7 +71,7 @@ describe("steps", () => {
       // The zombie's heartbeat hangs (a long GC pause, a partition from the store): its lease lapses.
       const frozen = { at: (point: Probe.Point) => (point === "heartbeat" ? Effect.never : Effect.void) }
       yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "zombie" }).pipe(
-        Effect.provideService(Probe.Probe, frozen)
+        Effect.provideService(Probe.Probe, Probe.make(frozen))
       )
       const store = yield* StateStore.StateStore
       yield* driveUntil(Effect.map(store.progress(runId), (p) => p.units.leased === 1))

@@ -47,7 +47,9 @@ describe("Worker on the in-memory engine", () => {
                   })
                   : Effect.void
             }
-            yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+            yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(
+              Effect.provideService(Probe.Probe, Probe.make(probe))
+            )
             const { runId } = yield* Runner.start(job, { label: "crash" })
             yield* driveUntil(runEnded(runId), "500 millis")
             return { crashed, run: (yield* Runner.status(runId)).run, applied: yield* table("applied"), rec }
@@ -74,7 +76,7 @@ describe("Worker on the in-memory engine", () => {
             })
             : Effect.void
       }
-      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, probe))
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, Probe.make(probe)))
       const { runId } = yield* Runner.start(job, { label: "keys" })
       yield* driveUntil(runEnded(runId))
       const second = rec.effects.filter((e) => e.step === "apply" && e.chunkSeq === 1)
