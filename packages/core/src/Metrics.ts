@@ -48,3 +48,30 @@ export const definitionMismatches = Metric.counter("chunkwise_definition_mismatc
   description: "Messages released because the run's definition differs from this worker's",
   incremental: true
 })
+
+/**
+ * Seconds from a partition's first claim (store clock) to its terminal end (success or failure), across
+ * every execution and retry in between. Tags: `job`, `outcome` (`succeeded` | `failed`).
+ */
+export const partitionDuration = Metric.histogram(
+  "chunkwise_partition_duration_seconds",
+  MetricBoundaries.exponential({ start: 0.1, factor: 2, count: 20 }),
+  "Seconds from a partition's first claim to its end"
+)
+
+/** Queue messages by state (`ready`, `in_flight`, `delayed`, `dead`), sampled by every worker on its sweep. */
+export const queueMessages = Metric.gauge("chunkwise_queue_messages", {
+  description: "Queue messages by state, sampled by the workers"
+})
+
+/** Age in seconds of the oldest ready queue message (0 when none, or when the broker cannot tell). */
+export const queueOldestReadyAge = Metric.gauge("chunkwise_queue_oldest_ready_age_seconds", {
+  description: "Age of the oldest message waiting to be received"
+})
+
+/**
+ * Units in the store by state (`ready`, `delayed`, `running`, `expired_lease`) across active runs,
+ * sampled on the sweep. `ready` is the autoscaling signal the feeder does not cap (D16); a non-zero
+ * `expired_lease` means a worker died or stalled holding units (they are re-sent and resume).
+ */
+export const units = Metric.gauge("chunkwise_units", { description: "Units in the store by state, active runs" })

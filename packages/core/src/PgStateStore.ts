@@ -469,6 +469,98 @@ export const make = (options: Options = {}): Effect.Effect<
           )
         ),
 
+      report: (runId, options) =>
+        Effect.gen(function*() {
+          const progress = yield* store.progress(runId)
+          const [cells, byStep, slowest, groups] = yield* op(
+            "report",
+            Effect.all([
+              sql<Row>`
+                select status, step_index as "stepIndex", count(*)::int as units from ${s}.units
+                where run_id = ${runId} and kind = 'partition' group by status, step_index`,
+              sql<Row>`
+                select step, count(*)::text as chunks,
+                  count(*) filter (where committed_at > clock_timestamp() - ${ms(options.windowMs)})::text as recent
+                from ${s}.ledger where run_id = ${runId} group by step`,
+              sql<Row>`
+                select partition_key as "partitionKey", status, step_index as "stepIndex",
+                  (extract(epoch from (coalesce(finished_at, clock_timestamp()) - started_at)) * 1000)::float8
+                    as "durationMs",
+                  chunks::text as chunks, items::text as items
+                from ${s}.units where run_id = ${runId} and kind = 'partition' and started_at is not null
+                order by coalesce(finished_at, clock_timestamp()) - started_at desc, partition_key
+                limit ${options.slowest}`,
+              sql<Row>`
+                select f.error_tag as "errorTag", f.runbook_id as "runbookId", f.severity,
+                  count(*)::text as failures, count(distinct f.unit_id)::text as partitions,
+                  (array_agg(f.message order by f.id desc))[1] as "lastMessage",
+                  (extract(epoch from max(f.at)) * 1000)::float8 as "lastAt",
+                  (select count(*) from ${s}.units u where u.run_id = ${runId} and u.kind = 'partition'
+                    and u.status = 'failed' and u.last_error_tag = f.error_tag)::text as "failedPartitions"
+                from ${s}.failures f where f.run_id = ${runId}
+                group by f.error_tag, f.runbook_id, f.severity
+                order by count(*) desc, f.error_tag`
+            ])
+          )
+          const [clock] = yield* op(
+            "report",
+            sql<{ readonly now: number }>`select (extract(epoch from clock_timestamp()) * 1000)::float8 as now`
+          )
+          return {
+            progress,
+            cells: cells.map((r) => ({
+              status: r["status"] as UnitStatus,
+              stepIndex: num(r["stepIndex"]),
+              units: num(r["units"])
+            })),
+            chunksByStep: Object.fromEntries(byStep.map((r) => [r["step"] as string, num(r["chunks"])])),
+            recentChunks: byStep.reduce((n, r) => n + num(r["recent"]), 0),
+            windowMs: options.windowMs,
+            now: num(clock?.now ?? Date.now()),
+            slowest: slowest.map((r) => ({
+              partitionKey: r["partitionKey"] as string,
+              status: r["status"] as UnitStatus,
+              stepIndex: num(r["stepIndex"]),
+              durationMs: Math.max(0, Math.round(num(r["durationMs"]))),
+              chunks: num(r["chunks"]),
+              items: num(r["items"])
+            })),
+            failureGroups: groups.map((r) => ({
+              errorTag: r["errorTag"] as string,
+              runbookId: r["runbookId"] as string,
+              severity: r["severity"] as Runbook.Severity,
+              failures: num(r["failures"]),
+              partitions: num(r["partitions"]),
+              failedPartitions: num(r["failedPartitions"]),
+              lastMessage: r["lastMessage"] as string,
+              lastAt: num(r["lastAt"])
+            }))
+          }
+        }),
+
+      backlog: op(
+        "backlog",
+        Effect.map(
+          sql<Row>`
+            select
+              count(*) filter (where u.status = 'pending' and (u.retry_at is null or u.retry_at <= clock_timestamp()))::text
+                as ready,
+              count(*) filter (where u.status = 'pending' and u.retry_at > clock_timestamp())::text as delayed,
+              count(*) filter (where u.status = 'leased' and u.lease_expires_at > clock_timestamp())::text as running,
+              count(*) filter (where u.status = 'leased' and u.lease_expires_at <= clock_timestamp())::text
+                as "expiredLeases"
+            from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
+            where u.status in ('pending', 'leased')
+              and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end`,
+          ([row]) => ({
+            ready: num(row?.["ready"] ?? 0),
+            delayed: num(row?.["delayed"] ?? 0),
+            running: num(row?.["running"] ?? 0),
+            expiredLeases: num(row?.["expiredLeases"] ?? 0)
+          })
+        )
+      ),
+
       ledger: (runId, unitId) =>
         op(
           "ledger",

@@ -215,6 +215,67 @@ export interface RunProgress {
   readonly items: number
 }
 
+/** Partition units of a run in one (status, step index) cell. */
+export interface ReportCell {
+  readonly status: UnitStatus
+  readonly stepIndex: number
+  readonly units: number
+}
+
+/** A partition that ran long, for `status`. Running partitions count until now. */
+export interface SlowPartition {
+  readonly partitionKey: string
+  readonly status: UnitStatus
+  readonly stepIndex: number
+  readonly durationMs: number
+  readonly chunks: number
+  readonly items: number
+}
+
+/** Failure records of a run grouped by error class. */
+export interface FailureGroup {
+  readonly errorTag: string
+  readonly runbookId: string
+  readonly severity: Runbook.Severity
+  /** Failure records (retried attempts included). */
+  readonly failures: number
+  /** Partitions that met this class at least once. */
+  readonly partitions: number
+  /** Partitions failed now with this class as their last error. */
+  readonly failedPartitions: number
+  readonly lastMessage: string
+  readonly lastAt: number
+}
+
+/** The operator's view of one run (`status`), aggregated in the store: no counter is kept on the run. */
+export interface RunReport {
+  readonly progress: RunProgress
+  /** Partition units by status and step index. */
+  readonly cells: ReadonlyArray<ReportCell>
+  /** Chunks committed per step name (rows of the ledger). */
+  readonly chunksByStep: Readonly<Record<string, number>>
+  /** Chunks committed in the last `windowMs`: the current throughput. */
+  readonly recentChunks: number
+  readonly windowMs: number
+  /** The store's clock when the report was made (epoch ms). */
+  readonly now: number
+  /** The longest-running partitions, longest first. */
+  readonly slowest: ReadonlyArray<SlowPartition>
+  readonly failureGroups: ReadonlyArray<FailureGroup>
+}
+
+/** Work waiting in the store across active runs: the autoscaling signal that the feeder does not cap (D16). */
+export interface Backlog {
+  /** Units that could run now (pending and due) in running or finalizing runs. */
+  readonly ready: number
+  /** Pending units waiting for their retry time. */
+  readonly delayed: number
+  /** Units held under a live lease. */
+  readonly running: number
+  /** Units whose lease expired without a release (a worker died or stalled); they are re-sent. */
+  readonly expiredLeases: number
+}
+
 /** Who did an operator action, and why. Recorded in the audit log. */
 export interface Actor {
   readonly actor: string
@@ -305,6 +366,13 @@ export interface StateStoreShape {
     runId: string,
     options: { readonly limit: number }
   ) => Effect.Effect<ReadonlyArray<FailureRecord>, Errors.StoreUnavailable>
+  /** The operator's view of a run: cells, chunks per step, recent throughput, slowest partitions, failure classes. */
+  readonly report: (
+    runId: string,
+    options: { readonly slowest: number; readonly windowMs: number }
+  ) => Effect.Effect<RunReport, Errors.StoreUnavailable | Errors.NotFound>
+  /** Work waiting across active runs (sampled by workers for metrics). */
+  readonly backlog: Effect.Effect<Backlog, Errors.StoreUnavailable>
   /** The idempotency keys committed for a unit, oldest first. */
   readonly ledger: (runId: string, unitId: string) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
   readonly auditLog: (runId: string) => Effect.Effect<ReadonlyArray<AuditEntry>, Errors.StoreUnavailable>

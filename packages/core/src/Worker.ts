@@ -28,11 +28,13 @@ import {
   Queue,
   Random,
   Schema,
-  type Scope
+  type Scope,
+  type Tracer
 } from "effect"
 import * as Errors from "./Errors.js"
 import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
+import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
 import * as JobDefinition from "./JobDefinition.js"
 import * as Message from "./Message.js"
@@ -68,6 +70,11 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   /** How long a definition mismatch is treated as a rolling deploy before the unit fails (default 15 min). */
   readonly definitionMismatchGrace?: Duration.DurationInput | undefined
+  /**
+   * Retries that wait less than this happen in-process, holding the lease; longer waits give the unit
+   * back with a retry time, and the feeder re-sends it when due (default 30 s, D12).
+   */
+  readonly inProcessRetryLimit?: Duration.DurationInput | undefined
 }
 
 /** What a running worker exposes (mostly for tests and health checks). */
@@ -76,9 +83,6 @@ export interface Handle {
   /** Units this worker is running now. */
   readonly activeUnits: Effect.Effect<number>
 }
-
-/** Retries shorter than this wait in-process holding the lease; longer ones release it (D12). */
-const IN_PROCESS_RETRY_MS = 30_000
 
 interface Active {
   readonly lease: Lease
@@ -126,6 +130,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const sweepMs = Duration.toMillis(options.sweepInterval ?? "30 seconds")
     const shutdownMs = Duration.toMillis(options.shutdownTimeout ?? "30 seconds")
     const graceMs = Duration.toMillis(options.definitionMismatchGrace ?? "15 minutes")
+    const inProcessRetryMs = Duration.toMillis(options.inProcessRetryLimit ?? "30 seconds")
     const probe = yield* Probe.Probe
     const context = yield* Effect.context<Job.Context<Jobs[number]>>()
     const startedAt = yield* monotonicMs
@@ -267,7 +272,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag)
         )
         yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs })
-        if (inProcessRetry && delayMs !== undefined && delayMs < IN_PROCESS_RETRY_MS) {
+        yield* Effect.annotateCurrentSpan("chunkwise.error_tag", classified.tag)
+        if (outcome === "failed") yield* partitionEnded(job, unit, "failed")
+        if (inProcessRetry && delayMs !== undefined && delayMs < inProcessRetryMs) {
           return { _tag: "retry-now", delayMs } as const
         }
         const result = yield* store.failUnit(
@@ -324,8 +331,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       job: Job.Any,
       claimed: Claimed,
       entry: Active
-    ) =>
-      Effect.gen(function*() {
+    ) => {
+      // One span per step beneath the unit's span; its chunks hang from it.
+      const stepSpan: StepSpan = { index: -1, span: undefined }
+      return Effect.gen(function*() {
         const { lease, run, unit } = claimed
         const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
         if (unit.crashesSinceProgress >= job.maxCrashes) {
@@ -351,6 +360,21 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let attempt = unit.attempt
         while (stepIndex < job.steps.length) {
           const step = job.steps[stepIndex]!
+          if (stepSpan.index !== stepIndex) {
+            yield* endStepSpan(stepSpan, Exit.void)
+            stepSpan.span = yield* Effect.makeSpan("chunkwise.step", {
+              captureStackTrace: false,
+              attributes: {
+                "chunkwise.job": job.name,
+                "chunkwise.run_id": lease.runId,
+                "chunkwise.partition": partition.key,
+                "chunkwise.step": step.name,
+                "chunkwise.step_index": stepIndex,
+                "chunkwise.chunk_seq": chunkSeq
+              }
+            })
+            stepSpan.index = stepIndex
+          }
           if (draining) {
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
@@ -448,20 +472,26 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 const run = step.transaction === "chunk"
                   ? store.transaction(Effect.flatMap(timed, commit))
                   : Effect.flatMap(timed, commit)
-                const out = yield* run.pipe(Effect.withSpan("chunkwise.chunk", {
-                  captureStackTrace: false,
-                  attributes: {
-                    "chunkwise.job": job.name,
-                    "chunkwise.run_id": lease.runId,
-                    "chunkwise.partition": partition.key,
-                    "chunkwise.step": step.name,
-                    "chunkwise.chunk_seq": chunkSeq,
-                    "chunkwise.cursor": encodedCursor === null ? "start" : JSON.stringify(encodedCursor),
-                    "chunkwise.chunk_size": ctx.chunkSize,
-                    "chunkwise.attempt": n,
-                    "chunkwise.idempotency_key": idempotencyKey
-                  }
-                }))
+                const out = yield* run.pipe(
+                  Effect.tapErrorCause((cause) =>
+                    Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
+                  ),
+                  Effect.withSpan("chunkwise.chunk", {
+                    captureStackTrace: false,
+                    parent: stepSpan.span,
+                    attributes: {
+                      "chunkwise.job": job.name,
+                      "chunkwise.run_id": lease.runId,
+                      "chunkwise.partition": partition.key,
+                      "chunkwise.step": step.name,
+                      "chunkwise.chunk_seq": chunkSeq,
+                      "chunkwise.cursor": encodedCursor === null ? "start" : JSON.stringify(encodedCursor),
+                      "chunkwise.chunk_size": ctx.chunkSize,
+                      "chunkwise.attempt": n,
+                      "chunkwise.idempotency_key": idempotencyKey
+                    }
+                  })
+                )
                 yield* probe.at("after-commit", info)
                 return out
               }).pipe(provideJobContext)
@@ -485,8 +515,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             return "ack" as Ending
           }
         }
+        yield* partitionEnded(job, unit, "succeeded")
         return "ack" as Ending
-      })
+      }).pipe(Effect.onExit((exit) => endStepSpan(stepSpan, exit)))
+    }
 
     const runFinalize = (
       job: Job.Any,
@@ -630,12 +662,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           const fiber = yield* Effect.fork(execution.pipe(
             Effect.withSpan("chunkwise.unit", {
               captureStackTrace: false,
+              parent: runParentSpan(message.runId),
               attributes: {
                 "chunkwise.job": job.name,
                 "chunkwise.run_id": message.runId,
                 "chunkwise.unit_id": message.unitId,
+                "chunkwise.unit_kind": claim.unit.kind,
                 "chunkwise.partition": claim.unit.partitionKey,
-                "chunkwise.fencing_token": claim.lease.fencingToken
+                "chunkwise.fencing_token": claim.lease.fencingToken,
+                "chunkwise.attempt": claim.unit.attempt,
+                "chunkwise.worker_id": workerId
               }
             })
           ))
@@ -690,6 +726,21 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         log
       )
 
+    // ---- gauges for autoscaling and alerts, sampled on the sweeper's cadence
+    const sample = Effect.gen(function*() {
+      const depth = yield* queue.depth
+      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "ready"), depth.ready)
+      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "in_flight"), depth.inFlight)
+      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "delayed"), depth.delayed)
+      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "dead"), depth.dead)
+      yield* Metric.set(Metrics.queueOldestReadyAge, (depth.oldestReadyAgeMs ?? 0) / 1000)
+      const backlog = yield* store.backlog
+      yield* Metric.set(Metric.tagged(Metrics.units, "state", "ready"), backlog.ready)
+      yield* Metric.set(Metric.tagged(Metrics.units, "state", "delayed"), backlog.delayed)
+      yield* Metric.set(Metric.tagged(Metrics.units, "state", "running"), backlog.running)
+      yield* Metric.set(Metric.tagged(Metrics.units, "state", "expired_lease"), backlog.expiredLeases)
+    })
+
     // ---- loops, forked at worker scope (D4)
     const receiveLoop = Effect.gen(function*() {
       while (!draining) {
@@ -725,9 +776,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const sweeperLoop = Effect.forever(
       Effect.zipRight(
         Effect.sleep(sweepMs),
-        store.sweep().pipe(
-          Effect.flatMap((ids) => (ids.length > 0 ? kickFeeder : Effect.void)),
-          survive("sweeping failed; retrying on the next sweep")
+        Effect.zipRight(
+          store.sweep().pipe(
+            Effect.flatMap((ids) => (ids.length > 0 ? kickFeeder : Effect.void)),
+            survive("sweeping failed; retrying on the next sweep")
+          ),
+          sample.pipe(survive("sampling queue depth and backlog failed; retrying on the next sweep"))
         )
       )
     )
@@ -772,6 +826,31 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     )
     return { workerId, activeUnits: Effect.sync(() => active.size) }
   })
+
+/** The step span a unit execution has open, if any. */
+interface StepSpan {
+  index: number
+  span: Tracer.Span | undefined
+}
+
+const endStepSpan = (holder: StepSpan, exit: Exit.Exit<unknown, unknown>) =>
+  Effect.flatMap(Clock.currentTimeNanos, (now) =>
+    Effect.sync(() => {
+      holder.span?.end(now, exit)
+      holder.span = undefined
+      holder.index = -1
+    }))
+
+/** Records a partition's time from its first claim (store clock) to its end. */
+const partitionEnded = (job: Job.Any, unit: UnitRecord, outcome: "succeeded" | "failed") =>
+  unit.kind !== "partition" || unit.startedAt === null ? Effect.void : Effect.flatMap(
+    Clock.currentTimeMillis,
+    (now) =>
+      Metric.update(
+        Metric.tagged(Metric.tagged(Metrics.partitionDuration, "job", job.name), "outcome", outcome),
+        Math.max(0, now - unit.startedAt!) / 1000
+      )
+  )
 
 /** The worker as a layer: it runs until the layer's scope closes. */
 export const layer = <const Jobs extends ReadonlyArray<Job.Any>>(

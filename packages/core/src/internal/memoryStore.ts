@@ -6,6 +6,7 @@ import type {
   Actor,
   AuditEntry,
   ClaimResult,
+  FailureGroup,
   FailureRecord,
   Lease,
   RunRecord,
@@ -34,6 +35,8 @@ export const make = Effect.sync(() => {
   const failures = new Map<string, Array<FailureRecord>>()
   const ledger = new Map<string, Array<string>>()
   const audit = new Map<string, Array<AuditEntry>>()
+  /** Every ledger row's step and time, per run, for reports. */
+  const chunkLog = new Map<string, Array<{ readonly step: string; readonly at: number }>>()
 
   const now = Clock.currentTimeMillis
   const unitsOf = (runId: string): Map<string, Unit> => {
@@ -214,6 +217,92 @@ export const make = Effect.sync(() => {
 
     listFailures: (runId, { limit }) => Effect.sync(() => (failures.get(runId) ?? []).slice(-limit)),
 
+    report: (runId, options) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const progress = yield* store.progress(runId)
+        const partitions = partitionsOf(runId)
+        const cells = new Map<string, { status: UnitStatus; stepIndex: number; units: number }>()
+        for (const unit of partitions) {
+          const key = `${unit.status}\u0000${unit.stepIndex}`
+          const cell = cells.get(key) ?? { status: unit.status, stepIndex: unit.stepIndex, units: 0 }
+          cell.units += 1
+          cells.set(key, cell)
+        }
+        const chunksByStep: Record<string, number> = {}
+        let recentChunks = 0
+        for (const entry of chunkLog.get(runId) ?? []) {
+          chunksByStep[entry.step] = (chunksByStep[entry.step] ?? 0) + 1
+          if (entry.at > at - options.windowMs) recentChunks += 1
+        }
+        const slowest = partitions
+          .filter((u) => u.startedAt !== null)
+          .map((u) => ({
+            partitionKey: u.partitionKey,
+            status: u.status,
+            stepIndex: u.stepIndex,
+            durationMs: (u.finishedAt ?? at) - u.startedAt!,
+            chunks: u.chunks,
+            items: u.items
+          }))
+          .sort((a, b) => b.durationMs - a.durationMs || (a.partitionKey < b.partitionKey ? -1 : 1))
+          .slice(0, options.slowest)
+        const groups = new Map<string, Mutable<FailureGroup> & { keys: Set<string> }>()
+        for (const f of failures.get(runId) ?? []) {
+          const key = `${f.errorTag}\u0000${f.runbookId}\u0000${f.severity}`
+          const group = groups.get(key) ?? {
+            errorTag: f.errorTag,
+            runbookId: f.runbookId,
+            severity: f.severity,
+            failures: 0,
+            partitions: 0,
+            failedPartitions: 0,
+            lastMessage: "",
+            lastAt: 0,
+            keys: new Set<string>()
+          }
+          group.failures += 1
+          group.keys.add(f.unitId)
+          group.lastMessage = f.message
+          group.lastAt = f.at
+          groups.set(key, group)
+        }
+        const failureGroups = [...groups.values()].map(({ keys, ...group }) => ({
+          ...group,
+          partitions: keys.size,
+          failedPartitions: partitions.filter((u) => u.status === "failed" && u.lastErrorTag === group.errorTag).length
+        })).sort((a, b) => b.failures - a.failures || (a.errorTag < b.errorTag ? -1 : 1))
+        return {
+          progress,
+          cells: [...cells.values()],
+          chunksByStep,
+          recentChunks,
+          windowMs: options.windowMs,
+          now: at,
+          slowest,
+          failureGroups
+        }
+      }),
+
+    backlog: Effect.map(now, (at) => {
+      const out = { ready: 0, delayed: 0, running: 0, expiredLeases: 0 }
+      for (const run of runs.values()) {
+        if (run.status !== "running" && run.status !== "finalizing") continue
+        for (const unit of unitsOf(run.runId).values()) {
+          const active = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
+          if (!active) continue
+          if (unit.status === "pending") {
+            if (unit.retryAt !== null && unit.retryAt > at) out.delayed += 1
+            else out.ready += 1
+          } else if (unit.status === "leased") {
+            if (liveLease(unit, at)) out.running += 1
+            else out.expiredLeases += 1
+          }
+        }
+      }
+      return out
+    }),
+
     ledger: (runId, unitId) => Effect.sync(() => [...(ledger.get(`${runId}\u0000${unitId}`) ?? [])]),
 
     auditLog: (runId) => Effect.sync(() => [...(audit.get(runId) ?? [])]),
@@ -316,6 +405,7 @@ export const make = Effect.sync(() => {
             unit.lastErrorTag = null
             unit.leaseExpiresAt = at + commit.leaseMs
             push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
+            push(chunkLog, lease.runId, { step: commit.step, at })
             if (commit.unitDone) {
               unit.status = "succeeded"
               unit.leaseOwner = null
@@ -409,6 +499,7 @@ export const make = Effect.sync(() => {
           }
           if (writeSet !== undefined) database.apply(writeSet)
           push(ledger, `${lease.runId}\u0000${lease.unitId}`, idempotencyKey)
+          push(chunkLog, lease.runId, { step: "onComplete", at })
           unit.status = "succeeded"
           unit.leaseOwner = null
           unit.leaseExpiresAt = null
