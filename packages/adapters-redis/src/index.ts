@@ -1,6 +1,6 @@
 /**
- * @chunkwise/adapters-redis (being built).
+ * @chunkwise/adapters-redis: the chunkwise `QueueAdapter` on Redis Streams with consumer groups.
  *
  * @since 0.1.0
  */
-export {}
+export * as RedisQueue from "./RedisQueue.js"

@@ -1,0 +1,552 @@
+/**
+ * The queue on Redis Streams with consumer groups. It keeps the `QueueAdapter` contract of
+ * `@chunkwise/core` (see that module): at-least-once delivery, visibility timeouts, release with delay,
+ * extend, batches, dead-lettering after `maxReceives` with the reason, redrive, depth and stale receipts.
+ *
+ * How: a queue is one stream read by one consumer group. A receive is one Lua script that moves due
+ * delayed messages into the stream, reclaims expired deliveries (XAUTOCLAIM), reads new ones
+ * (XREADGROUP) and sets each delivery's visibility deadline; a receive that finds nothing waits on its
+ * own connection (a blocking XREAD that wakes on a new entry), bounded by the next delayed message's
+ * due time and `blockInterval`. Visibility is kept in the group's pending list: a delivery expires
+ * when its idle time reaches a horizon of 7 days, so a receive or an extend with visibility V sets the
+ * idle time to 7 days - V (XCLAIM IDLE JUSTID, which is not a delivery). A receipt is the entry id
+ * with its delivery count, so a receipt is stale as soon as the message was delivered again.
+ * Released messages wait in a sorted set scored by their due time; dead letters go to a stream of
+ * their own with the reason. Every key of a queue shares one hash tag, so Redis Cluster keeps a queue
+ * in one slot, and starts with `prefix`, so several applications share one Redis.
+ *
+ * Outside the contract, as for every driver: ordering, exactly-once delivery. Messages live in Redis
+ * memory: a Redis without persistence (AOF) loses them on restart, which chunkwise survives because
+ * the store, not the queue, decides what runs (D1).
+ *
+ * @since 0.1.0
+ */
+import { Errors, QueueAdapter } from "@chunkwise/core"
+import { Clock, Config, ConfigError, Duration, Effect, Either, Layer, Redacted, Runtime, type Scope } from "effect"
+import { Redis } from "ioredis"
+import { randomUUID } from "node:crypto"
+import * as Scripts from "./internal/scripts.js"
+
+/** What a queue is, on a client it is given. */
+export interface QueueOptions {
+  /** Starts every key, so several applications share one Redis (default `chunkwise:`; no `{` or `}`). */
+  readonly prefix?: string | undefined
+  /** The queue's name (default `chunkwise`); several queues share one Redis and one prefix. */
+  readonly queue?: string | undefined
+  /** Dead-letter a message on its next receive after this many (default 50, D11). */
+  readonly maxReceives?: number | undefined
+  /** Largest body in bytes (default 262,144). */
+  readonly maxMessageBytes?: number | undefined
+  /**
+   * Longest single blocking wait of a receive (default 1 s): how late at most an idle receiver sees a
+   * delivery whose visibility expired (new and released messages wake it at once).
+   */
+  readonly blockInterval?: Duration.DurationInput | undefined
+}
+
+/** A queue with its own connections, opened from a URL. */
+export interface Options extends QueueOptions {
+  /** `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS. */
+  readonly url: Redacted.Redacted<string>
+  /** The password, when it is not in the URL (it wins over the URL's). */
+  readonly password?: Redacted.Redacted<string> | undefined
+  /** The name the connections show in `CLIENT LIST` (default `chunkwise`; no spaces). */
+  readonly connectionName?: string | undefined
+}
+
+/** The defaults of the options. */
+export const defaults = {
+  prefix: "chunkwise:",
+  queue: "chunkwise",
+  maxReceives: 50,
+  maxMessageBytes: 262_144,
+  blockInterval: Duration.seconds(1),
+  connectionName: "chunkwise"
+} as const
+
+/** Visibility is capped here: a delivery is expired once its pending-list idle time reaches it. */
+const horizonMs = 7 * 24 * 60 * 60 * 1000
+/** Messages (or receipts) per script call or pipeline; keeps each call short on a shared Redis. */
+const batchSize = 500
+/** Due delayed messages moved into the stream by one receive. */
+const promoteLimit = 1000
+/** At most this many expired deliveries are counted by `depth`. */
+const depthScanLimit = 100_000
+const group = "chunkwise"
+/**
+ * One consumer for every process: who holds a delivery is the store's business (leases), and a fixed
+ * name means dead processes leave no consumers behind in the group.
+ */
+const consumer = "chunkwise"
+
+/** The keys of one queue. Operators: these are what `redis-cli` inspects. */
+export interface Keys {
+  /** The stream of ready and in-flight messages, read by the consumer group `chunkwise`. */
+  readonly stream: string
+  /** Released and delayed messages, scored by their due time in ms. */
+  readonly delayed: string
+  /** Dead letters, with their reason. */
+  readonly dead: string
+  /** Where the reclaiming of expired deliveries (XAUTOCLAIM) continues. */
+  readonly cursor: string
+}
+
+/** The keys of a queue: `<prefix>{<queue>}:<what>`, one hash tag per queue for Redis Cluster. */
+export const keys = (options: Pick<QueueOptions, "prefix" | "queue"> = {}): Keys => {
+  const base = `${options.prefix ?? defaults.prefix}{${options.queue ?? defaults.queue}}`
+  return { stream: `${base}:stream`, delayed: `${base}:delayed`, dead: `${base}:dead`, cursor: `${base}:reclaim` }
+}
+
+/**
+ * What is wrong with a Redis URL, naming the setting, or `undefined` when it is fine. The URL itself
+ * is never repeated: it may hold a password.
+ */
+const urlProblem = (url: string, setting: string): string | undefined => {
+  const fix = "set it to redis://[[user]:password@]host[:port][/db], or rediss://… for TLS"
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return `${setting} is not a URL; ${fix}`
+  }
+  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
+    return `${setting} has the scheme "${parsed.protocol}", not redis: or rediss:; ${fix}`
+  }
+  if (parsed.hostname === "") return `${setting} names no host; ${fix}`
+  if (parsed.pathname !== "" && parsed.pathname !== "/" && !/^\/\d+$/.test(parsed.pathname)) {
+    return `${setting} has the path "${parsed.pathname}", but a Redis URL's path is a database number; ${fix}`
+  }
+  return undefined
+}
+
+const configName = (name: string) => `CHUNKWISE_REDIS_${name}`
+
+/**
+ * The options read from the environment: `CHUNKWISE_REDIS_URL` (required, redacted),
+ * `CHUNKWISE_REDIS_PASSWORD` (redacted), `CHUNKWISE_REDIS_PREFIX`, `CHUNKWISE_REDIS_QUEUE`,
+ * `CHUNKWISE_REDIS_MAX_RECEIVES`, `CHUNKWISE_REDIS_MAX_MESSAGE_BYTES`, `CHUNKWISE_REDIS_BLOCK_INTERVAL`
+ * (a duration such as `1 second`) and `CHUNKWISE_REDIS_CONNECTION_NAME`, with the `defaults`.
+ */
+export const config: Config.Config<Options> = Config.all({
+  url: Config.redacted(configName("URL")).pipe(
+    Config.mapOrFail((url) => {
+      const problem = urlProblem(Redacted.value(url), configName("URL"))
+      return problem === undefined
+        ? Either.right(url)
+        : Either.left(ConfigError.InvalidData([configName("URL")], problem))
+    }),
+    Config.withDescription("the Redis URL: redis://[[user]:password@]host[:port][/db] or rediss://…")
+  ),
+  password: Config.redacted(configName("PASSWORD")).pipe(
+    Config.withDefault(undefined),
+    Config.withDescription("the Redis password, when it is not in the URL")
+  ),
+  prefix: Config.string(configName("PREFIX")).pipe(
+    Config.withDefault(defaults.prefix),
+    Config.withDescription("starts every key of the queue")
+  ),
+  queue: Config.string(configName("QUEUE")).pipe(
+    Config.withDefault(defaults.queue),
+    Config.withDescription("the queue's name")
+  ),
+  maxReceives: Config.integer(configName("MAX_RECEIVES")).pipe(
+    Config.withDefault(defaults.maxReceives),
+    Config.withDescription("dead-letter a message on its next receive after this many")
+  ),
+  maxMessageBytes: Config.integer(configName("MAX_MESSAGE_BYTES")).pipe(
+    Config.withDefault(defaults.maxMessageBytes),
+    Config.withDescription("largest body in bytes")
+  ),
+  blockInterval: Config.duration(configName("BLOCK_INTERVAL")).pipe(
+    Config.withDefault(defaults.blockInterval),
+    Config.withDescription("longest single blocking wait of a receive")
+  ),
+  connectionName: Config.string(configName("CONNECTION_NAME")).pipe(
+    Config.withDefault(defaults.connectionName),
+    Config.withDescription("the name the connections show in CLIENT LIST")
+  )
+})
+
+const invalid = (message: string) => new Errors.ConfigurationError({ message: `RedisQueue: ${message}` })
+
+interface Settings {
+  readonly keys: Keys
+  readonly queue: string
+  readonly maxReceives: number
+  readonly maxMessageBytes: number
+  readonly blockMs: number
+}
+
+const settingsOf = (options: QueueOptions): Effect.Effect<Settings, Errors.ConfigurationError> => {
+  const prefix = options.prefix ?? defaults.prefix
+  const queue = options.queue ?? defaults.queue
+  const maxReceives = options.maxReceives ?? defaults.maxReceives
+  const maxMessageBytes = options.maxMessageBytes ?? defaults.maxMessageBytes
+  const blockMs = Duration.toMillis(options.blockInterval ?? defaults.blockInterval)
+  if (/[{}]/.test(prefix)) {
+    return Effect.fail(invalid(`prefix must not contain { or } (got "${prefix}"): the queue name is the hash tag`))
+  }
+  if (queue === "" || /[{}]/.test(queue)) {
+    return Effect.fail(invalid(`queue must be a non-empty name without { or } (got "${queue}")`))
+  }
+  if (!Number.isInteger(maxReceives) || maxReceives < 1) {
+    return Effect.fail(invalid(`maxReceives must be a positive integer (got ${maxReceives}); the default is 50`))
+  }
+  if (!Number.isInteger(maxMessageBytes) || maxMessageBytes < 1 || maxMessageBytes > 512 * 1024 * 1024) {
+    return Effect.fail(
+      invalid(
+        `maxMessageBytes must be an integer from 1 to 536,870,912 (got ${maxMessageBytes}); the default is 262,144`
+      )
+    )
+  }
+  if (!(blockMs >= 1) || !Number.isFinite(blockMs)) {
+    return Effect.fail(invalid(`blockInterval must be at least 1 ms (got ${blockMs} ms); the default is 1 second`))
+  }
+  return Effect.succeed({ keys: keys({ prefix, queue }), queue, maxReceives, maxMessageBytes, blockMs })
+}
+
+/** A vendor error without what ioredis attaches to it: the failed command's arguments (an AUTH's password). */
+const scrub = (cause: unknown): unknown => {
+  if (!(cause instanceof Error) || !("command" in cause)) return cause
+  const copy = new Error(cause.message)
+  copy.name = cause.name
+  if (cause.stack !== undefined) copy.stack = cause.stack
+  return copy
+}
+
+const messageOf = (cause: unknown) => cause instanceof Error ? cause.message : String(cause)
+
+const parseReceipt = (receipt: string): readonly [string, string] | undefined => {
+  const match = /^(\d+-\d+)#(\d+)$/.exec(receipt)
+  return match === null ? undefined : [match[1]!, match[2]!]
+}
+
+/** Current receipts as (entry id, delivery count) pairs; malformed ones are stale by definition. */
+const receiptArgs = (receipts: ReadonlyArray<string>): Array<string> =>
+  receipts.flatMap((receipt) => parseReceipt(receipt) ?? [])
+
+const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const out: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
+
+const fieldsOf = (flat: ReadonlyArray<string>): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!
+  return out
+}
+
+/** Logs a client's connection errors through Effect (ioredis prints unheard ones to stderr). */
+const logErrors = (client: Redis, role: string) =>
+  Effect.gen(function*() {
+    const runtime = yield* Effect.runtime<never>()
+    const listener = (error: Error) =>
+      Runtime.runFork(runtime)(
+        Effect.logWarning(`chunkwise: Redis ${role} connection: ${error.message}`).pipe(
+          Effect.annotateLogs({ package: "@chunkwise/adapters-redis" })
+        )
+      )
+    client.on("error", listener)
+    yield* Effect.addFinalizer(() => Effect.sync(() => client.off("error", listener)))
+  })
+
+const minVersion = [6, 2] as const
+
+/**
+ * Makes the queue on a client the service already has. The client stays the caller's: the queue
+ * defines its scripts on it (named `chunkwise_*`) and never quits it; blocking waits run on a
+ * duplicate, which the queue opens and closes with the scope.
+ */
+export const makeFromClient = (
+  client: Redis,
+  options: QueueOptions = {}
+): Effect.Effect<QueueAdapter.QueueAdapterShape, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
+  Effect.gen(function*() {
+    const settings = yield* settingsOf(options)
+    const { blockMs, maxMessageBytes, maxReceives, queue } = settings
+    const k = settings.keys
+    const unavailable = (operation: string) => (cause: unknown) =>
+      new Errors.QueueUnavailable({
+        operation,
+        message: `Redis ${operation} on queue "${queue}" failed: ${messageOf(cause)}`,
+        cause: scrub(cause)
+      })
+    const call = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, Errors.QueueUnavailable> =>
+      Effect.tryPromise({ try: run, catch: unavailable(operation) })
+
+    const version = yield* call("connect", () => client.info("server")).pipe(
+      Effect.map((info) => /redis_version:(\d+)\.(\d+)/.exec(info)),
+      // An ACL may deny INFO; then the first command that needs 6.2 says so.
+      Effect.catchIf((error) => messageOf(error.cause).startsWith("NOPERM"), () => Effect.succeed(null))
+    )
+    if (version !== null) {
+      const [major, minor] = [Number(version[1]), Number(version[2])]
+      if (major < minVersion[0] || (major === minVersion[0] && minor < minVersion[1])) {
+        return yield* invalid(`Redis ${major}.${minor} is too old: the queue needs Redis 6.2 or newer (XAUTOCLAIM)`)
+      }
+    }
+    const script = Scripts.define(client)
+    yield* call("create the consumer group", () => client.xgroup("CREATE", k.stream, group, "0", "MKSTREAM")).pipe(
+      Effect.catchIf((error) => messageOf(error.cause).startsWith("BUSYGROUP"), () => Effect.void)
+    )
+
+    // Blocking waits hold their connection, so they get their own.
+    const blocker = yield* Effect.acquireRelease(
+      Effect.sync(() => client.duplicate({ lazyConnect: false })),
+      (blocker) => Effect.sync(() => blocker.disconnect())
+    )
+    yield* logErrors(blocker, "blocking")
+
+    /**
+     * One blocking read at a time per queue, shared by every receive that waits: it resolves when an
+     * entry newer than `afterId` is added (a send, a release, a redrive), at its timeout, or, with
+     * `false`, when the connection failed.
+     */
+    let waking: Promise<boolean> | undefined
+    const activity = (afterId: string, timeoutMs: number): Promise<boolean> => {
+      if (waking === undefined) {
+        const current = blocker.xread("COUNT", 1, "BLOCK", timeoutMs, "STREAMS", k.stream, afterId).then(
+          () => true,
+          () => false
+        )
+        waking = current
+        void current.then(() => {
+          if (waking === current) waking = undefined
+        })
+      }
+      return waking
+    }
+
+    const receiveOnce = (max: number, visibilityMs: number) =>
+      call("receive", () =>
+        script("receive", [k.stream, k.delayed, k.dead, k.cursor], [
+          group,
+          consumer,
+          max,
+          visibilityMs,
+          horizonMs,
+          maxReceives,
+          promoteLimit
+        ])).pipe(Effect.map((reply) => {
+          const [flat, nextDueMs, lastId] = reply as [Array<string | number>, number, string]
+          const deliveries: Array<QueueAdapter.Delivery> = []
+          for (let i = 0; i < flat.length; i += 5) {
+            deliveries.push({
+              receipt: `${flat[i]}#${flat[i + 1]}`,
+              messageId: String(flat[i + 2]),
+              body: String(flat[i + 3]),
+              receiveCount: Number(flat[i + 4])
+            })
+          }
+          return { deliveries, nextDueMs, lastId }
+        }))
+
+    const shape: QueueAdapter.QueueAdapterShape = {
+      kind: "redis",
+
+      send: (messages, sendOptions) => {
+        for (const message of messages) {
+          const bytes = Buffer.byteLength(message.body, "utf8")
+          if (bytes > maxMessageBytes) {
+            return Effect.fail(
+              new Errors.MessageRejected({
+                reason:
+                  `message body is ${bytes} bytes; the Redis queue "${queue}" accepts at most ${maxMessageBytes} ` +
+                  `(maxMessageBytes)`
+              })
+            )
+          }
+        }
+        const delayMs = Math.max(0, Math.round(sendOptions?.delayMs ?? 0))
+        return Effect.forEach(chunks(messages, batchSize), (batch) =>
+          delayMs > 0
+            ? call("send", () =>
+              script("send-delayed", [k.delayed], [delayMs, ...batch.flatMap((m) => [randomUUID(), m.body])]))
+            : call("send", async () => {
+              const pipeline = client.pipeline()
+              for (const message of batch) {
+                pipeline.xadd(k.stream, "*", "b", message.body)
+              }
+              for (const [error] of (await pipeline.exec()) ?? []) {
+                if (error) {
+                  throw error
+                }
+              }
+            }), { discard: true })
+      },
+
+      receive: ({ max, visibilityMs, waitMs }) =>
+        Effect.gen(function*() {
+          const count = Math.min(Math.floor(max), 1000)
+          if (!(count >= 1)) return []
+          const visibility = Math.min(Math.max(0, Math.round(visibilityMs)), horizonMs)
+          const deadline = (yield* Clock.currentTimeMillis) + waitMs
+          while (true) {
+            const { deliveries, lastId, nextDueMs } = yield* receiveOnce(count, visibility)
+            const left = deadline - (yield* Clock.currentTimeMillis)
+            if (deliveries.length > 0 || left <= 0) return deliveries
+            const timeout = Math.ceil(Math.max(1, Math.min(left, blockMs, nextDueMs >= 0 ? nextDueMs + 1 : Infinity)))
+            const woke = yield* Effect.raceFirst(
+              Effect.promise(() => activity(lastId, timeout)),
+              Effect.as(Effect.sleep(timeout), true)
+            )
+            // The blocking connection failed (it reconnects by itself): pause instead of spinning.
+            if (!woke) yield* Effect.sleep(Math.min(100, left))
+          }
+        }),
+
+      ack: (receipts) =>
+        Effect.forEach(
+          chunks(receiptArgs(receipts), batchSize * 2),
+          (args) => call("ack", () => script("ack", [k.stream], [group, ...args])),
+          { discard: true }
+        ),
+
+      release: (receipt, delayMs) => {
+        const parsed = parseReceipt(receipt)
+        return parsed === undefined ?
+          Effect.void :
+          call(
+            "release",
+            () => script("release", [k.stream, k.delayed], [group, ...parsed, Math.max(0, Math.round(delayMs))])
+          ).pipe(
+            Effect.asVoid
+          )
+      },
+
+      extend: (receipts, visibilityMs) => {
+        const visibility = Math.min(Math.max(0, Math.round(visibilityMs)), horizonMs)
+        return Effect.forEach(
+          chunks(receiptArgs(receipts), batchSize * 2),
+          (args) =>
+            call("extend", () => script("extend", [k.stream], [group, consumer, visibility, horizonMs, ...args])),
+          { discard: true }
+        )
+      },
+
+      deadLetter: (receipt, reason) => {
+        const parsed = parseReceipt(receipt)
+        return parsed === undefined ?
+          Effect.void :
+          call("deadLetter", () => script("dead-letter", [k.stream, k.dead], [group, ...parsed, reason])).pipe(
+            Effect.asVoid
+          )
+      },
+
+      depth: call("depth", () => script("depth", [k.stream, k.delayed, k.dead], [group, horizonMs, depthScanLimit]))
+        .pipe(
+          Effect.map((reply) => {
+            const [ready, inFlight, delayed, dead, age] = reply as [number, number, number, number, number]
+            return { ready, inFlight, delayed, dead, oldestReadyAgeMs: age < 0 ? null : age }
+          })
+        ),
+
+      deadLetters: ({ limit }) =>
+        limit < 1 ?
+          Effect.succeed([]) :
+          call("deadLetters", () => client.xrange(k.dead, "-", "+", "COUNT", Math.floor(limit))).pipe(
+            Effect.map((entries) =>
+              entries.map(([id, flat]): QueueAdapter.DeadLetter => {
+                const fields = fieldsOf(flat)
+                return {
+                  messageId: fields["m"] ?? id,
+                  body: fields["b"] ?? "",
+                  reason: fields["r"] ?? "",
+                  receiveCount: Number(fields["c"] ?? 0),
+                  at: Number(id.split("-")[0])
+                }
+              })
+            )
+          ),
+
+      redrive: ({ messageIds }) =>
+        messageIds !== undefined && messageIds.length === 0 ? Effect.succeed(0) : Effect.gen(function*() {
+          let moved = 0
+          let cursor = "-"
+          while (cursor !== "") {
+            const reply = yield* call(
+              "redrive",
+              () => script("redrive", [k.stream, k.dead], [cursor, batchSize, ...(messageIds ?? [])])
+            )
+            const [count, next] = reply as [number, string]
+            moved += count
+            cursor = next
+          }
+          return moved
+        })
+    }
+    return shape
+  })
+
+/** Opens a client for the options, connected, and quits it when the scope closes. */
+const connect = (
+  options: Options
+): Effect.Effect<Redis, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
+  Effect.gen(function*() {
+    const problem = urlProblem(Redacted.value(options.url), "url")
+    if (problem !== undefined) return yield* invalid(problem)
+    const connectionName = options.connectionName ?? defaults.connectionName
+    if (connectionName === "" || /\s/.test(connectionName)) {
+      return yield* invalid(`connectionName must be a non-empty name without spaces (got "${connectionName}")`)
+    }
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        new Redis(Redacted.value(options.url), {
+          lazyConnect: true,
+          connectionName,
+          ...(options.password === undefined ? {} : { password: Redacted.value(options.password) })
+        })
+      ),
+      (client) =>
+        Effect.promise(() => client.quit()).pipe(
+          Effect.timeout("2 seconds"),
+          Effect.ignore,
+          Effect.ensuring(Effect.sync(() => client.disconnect()))
+        )
+    )
+    yield* logErrors(client, "command")
+    yield* Effect.tryPromise({
+      try: () => client.connect(),
+      catch: (cause) =>
+        new Errors.QueueUnavailable({
+          operation: "connect",
+          message: `cannot connect to Redis for queue "${options.queue ?? defaults.queue}": ${messageOf(cause)}`,
+          cause: scrub(cause)
+        })
+    })
+    return client
+  })
+
+/** Makes the queue with its own connections to `options.url`; they close with the scope. */
+export const make = (
+  options: Options
+): Effect.Effect<QueueAdapter.QueueAdapterShape, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
+  Effect.flatMap(connect(options), (client) => makeFromClient(client, options))
+
+/** The Redis queue as a layer, with its own connections to `options.url`. */
+export const layer = (
+  options: Options
+): Layer.Layer<QueueAdapter.QueueAdapter, Errors.ConfigurationError | Errors.QueueUnavailable> =>
+  Layer.scoped(QueueAdapter.QueueAdapter, make(options))
+
+/**
+ * The Redis queue as a layer, its options read through `Config`: by default from the environment
+ * (see `config`), or from the given config, e.g. `{ url: Config.redacted("REDIS_URL"), queue: "billing" }`.
+ */
+export const layerConfig = (
+  options: Config.Config.Wrap<Options> = config
+): Layer.Layer<
+  QueueAdapter.QueueAdapter,
+  ConfigError.ConfigError | Errors.ConfigurationError | Errors.QueueUnavailable
+> => Layer.scoped(QueueAdapter.QueueAdapter, Effect.flatMap(Config.unwrap(options), make))
+
+/**
+ * The Redis queue as a layer on a client the service already has: the queue never quits it (its
+ * blocking waits use a duplicate connection, which it does close).
+ */
+export const layerFromClient = (
+  client: Redis,
+  options: QueueOptions = {}
+): Layer.Layer<QueueAdapter.QueueAdapter, Errors.ConfigurationError | Errors.QueueUnavailable> =>
+  Layer.scoped(QueueAdapter.QueueAdapter, makeFromClient(client, options))
