@@ -1,6 +1,6 @@
 /**
- * @chunkwise/adapters-sqs (being built).
+ * @chunkwise/adapters-sqs: the chunkwise `QueueAdapter` on Amazon SQS, standard and FIFO.
  *
  * @since 0.1.0
  */
-export {}
+export * as SqsQueue from "./SqsQueue.js"
