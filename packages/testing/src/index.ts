@@ -1,7 +1,13 @@
 /**
- * @chunkwise/testing: conformance suites for chunkwise's ports, and (next) the fault-injection
- * harness that proves a job idempotent under crashes.
+ * @chunkwise/testing: prove a chunkwise job idempotent before it runs in production. The harness runs a
+ * job under simulated failures (crashes at every point of a chunk's life, zombies, duplicated and
+ * reordered deliveries, broker and store errors) and compares its final state with a fault-free run;
+ * the conformance suites hold every queue and store driver to one contract.
  *
  * @since 0.1.0
  */
+export * as Engine from "./Engine.js"
+export * as Fault from "./Fault.js"
+export * as Guarantees from "./Guarantees.js"
+export * as Harness from "./Harness.js"
 export * as QueueAdapterConformance from "./QueueAdapterConformance.js"

@@ -1,0 +1,54 @@
+/**
+ * Small jobs the harness tests explore: one that keeps the guarantees (chunk transactions on the
+ * in-memory database), and one with a deliberate bug (writes in mode `none` without the ledger).
+ */
+import { Job, MemoryDatabase, Step } from "@chunkwise/core"
+import { Effect, Option, Schema } from "effect"
+
+const bump = (table: string, key: string) =>
+  Effect.flatMap(
+    MemoryDatabase.MemoryDatabase,
+    (db) =>
+      Effect.flatMap(db.get(table, key), (seen) => db.put(table, key, Option.getOrElse(seen, () => 0) as number + 1))
+  )
+
+/** `partitions` partitions × `items` items, applied `chunkSize` at a time, then a summary per partition. */
+export const counting = (options: {
+  readonly partitions: number
+  readonly items: number
+  readonly chunkSize: number
+  readonly mode: "chunk" | "none"
+}) =>
+  Job.make({
+    name: `counting-${options.mode}`,
+    params: Schema.Struct({ label: Schema.String }),
+    partitions: () => Array.from({ length: options.partitions }, (_, i) => ({ key: `p${i}`, weight: i + 1 })),
+    steps: (step) => [
+      step.chunked("apply", {
+        cursor: Schema.Struct({ next: Schema.Number }),
+        start: { next: 0 },
+        chunkSize: options.chunkSize,
+        transaction: options.mode,
+        process: (ctx) =>
+          Effect.gen(function*() {
+            const end = Math.min(ctx.cursor.next + ctx.chunkSize, options.items)
+            for (let i = ctx.cursor.next; i < end; i++) yield* bump("applied", `${ctx.partition.key}-${i}`)
+            return Step.advance(end >= options.items ? Step.done : { next: end }, end - ctx.cursor.next)
+          })
+      }),
+      step.single("summarise", {
+        transaction: options.mode,
+        run: (ctx) => bump("summaries", ctx.partition.key)
+      })
+    ],
+    concurrency: { perWorker: 2 },
+    onComplete: (ctx) => ctx.outcome === "succeeded" ? bump("completions", "run") : Effect.void
+  })
+
+/** What a counting job leaves behind: how many times each item, summary and completion was applied. */
+export const observeCounts = Effect.flatMap(MemoryDatabase.MemoryDatabase, (db) =>
+  Effect.all({
+    applied: Effect.map(db.rows("applied"), (rows) => Object.fromEntries(rows)),
+    summaries: Effect.map(db.rows("summaries"), (rows) => Object.fromEntries(rows)),
+    completions: Effect.map(db.rows("completions"), (rows) => Object.fromEntries(rows))
+  }))
