@@ -1,0 +1,749 @@
+/**
+ * The operator CLI, built from a service's own jobs and layers with `@effect/cli`, so its commands
+ * know the service's jobs, error classes and runbooks:
+ *
+ * ```ts
+ * // bin/billing.ts
+ * import * as Cli from "@chunkwise/core/Cli"
+ *
+ * Cli.main(Cli.make({
+ *   name: "billing",
+ *   jobs: [monthlyBilling],
+ *   layer: PgStateStore.layer().pipe(Layer.provideMerge(Db)),   // the store + what the jobs need
+ *   queue: PgQueue.layer().pipe(Layer.provide(Db))              // opened only by `worker` and `redrive`
+ * }))
+ * ```
+ *
+ * Commands: `start`, `worker`, `status`, `failures`, `retry`, `skip`, `cancel`, `audit`, `redrive`,
+ * `runbooks`. Output is a table by default and JSON with `--json` (shapes: `StatusJson`,
+ * `FailedPartitionJson`, `ActionJson`, ...; documented in docs/guides/operations.md). Exit codes: 0
+ * success, 1 the operation or the awaited run failed, 2 bad input (unknown job, run or step, invalid
+ * params or flags), each with a message that names the input and the fix.
+ *
+ * Import it from `@chunkwise/core/Cli`: it needs `@effect/cli` and `@effect/platform-node`, which
+ * services without a CLI never load.
+ *
+ * @since 0.1.0
+ */
+import { Args, Command, Options, ValidationError } from "@effect/cli"
+import type * as CliApp from "@effect/cli/CliApp"
+import { FileSystem, Path } from "@effect/platform"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Cause, Config, Console, Data, Effect, Layer, Logger, LogLevel, Option, Schema } from "effect"
+import * as os from "node:os"
+import type * as Errors from "./Errors.js"
+import * as F from "./internal/cli/format.js"
+import * as V from "./internal/cli/views.js"
+import type * as Job from "./Job.js"
+import { QueueAdapter } from "./QueueAdapter.js"
+import * as Runbook from "./Runbook.js"
+import * as Runner from "./Runner.js"
+import { isTerminalRun, StateStore, type UnitRecord } from "./StateStore.js"
+import * as Worker from "./Worker.js"
+
+export type {
+  ActionJson,
+  ActionUnitJson,
+  FailedPartitionJson,
+  FailureClassJson,
+  RunSummaryJson,
+  StatusJson
+} from "./internal/cli/views.js"
+
+/** Options of `Cli.make`. */
+export interface Options<Jobs extends ReadonlyArray<Job.Any>, E, QE> {
+  /** The executable's name, shown in help and in the commands it suggests (default `chunkwise`). */
+  readonly name?: string | undefined
+  readonly version?: string | undefined
+  /** The service's jobs: `start` finds them by name, `runbooks` renders their error classes. */
+  readonly jobs: Jobs
+  /**
+   * The state store and the services the jobs need (their partitioners run on `start`, their steps
+   * in `worker`). It may provide the `QueueAdapter` too; pass `queue` instead to keep read-only
+   * commands from opening a queue client (D19).
+   */
+  readonly layer: Layer.Layer<StateStore | Job.Context<Jobs[number]>, E>
+  /** The queue, opened only by `worker` and `redrive`. Share the database layer by reference with `layer`. */
+  readonly queue?: Layer.Layer<QueueAdapter, QE> | undefined
+  /** Worker options for the `worker` command (`--concurrency` overrides `concurrency`). */
+  readonly worker?: Omit<Worker.Options<Jobs>, "jobs"> | undefined
+}
+
+/** A built CLI: run it with `Cli.run` (in-process) or `Cli.main` (as a bin). */
+export interface Cli {
+  readonly name: string
+  readonly version: string
+  readonly jobs: ReadonlyMap<string, Job.Any>
+  readonly command: Command.Command<string, never, CliError, unknown>
+}
+
+/** A command that could not do what it was asked; the message names the input and the fix. */
+export class CliError extends Data.TaggedError("CliError")<{
+  readonly message: string
+  /** 1: the operation (or the awaited run) failed; 2: bad input. */
+  readonly exitCode: 1 | 2
+}> {}
+
+const usage = (message: string) => new CliError({ message, exitCode: 2 })
+const failed = (message: string) => new CliError({ message, exitCode: 1 })
+
+/** Store, queue and runner errors in the operator's words. */
+const explain = (cli: string) => (error: unknown): CliError => {
+  if (error instanceof CliError) return error
+  const tagged = error as { readonly _tag?: string; readonly message?: string } & Record<string, unknown>
+  switch (tagged?._tag) {
+    case "NotFound": {
+      const e = error as Errors.NotFound
+      return e.what === "run"
+        ? usage(`run "${e.id}" not found in the store. \`${cli} status\` lists the recent runs.`)
+        : usage(`${e.what} "${e.id}" not found. Check the name against \`${cli} status <run>\`.`)
+    }
+    case "InvalidParams":
+      return usage(`${tagged.message}. Fix --params: it is JSON decoded with the job's params schema.`)
+    case "RunKeyConflict":
+    case "UnknownJob":
+      return usage(String(tagged.message))
+    case "StoreUnavailable":
+      return failed(
+        `the state store is unavailable (${String(tagged["operation"])}): ${tagged.message}. ` +
+          `Check the database is up and the connection settings of this CLI.`
+      )
+    case "QueueUnavailable":
+      return failed(
+        `the queue is unavailable (${String(tagged["operation"])}): ${tagged.message}. ` +
+          `Check the broker is up and the queue settings of this CLI.`
+      )
+    case "ConfigurationError":
+    case "EnumerationFailed":
+      return failed(String(tagged.message))
+    default:
+      return failed(
+        typeof tagged?.message === "string" && tagged.message !== "" ? tagged.message : Cause.pretty(Cause.fail(error))
+      )
+  }
+}
+
+/** The operator's name for the audit log: `--actor`, else `$USER`, else the OS account. */
+const actorConfig = Config.string("USER").pipe(
+  Config.orElse(() => Config.string("USERNAME")),
+  Config.orElse(() =>
+    Config.sync(() => {
+      try {
+        return os.userInfo().username
+      } catch {
+        return "unknown"
+      }
+    })
+  )
+)
+
+// ---- shared options and arguments
+
+const json = Options.boolean("json").pipe(
+  Options.withDescription("Print JSON instead of a table (stable shape, see the operator's guide)")
+)
+const runArg = Args.text({ name: "run" }).pipe(Args.withDescription("The run id (printed by start, listed by status)"))
+const partitions = Options.text("partition").pipe(
+  Options.withAlias("p"),
+  Options.repeated,
+  Options.withDescription("A partition key (repeatable)")
+)
+const failedFlag = Options.boolean("failed").pipe(
+  Options.withDescription("Every failed partition (and those cancelled when the run failed fast)")
+)
+const dryRun = Options.boolean("dry-run").pipe(
+  Options.withDescription("Show exactly what would change, change nothing")
+)
+const reason = Options.text("reason").pipe(
+  Options.optional,
+  Options.withDescription("Why (required unless --dry-run); recorded in the audit log")
+)
+const actor = Options.text("actor").pipe(
+  Options.optional,
+  Options.withDescription("Who (default: $USER); recorded in the audit log")
+)
+
+/**
+ * Builds the operator CLI of a service from its jobs and layers.
+ *
+ * @example
+ * ```ts
+ * const cli = Cli.make({ name: "billing", jobs: [monthlyBilling], layer: StoreLive, queue: QueueLive })
+ * Cli.main(cli) // in bin/billing.ts; or `yield* Cli.run(cli, ["status", runId, "--json"])`
+ * ```
+ */
+export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = never>(
+  options: Options<Jobs, E, QE>
+): Cli => {
+  const name = options.name ?? "chunkwise"
+  const version = options.version ?? "0.1.0"
+  const jobs = new Map<string, Job.Any>()
+  for (const job of options.jobs) {
+    if (jobs.has(job.name)) throw new TypeError(`Cli.make: two jobs are named "${job.name}"; job names must be unique`)
+    jobs.set(job.name, job)
+  }
+  const explainError = explain(name)
+  const layer = options.layer as Layer.Layer<StateStore, unknown>
+  const quiet = Logger.withMinimumLogLevel(LogLevel.Warning)
+
+  /** Runs a command's effect over the store (and the jobs' services); maps every error to a CliError. */
+  const withStore = <A>(effect: Effect.Effect<A, unknown, StateStore>): Effect.Effect<A, CliError> =>
+    effect.pipe(Effect.provide(layer), Effect.mapError(explainError), quiet)
+
+  /** Also opens the queue: `queue` when given, else the QueueAdapter that `layer` provides. */
+  const withQueue = <A>(effect: Effect.Effect<A, unknown, StateStore | QueueAdapter>): Effect.Effect<A, CliError> =>
+    (options.queue === undefined
+      ? Effect.flatMap(Effect.serviceOption(QueueAdapter), (queue) =>
+        Option.isNone(queue)
+          ? Effect.fail(
+            failed(
+              `this CLI has no queue: pass \`queue\` to Cli.make (or provide a QueueAdapter in its layer) to run ` +
+                `worker and redrive`
+            )
+          )
+          : Effect.provideService(effect, QueueAdapter, queue.value)).pipe(Effect.provide(layer))
+      : effect.pipe(Effect.provide(Layer.merge(layer, options.queue as Layer.Layer<QueueAdapter, unknown>))))
+      .pipe(Effect.mapError(explainError))
+
+  const print = (asJson: boolean, data: unknown, text: () => string) =>
+    Console.log(asJson ? JSON.stringify(data, null, 2) : text())
+
+  const requireRun = (runId: string) =>
+    Effect.flatMap(StateStore, (store) =>
+      Effect.flatMap(store.getRun(runId), (found) =>
+        Option.isNone(found)
+          ? Effect.fail(usage(`run "${runId}" not found in the store. \`${name} status\` lists the recent runs.`))
+          : Effect.succeed(found.value)))
+
+  const findJob = (jobName: string) =>
+    Effect.suspend(() => {
+      const job = jobs.get(jobName)
+      return job === undefined
+        ? Effect.fail(
+          usage(
+            `unknown job "${jobName}"; this CLI knows: ${[...jobs.keys()].join(", ") || "(none)"}. ` +
+              `Check the name, or register the job in Cli.make({ jobs }).`
+          )
+        )
+        : Effect.succeed(job)
+    })
+
+  const reportOf = (runId: string, windowMs: number, slowest: number) =>
+    Effect.flatMap(
+      StateStore,
+      (store) => Effect.map(store.report(runId, { slowest, windowMs }), (report) => V.status(jobs, report))
+    )
+
+  const resolveActor = (given: Option.Option<string>) =>
+    Option.match(given, {
+      onSome: Effect.succeed,
+      onNone: () => Effect.orElseSucceed(actorConfig, () => "unknown")
+    })
+
+  const needReason = (dry: boolean, given: Option.Option<string>, action: string) =>
+    dry || Option.isSome(given)
+      ? Effect.succeed(Option.getOrNull(given))
+      : Effect.fail(usage(`${action} needs --reason "<why>": it is recorded in the audit log with the actor.`))
+
+  const selectionOf = (keys: ReadonlyArray<string>, all: boolean, action: string) =>
+    keys.length > 0 && all
+      ? Effect.fail(usage(`${action}: give either --partition or --failed, not both`))
+      : keys.length === 0 && !all
+      ? Effect.fail(
+        usage(
+          `${action}: say which partitions: --partition <key> (repeatable) or --failed (every failed partition, ` +
+            `and those cancelled when the run failed fast)`
+        )
+      )
+      : Effect.succeed(keys.length > 0 ? keys : undefined)
+
+  // ---- start
+
+  const progressLine = (view: V.StatusJson) => {
+    const p = view.partitions
+    const ended = p.succeeded + p.failed + p.skipped + p.cancelled
+    return `${F.bar(ended, p.total)} ${F.count(ended)}/${F.count(p.total)} partitions · ${
+      F.count(p.succeeded)
+    } done · ` +
+      `${F.count(p.failed)} failed · ${F.count(p.leased)} running · ${
+        F.rate(view.throughput.chunksPerSecond)
+      } chunks/s · ` +
+      `ETA ${F.duration(view.throughput.etaMs)} · ${view.run.status}`
+  }
+
+  const awaitRun = (runId: string, intervalMs: number) =>
+    Effect.gen(function*() {
+      const tty = process.stderr.isTTY === true
+      let last = ""
+      while (true) {
+        const view = yield* reportOf(runId, 10_000, 0).pipe(
+          Effect.retry({ while: (e) => e._tag === "StoreUnavailable", times: 30 })
+        )
+        const line = progressLine(view)
+        if (tty) {
+          yield* Effect.sync(() => process.stderr.write(`\r\x1b[2K${line}`))
+        } else {
+          // Without a terminal, one line whenever the partition counts or the status change.
+          const key = line.replace(/ · [\d.,]+ chunks\/s · ETA [^·]+/, "")
+          if (key !== last) yield* Console.error(line)
+          last = key
+        }
+        if (isTerminalRun(view.run.status)) {
+          if (tty) yield* Effect.sync(() => process.stderr.write("\n"))
+          return view
+        }
+        yield* Effect.sleep(intervalMs)
+      }
+    })
+
+  const start = Command.make(
+    "start",
+    {
+      job: Args.text({ name: "job" }).pipe(Args.withDescription("The job's name")),
+      params: Options.text("params").pipe(
+        Options.withDefault("{}"),
+        Options.withDescription("The run's params as JSON, decoded with the job's params schema")
+      ),
+      wait: Options.boolean("wait").pipe(
+        Options.withDescription("Show live progress until the run ends; exit 1 unless it succeeds")
+      ),
+      rerun: Options.text("rerun").pipe(
+        Options.optional,
+        Options.withDescription("A label that makes a new run of the same params (joins the run key)")
+      ),
+      interval: Options.integer("interval-ms").pipe(
+        Options.withDefault(1000),
+        Options.withDescription("How often --wait polls the store")
+      ),
+      json
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const job = yield* findJob(args.job)
+        const params = yield* Effect.try({
+          try: () => JSON.parse(args.params) as unknown,
+          catch: (e) =>
+            usage(
+              `--params is not JSON (${e instanceof Error ? e.message : String(e)}). Give the params as a JSON ` +
+                `object, e.g. --params '${exampleParams(job)}'`
+            )
+        })
+        const started = yield* withStore(
+          Runner.startEncoded(job, params, { rerun: Option.getOrUndefined(args.rerun) }).pipe(
+            Effect.mapError((e) =>
+              e._tag === "InvalidParams"
+                ? usage(
+                  `${e.message}. Fix --params: job "${job.name}" expects ${
+                    String(Schema.encodedSchema(job.params).ast)
+                  }, e.g. --params '${exampleParams(job)}'`
+                )
+                : e
+            )
+          ) as Effect.Effect<Runner.Started, unknown, StateStore>
+        )
+        const startJson = { ...started, job: job.name }
+        if (!args.wait) {
+          return yield* print(args.json, startJson, () =>
+            F.pairs([
+              ["run", started.runId],
+              ["job", job.name],
+              ["status", `${started.status}${started.created ? "" : " (attached to the existing run)"}`],
+              ["partitions", F.count(started.partitions)],
+              ["next", `${name} status ${started.runId}`]
+            ]))
+        }
+        if (!args.json) {
+          yield* Console.log(
+            `run ${started.runId} of ${job.name}: ${started.created ? "started" : "attached to the existing run"}, ` +
+              `${F.count(started.partitions)} partitions`
+          )
+        }
+        yield* withStore(awaitRun(started.runId, args.interval))
+        const final = yield* withStore(reportOf(started.runId, 60_000, 5))
+        yield* print(args.json, { ...startJson, final }, () => V.statusText(final, name))
+        if (final.run.status !== "succeeded") {
+          return yield* failed(
+            `run ${started.runId} ended ${final.run.status}${
+              final.run.reason === null ? "" : `: ${final.run.reason}`
+            }. ` +
+              `Next: \`${name} failures ${started.runId}\`.`
+          )
+        }
+      })
+  ).pipe(Command.withDescription("Start a run of a job (or attach to the run with the same params)"))
+
+  // ---- worker
+
+  const worker = Command.make(
+    "worker",
+    {
+      concurrency: Options.integer("concurrency").pipe(
+        Options.optional,
+        Options.withDescription("Units this worker runs at once (default: the jobs' largest perWorker)")
+      )
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const concurrency = Option.getOrUndefined(args.concurrency)
+        if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
+          return yield* usage(`--concurrency must be a positive integer (got ${concurrency})`)
+        }
+        yield* withQueue(
+          Effect.gen(function*() {
+            const handle = yield* Worker.make({
+              ...options.worker,
+              jobs: [...jobs.values()],
+              ...(concurrency === undefined ? {} : { concurrency })
+            })
+            yield* Console.error(
+              `worker ${handle.workerId} running ${[...jobs.keys()].join(", ")}; SIGTERM or Ctrl-C drains it`
+            )
+            return yield* Effect.never
+          }).pipe(Effect.scoped) as Effect.Effect<never, unknown, StateStore | QueueAdapter>
+        )
+      })
+  ).pipe(Command.withDescription("Run a worker until SIGTERM/SIGINT, then drain it gracefully"))
+
+  // ---- status
+
+  const status = Command.make(
+    "status",
+    {
+      run: runArg.pipe(Args.optional),
+      job: Options.text("job").pipe(Options.optional, Options.withDescription("List only this job's runs")),
+      limit: Options.integer("limit").pipe(Options.withDefault(20), Options.withDescription("Runs listed")),
+      slowest: Options.integer("slowest").pipe(
+        Options.withDefault(5),
+        Options.withDescription("Slowest partitions shown")
+      ),
+      json
+    },
+    (args) =>
+      Option.match(args.run, {
+        onNone: () =>
+          withStore(Effect.flatMap(StateStore, (store) =>
+            Effect.flatMap(
+              store.listRuns({ job: Option.getOrUndefined(args.job), limit: args.limit }),
+              (runs) => {
+                const rows = runs.map((run) => V.runSummary(run))
+                return print(args.json, { runs: rows }, () => V.runsText(rows))
+              }
+            ))),
+        onSome: (runId) =>
+          withStore(
+            Effect.flatMap(
+              reportOf(runId, 60_000, args.slowest),
+              (view) => print(args.json, view, () => V.statusText(view, name))
+            )
+          )
+      })
+  ).pipe(Command.withDescription("List recent runs, or show one run: partitions, steps, throughput, failures"))
+
+  // ---- failures
+
+  const failures = Command.make(
+    "failures",
+    { run: runArg, limit: Options.integer("limit").pipe(Options.withDefault(1000)), json },
+    (args) =>
+      withStore(Effect.gen(function*() {
+        const store = yield* StateStore
+        const run = yield* requireRun(args.run)
+        const units = yield* store.listUnits(run.runId, { status: ["failed"], limit: args.limit })
+        const records = yield* store.listFailures(run.runId, { limit: Math.max(10_000, args.limit * 10) })
+        const rows = V.failedPartitions(jobs, name, run, units, records)
+        yield* print(args.json, { runId: run.runId, failures: rows }, () => V.failuresText(run.runId, rows))
+      }))
+  ).pipe(Command.withDescription("Each failed partition: error, cursor, attempts, runbook, retry command"))
+
+  // ---- retry, skip, cancel
+
+  const unitsByKey = (runId: string) =>
+    Effect.flatMap(StateStore, (store) =>
+      Effect.map(
+        store.listUnits(runId, { limit: 1_000_000 }),
+        (units) => new Map(units.map((u) => [u.unitId, u] as const))
+      ))
+
+  const retry = Command.make(
+    "retry",
+    {
+      run: runArg,
+      partitions,
+      failed: failedFlag,
+      fromStep: Options.text("from-step").pipe(
+        Options.optional,
+        Options.withDescription("Restart these partitions from this step; their idempotency keys change")
+      ),
+      dryRun,
+      reason,
+      actor,
+      json
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const keys = yield* selectionOf(args.partitions, args.failed, "retry")
+        const why = yield* needReason(args.dryRun, args.reason, "retry")
+        const who = yield* resolveActor(args.actor)
+        const view = yield* withStore(Effect.gen(function*() {
+          const run = yield* requireRun(args.run)
+          const before = yield* unitsByKey(run.runId)
+          const planned = yield* Runner.retry(run.runId, {
+            partitions: keys,
+            fromStep: Option.getOrUndefined(args.fromStep),
+            dryRun: args.dryRun
+          }, { actor: who, reason: why ?? "" })
+          return {
+            action: "retry" as const,
+            runId: run.runId,
+            dryRun: args.dryRun,
+            actor: who,
+            reason: why,
+            units: planned.map((p) => V.plannedUnitJson(run, before.get(p.unitId)!, p))
+          }
+        }))
+        yield* print(args.json, view, () => V.actionText(view))
+      })
+  ).pipe(Command.withDescription("Run failed (or given) partitions again, from their checkpoint or a step"))
+
+  const skip = Command.make(
+    "skip",
+    { run: runArg, partitions, failed: failedFlag, dryRun, reason, actor, json },
+    (args) =>
+      Effect.gen(function*() {
+        const keys = yield* selectionOf(args.partitions, args.failed, "skip")
+        const why = yield* needReason(args.dryRun, args.reason, "skip")
+        const who = yield* resolveActor(args.actor)
+        const view = yield* withStore(Effect.gen(function*() {
+          const run = yield* requireRun(args.run)
+          const planned = yield* Runner.skip(run.runId, { partitions: keys, dryRun: args.dryRun }, {
+            actor: who,
+            reason: why ?? ""
+          })
+          return {
+            action: "skip" as const,
+            runId: run.runId,
+            dryRun: args.dryRun,
+            actor: who,
+            reason: why,
+            units: planned.map((p) => V.bareUnitJson(p))
+          }
+        }))
+        yield* print(args.json, view, () => V.actionText(view))
+      })
+  ).pipe(Command.withDescription("Mark partitions skipped so the run can complete without them"))
+
+  const cancel = Command.make(
+    "cancel",
+    { run: runArg, dryRun, reason, actor, json },
+    (args) =>
+      Effect.gen(function*() {
+        const why = yield* needReason(args.dryRun, args.reason, "cancel")
+        const who = yield* resolveActor(args.actor)
+        const view = yield* withStore(Effect.gen(function*() {
+          const store = yield* StateStore
+          const run = yield* requireRun(args.run)
+          // The units cancel stops: every unit not yet terminal (the same rule as the store's cancelRun).
+          const live: ReadonlyArray<UnitRecord> = isTerminalRun(run.status)
+            ? []
+            : yield* store.listUnits(run.runId, { status: ["pending", "leased"], limit: 1_000_000 })
+          if (!args.dryRun) yield* Runner.cancel(run.runId, { actor: who, reason: why ?? "" })
+          return {
+            action: "cancel" as const,
+            runId: run.runId,
+            dryRun: args.dryRun,
+            actor: who,
+            reason: why,
+            units: live.map((u) => V.bareUnitJson(u))
+          }
+        }))
+        yield* print(args.json, view, () =>
+          view.units.length === 0 && !view.dryRun
+            ? `Run ${view.runId} had already ended; nothing was cancelled.`
+            : V.actionText(view))
+      })
+  ).pipe(Command.withDescription("Cancel a run: pending units never start, running ones stop at their next commit"))
+
+  const audit = Command.make(
+    "audit",
+    { run: runArg, json },
+    (args) =>
+      withStore(Effect.gen(function*() {
+        const store = yield* StateStore
+        const run = yield* requireRun(args.run)
+        const entries = yield* store.auditLog(run.runId)
+        const rows = entries.map((e) => ({ ...e, at: new Date(e.at).toISOString() }))
+        yield* print(args.json, { runId: run.runId, entries: rows }, () => V.auditText(run.runId, entries))
+      }))
+  ).pipe(Command.withDescription("Operator actions on a run: who, when, why"))
+
+  // ---- redrive
+
+  const redrive = Command.make(
+    "redrive",
+    {
+      list: Options.boolean("list").pipe(Options.withDescription("List the dead letters and why, move nothing")),
+      ids: Options.text("id").pipe(Options.repeated, Options.withDescription("A message id to redrive (repeatable)")),
+      limit: Options.integer("limit").pipe(Options.withDefault(100)),
+      json
+    },
+    (args) =>
+      withQueue(Effect.gen(function*() {
+        const queue = yield* QueueAdapter
+        if (args.list) {
+          const dead = yield* queue.deadLetters({ limit: args.limit })
+          const rows = dead.map((d) => ({ ...d, at: new Date(d.at).toISOString() }))
+          return yield* print(args.json, { deadLetters: rows }, () =>
+            rows.length === 0
+              ? "No dead-lettered messages."
+              : F.table(
+                ["MESSAGE ID", "AT", "RECEIVES", "REASON", "BODY"],
+                rows.map((d) => [d.messageId, d.at, d.receiveCount, F.clip(d.reason, 70), F.clip(d.body, 60)])
+              ))
+        }
+        const moved = yield* queue.redrive({ messageIds: args.ids.length === 0 ? undefined : args.ids })
+        yield* print(
+          args.json,
+          { redriven: moved, messageIds: args.ids.length === 0 ? null : args.ids },
+          () =>
+            `Redrove ${moved} message(s) to the queue. Workers re-check each against the store: a unit that ` +
+            `already ended is acknowledged, a malformed body is dead-lettered again.`
+        )
+      }))
+  ).pipe(Command.withDescription("List (--list) or redrive dead-lettered messages"))
+
+  // ---- runbooks
+
+  const runbooks = Command.make(
+    "runbooks",
+    {
+      out: Options.text("out").pipe(
+        Options.optional,
+        Options.withDescription("Write one Markdown file per job and an index into this directory")
+      ),
+      job: Options.text("job").pipe(Options.optional, Options.withDescription("Only this job")),
+      json
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const chosen = yield* Option.match(args.job, {
+          onNone: () => Effect.succeed([...jobs.values()]),
+          onSome: (jobName) => Effect.map(findJob(jobName), (job) => [job])
+        })
+        const books: Array<Runbook.Book> = chosen.map((job) => ({
+          job: job.name,
+          runbooks: [...job.runbooks.values()]
+        }))
+        if (Option.isNone(args.out)) {
+          return yield* print(args.json, { jobs: books }, () =>
+            [
+              `# Runbooks of ${name}`,
+              "",
+              `Generated from the code by \`${name} runbooks\`: one section per job, every error class it ` +
+              `registers and chunkwise's built-in classes.`,
+              "",
+              Runbook.render(books)
+            ].join("\n"))
+        }
+        const fs = yield* FileSystem.FileSystem
+        const path = yield* Path.Path
+        const dir = args.out.value
+        const files: Array<string> = []
+        yield* Effect.gen(function*() {
+          yield* fs.makeDirectory(dir, { recursive: true })
+          for (const book of books) {
+            const file = path.join(dir, `${book.job}.md`)
+            yield* fs.writeFileString(file, `# Runbooks: ${book.job}\n\n${Runbook.render([book])}`)
+            files.push(file)
+          }
+          const index = path.join(dir, "README.md")
+          yield* fs.writeFileString(
+            index,
+            [
+              `# Runbooks of ${name}`,
+              "",
+              "| job | runbook id | error class | severity | title |",
+              "| --- | --- | --- | --- | --- |",
+              ...books.flatMap((b) =>
+                b.runbooks.map((r) =>
+                  `| ${b.job} | [${r.id}](${b.job}.md) | \`${r.tag}\` | ${r.severity} | ${r.title} |`
+                )
+              ),
+              ""
+            ].join("\n")
+          )
+          files.push(index)
+        }).pipe(
+          Effect.mapError((e) => failed(`writing the runbooks to ${dir} failed: ${e.message}. Check the directory.`))
+        )
+        yield* print(args.json, { files }, () => `Wrote ${files.length} file(s):\n${files.join("\n")}`)
+      })
+  ).pipe(Command.withDescription("Render the Markdown runbook of every error class of every job"))
+
+  const root = Command.make(name, {}, () =>
+    Console.log(
+      `${name} ${version}: operate chunkwise runs. Commands: start, worker, status, failures, retry, skip, cancel, ` +
+        `audit, redrive, runbooks. \`${name} <command> --help\` explains each.`
+    )).pipe(
+      Command.withDescription("Operate chunkwise runs"),
+      Command.withSubcommands([start, worker, status, failures, retry, skip, cancel, audit, redrive, runbooks])
+    )
+
+  return {
+    name,
+    version,
+    jobs,
+    command: root as unknown as Command.Command<string, never, CliError, unknown>
+  }
+}
+
+const exampleParams = (job: Job.Any): string => {
+  const ast = Schema.encodedSchema(job.params).ast
+  if (ast._tag !== "TypeLiteral") return "{}"
+  const fields = ast.propertySignatures.map((p) =>
+    `"${String(p.name)}":${p.type._tag === "NumberKeyword" ? "1" : p.type._tag === "BooleanKeyword" ? "true" : `"..."`}`
+  )
+  return `{${fields.join(",")}}`
+}
+
+/**
+ * Runs one command line in-process (the arguments after the executable, e.g.
+ * `["status", runId, "--json"]`) and returns its exit code: 0 success, 1 the operation or the awaited
+ * run failed, 2 bad input. Output goes to Effect's `Console` (errors to `Console.error`), so tests can
+ * capture it with `Effect.withConsole`.
+ */
+export const run = (
+  cli: Cli,
+  args: ReadonlyArray<string>
+): Effect.Effect<number, never, CliApp.CliApp.Environment> =>
+  Command.run(cli.command, { name: cli.name, version: cli.version, executable: cli.name })([
+    "node",
+    cli.name,
+    ...args
+  ]).pipe(
+    Effect.as(0),
+    Effect.catchAll((error) =>
+      ValidationError.isValidationError(error)
+        ? Effect.succeed(2) // @effect/cli printed the usage problem already
+        : Effect.as(Console.error(`error: ${error.message}`), error.exitCode)
+    ),
+    Effect.catchAllDefect((defect) =>
+      Effect.as(Console.error(`error: unexpected failure\n${Cause.pretty(Cause.die(defect))}`), 1)
+    )
+  )
+
+/**
+ * Runs the CLI as a program (a `bin`): parses `process.argv`, runs the command under
+ * `NodeRuntime.runMain` (SIGTERM/SIGINT interrupt it, so `worker` drains), and sets the exit code.
+ */
+export const main = (cli: Cli): void =>
+  NodeRuntime.runMain(
+    run(cli, process.argv.slice(2)).pipe(
+      Effect.flatMap((code) =>
+        Effect.sync(() => {
+          process.exitCode = code
+        })
+      ),
+      Effect.provide(NodeContext.layer)
+    ),
+    { disableErrorReporting: true }
+  )
