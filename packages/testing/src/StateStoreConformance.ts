@@ -1,0 +1,327 @@
+/**
+ * The `StateStore` conformance suite: the memory and Postgres stores (and any other driver) run it in a
+ * couple of lines, so each keeps the contract the worker relies on: idempotent starts, the receive
+ * rules (D2), fenced claims, the compare-and-set commit (D3) inside the caller's transaction, lease
+ * expiry, completion claimed once, and audited operator actions.
+ *
+ * @since 0.1.0
+ */
+import { Errors, Job, type Message, StateStore, Step } from "@chunkwise/core"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, type Layer, Option, Schema, TestClock } from "effect"
+
+/** Options of the suite. */
+export interface Options<W, E, R> {
+  /** A fresh, empty store per test (plus whatever `writes` needs). */
+  readonly make: () => Layer.Layer<StateStore.StateStore | W, E, R>
+  /** `test-clock` for stores on Effect's `Clock`; `live` for stores on the database's clock. */
+  readonly time: "test-clock" | "live"
+  /**
+   * A user write that joins the store's transaction and a way to read it back, to check that a failed
+   * commit rolls the user's writes back with it (e.g. the `MemoryDatabase`, or a SQL table).
+   */
+  readonly writes: {
+    readonly write: (key: string) => Effect.Effect<void, unknown, W>
+    readonly read: (key: string) => Effect.Effect<boolean, unknown, W>
+  }
+}
+
+const job = Job.make({
+  name: "conformance",
+  params: Schema.Struct({ n: Schema.Number }),
+  partitions: () => [],
+  steps: (step) => [
+    step.chunked("first", {
+      cursor: Schema.Struct({ next: Schema.Number }),
+      start: { next: 0 },
+      transaction: "none",
+      process: ({ cursor }) => Effect.succeed(Step.advance(cursor.next > 0 ? Step.done : { next: 1 }, 1))
+    }),
+    step.single("second", { transaction: "none", run: () => Effect.void })
+  ]
+})
+
+const operator = { actor: "conformance", reason: "testing the contract" }
+
+let runs = 0
+
+/** Registers the conformance tests under `describe(name)`. */
+export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void => {
+  const leaseMs = options.time === "test-clock" ? 10_000 : 1_000
+  const pass = (ms: number) => options.time === "test-clock" ? TestClock.adjust(ms) : Effect.sleep(ms)
+  const test = (title: string, body: Effect.Effect<void, unknown, StateStore.StateStore | W>) =>
+    options.time === "test-clock"
+      ? it.effect(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>)
+      : it.live(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>, 60_000)
+
+  /** A running run with `weights.length` partitions `k0, k1, ...`. */
+  const openRun = (weights: ReadonlyArray<number>) =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
+      const { created } = yield* store.createRun({
+        runId,
+        job: job.name,
+        runKey: runId,
+        params: { n: 1 },
+        definition: job.definition,
+        fingerprint: job.fingerprint
+      })
+      expect(created).toBe(true)
+      const units = weights.map((weight, i) => ({ unitId: `${runId}-u${i}`, partitionKey: `k${i}`, weight }))
+      yield* store.insertUnits(runId, units)
+      const run = yield* store.openRun(runId, (count) => count)
+      return { runId, run, unitIds: units.map((u) => u.unitId) }
+    })
+
+  /** Feeds, and returns the run's messages by unit id (feed hands each unit out once). */
+  const messagesOf = (runId: string) =>
+    Effect.flatMap(StateStore.StateStore, (store) =>
+      Effect.map(
+        store.feed({ maxOutstanding: 1000, redeliverAfterMs: 3_600_000 }),
+        (messages) => new Map(messages.filter((m) => m.runId === runId).map((m) => [m.unitId, m]))
+      ))
+
+  /** Feeds and returns the message for the run's only (or first) unit. */
+  const messageFor = (runId: string, unitId: string) =>
+    Effect.flatMap(messagesOf(runId), (messages) =>
+      messages.has(unitId)
+        ? Effect.succeed(messages.get(unitId)!)
+        : Effect.dieMessage(`feed did not return a message for ${unitId}`))
+
+  const claim = (message: Message.WorkMessage, workerId: string) =>
+    Effect.flatMap(
+      StateStore.StateStore,
+      (store) => store.claim({ message, workerId, leaseMs, jobConcurrency: undefined })
+    )
+
+  const claimed = (message: Message.WorkMessage, workerId: string) =>
+    Effect.flatMap(claim(message, workerId), (result) =>
+      result._tag === "Claimed"
+        ? Effect.succeed(result)
+        : Effect.dieMessage(`expected ${workerId} to claim ${message.unitId}, got ${JSON.stringify(result)}`))
+
+  const commit = (lease: StateStore.Lease, from: StateStore.Position, key: string, unitDone = false) =>
+    Effect.flatMap(StateStore.StateStore, (store) =>
+      store.commitChunk({
+        lease,
+        from,
+        to: unitDone
+          ? { stepIndex: 2, chunkSeq: 0, cursor: null }
+          : { stepIndex: from.stepIndex, chunkSeq: from.chunkSeq + 1, cursor: { next: from.chunkSeq + 1 } },
+        unitDone,
+        items: 1,
+        idempotencyKey: key,
+        step: "first",
+        leaseMs
+      }))
+
+  const unitOf = (runId: string, unitId: string) =>
+    Effect.flatMap(
+      StateStore.StateStore,
+      (store) => Effect.map(store.listUnits(runId, { limit: 1000 }), (units) => units.find((u) => u.unitId === unitId)!)
+    )
+
+  describe(name, () => {
+    test(
+      "createRun is idempotent and insertUnits leaves existing partitions alone",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, run, unitIds } = yield* openRun([1, 2])
+        expect(run.status).toBe("running")
+        expect(run.partitionCount).toBe(2)
+        const again = yield* store.createRun({
+          runId,
+          job: job.name,
+          runKey: runId,
+          params: { n: 1 },
+          definition: job.definition,
+          fingerprint: job.fingerprint
+        })
+        expect(again.created).toBe(false)
+        expect(again.run.runId).toBe(runId)
+        yield* store.insertUnits(runId, [{ unitId: unitIds[0]!, partitionKey: "k0", weight: 99 }])
+        const units = yield* store.listUnits(runId, { limit: 10 })
+        expect(units.map((u) => [u.partitionKey, u.weight]).sort()).toEqual([["k0", 1], ["k1", 2]])
+        expect((yield* store.progress(runId)).units.pending).toBe(2)
+      })
+    )
+
+    test(
+      "feed sends the heaviest partitions first, at most maxOutstanding, and each once",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 5, 3])
+        const first = yield* store.feed({ maxOutstanding: 2, redeliverAfterMs: 3_600_000 })
+        const ours = first.filter((m) => m.runId === runId)
+        expect(ours.map((m) => m.unitId)).toEqual([unitIds[1], unitIds[2]])
+        const second = yield* store.feed({ maxOutstanding: 2, redeliverAfterMs: 3_600_000 })
+        expect(second.filter((m) => m.runId === runId)).toEqual([])
+        const third = yield* store.feed({ maxOutstanding: 3, redeliverAfterMs: 3_600_000 })
+        expect(third.filter((m) => m.runId === runId).map((m) => m.unitId)).toEqual([unitIds[0]])
+      })
+    )
+
+    test(
+      "a claim fences the unit: another worker is told to come back later, a stale message is acked",
+      Effect.gen(function*() {
+        const { runId, unitIds } = yield* openRun([1])
+        const message = yield* messageFor(runId, unitIds[0]!)
+        const first = yield* claimed(message, "w1")
+        expect(first.lease).toMatchObject({ runId, unitId: unitIds[0], workerId: "w1" })
+        const second = yield* claim(message, "w2")
+        expect(second._tag).toBe("Later")
+        if (second._tag === "Later") {
+          expect(second.reason).toBe("leased-elsewhere")
+          expect(second.delayMs).toBeGreaterThan(0)
+          expect(second.delayMs).toBeLessThanOrEqual(leaseMs)
+        }
+        const stale = yield* claim({ ...message, seq: message.seq - 1 }, "w2")
+        expect(stale).toEqual({ _tag: "Ack", reason: "stale-message" })
+        const unknown = yield* claim({ ...message, unitId: "no-such-unit" }, "w2")
+        expect(unknown).toEqual({ _tag: "Ack", reason: "unknown-unit" })
+      })
+    )
+
+    test(
+      "commitChunk is a compare-and-set on the token and the checkpoint, and records the ledger",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* commit(lease, { stepIndex: 0, chunkSeq: 0 }, "key-0")
+        const wrongToken = yield* Effect.flip(
+          commit({ ...lease, fencingToken: lease.fencingToken + 1 }, { stepIndex: 0, chunkSeq: 1 }, "key-x")
+        )
+        expect(wrongToken).toBeInstanceOf(Errors.LeaseLost)
+        const moved = yield* Effect.flip(commit(lease, { stepIndex: 0, chunkSeq: 0 }, "key-0-again"))
+        expect(moved).toBeInstanceOf(Errors.CheckpointMoved)
+        yield* commit(lease, { stepIndex: 0, chunkSeq: 1 }, "key-1")
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["key-0", "key-1"])
+        const unit = yield* unitOf(runId, unitIds[0]!)
+        expect(unit).toMatchObject({ stepIndex: 0, chunkSeq: 2, cursor: { next: 2 }, chunks: 2, items: 2 })
+      })
+    )
+
+    test(
+      "a failed commit rolls the user's writes back with it; a good one commits them with the checkpoint",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        const refused = yield* Effect.either(store.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-refused`),
+          commit({ ...lease, fencingToken: lease.fencingToken + 7 }, { stepIndex: 0, chunkSeq: 0 }, "refused")
+        )))
+        expect(Either.isLeft(refused)).toBe(true)
+        expect(yield* options.writes.read(`${runId}-refused`)).toBe(false)
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual([])
+        yield* store.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-applied`),
+          commit(lease, { stepIndex: 0, chunkSeq: 0 }, "applied")
+        ))
+        expect(yield* options.writes.read(`${runId}-applied`)).toBe(true)
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["applied"])
+      })
+    )
+
+    test(
+      "an expired lease can be claimed by another worker, and the old holder (a zombie) cannot commit",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const message = yield* messageFor(runId, unitIds[0]!)
+        const zombie = yield* claimed(message, "w1")
+        yield* pass(leaseMs + 200)
+        const taker = yield* claimed(message, "w2")
+        expect(taker.lease.fencingToken).toBeGreaterThan(zombie.lease.fencingToken)
+        expect(yield* store.renewLeases("w1", [zombie.lease], leaseMs)).toEqual([])
+        expect(yield* store.renewLeases("w2", [taker.lease], leaseMs)).toEqual([unitIds[0]])
+        const refused = yield* Effect.flip(commit(zombie.lease, { stepIndex: 0, chunkSeq: 0 }, "zombie"))
+        expect(refused).toBeInstanceOf(Errors.LeaseLost)
+        yield* commit(taker.lease, { stepIndex: 0, chunkSeq: 0 }, "taker")
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["taker"])
+      })
+    )
+
+    test(
+      "a failure is recorded for operators and fails the unit; the run completes without it, failed",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* store.recordFailure({
+          runId,
+          unitId: unitIds[0]!,
+          partitionKey: "k0",
+          step: "first",
+          errorTag: "BadRecord",
+          message: "record 7 is invalid",
+          cause: "BadRecord: record 7 is invalid",
+          cursor: JSON.stringify({ next: 0 }),
+          attempt: 1,
+          runbookId: "bad-record",
+          severity: "ticket",
+          outcome: "failed",
+          at: Date.now()
+        })
+        yield* store.failUnit(lease, { _tag: "Failed", errorTag: "BadRecord" })
+        const [failure] = yield* store.listFailures(runId, { limit: 10 })
+        expect(failure).toMatchObject({ errorTag: "BadRecord", partitionKey: "k0", runbookId: "bad-record" })
+        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("failed")
+        yield* store.tryFinalize(runId)
+        expect(Option.getOrThrow(yield* store.getRun(runId)).status).toBe("finalizing")
+      })
+    )
+
+    test(
+      "completion is claimed once however many finishers race, and the run ends once",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        for (const unitId of unitIds) {
+          const { lease } = yield* claimed(messages.get(unitId)!, "w1")
+          yield* commit(lease, { stepIndex: 0, chunkSeq: 0 }, `done-${unitId}`, true)
+        }
+        const wins = yield* Effect.all(Array.from({ length: 8 }, () => store.tryFinalize(runId)), {
+          concurrency: "unbounded"
+        })
+        // The last commit may have finalized the run already; then no caller wins.
+        expect(wins.filter((w) => w).length).toBeLessThanOrEqual(1)
+        const run = Option.getOrThrow(yield* store.getRun(runId))
+        expect(run.status).toBe("finalizing")
+        const [finalize] = (yield* messagesOf(runId)).values()
+        const a = yield* claimed(finalize!, "w1")
+        yield* store.finishRun(a.lease, "succeeded", "complete-key")
+        expect(Option.getOrThrow(yield* store.getRun(runId)).status).toBe("succeeded")
+        const late = yield* Effect.flip(store.finishRun(a.lease, "succeeded", "complete-key"))
+        expect(late).toBeInstanceOf(Errors.LeaseLost)
+      })
+    )
+
+    test(
+      "operator actions: a dry run changes nothing, the real action does the same, and is audited with who and why",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* store.failUnit(lease, { _tag: "Failed", errorTag: "BadRecord" })
+        const plan = yield* store.retry(runId, { dryRun: true }, operator)
+        expect(plan.map((p) => p.partitionKey)).toEqual(["k0"])
+        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("failed")
+        const done = yield* store.retry(runId, { dryRun: false }, operator)
+        expect(done).toEqual(plan)
+        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("pending")
+        const skipped = yield* store.skip(runId, { partitions: ["k1"], dryRun: false }, operator)
+        expect(skipped.map((p) => p.partitionKey)).toEqual(["k1"])
+        expect((yield* unitOf(runId, unitIds[1]!)).status).toBe("skipped")
+        const cancelled = yield* store.cancelRun(runId, operator)
+        expect(cancelled.status).not.toBe("running")
+        const audit = yield* store.auditLog(runId)
+        expect(audit.map((a) => a.action)).toEqual(["retry", "skip", "cancel"])
+        expect(audit.every((a) => a.actor === operator.actor && a.reason === operator.reason)).toBe(true)
+      })
+    )
+  })
+}
