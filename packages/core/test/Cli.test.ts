@@ -216,7 +216,7 @@ describe("operator CLI on a real Postgres store", () => {
   )
 
   it.live(
-    "retry from a step changes the keys; skip and cancel preview, act and are audited; the budget says why",
+    "retry from a step changes the keys; skip and cancel preview, act and are audited",
     () =>
       onPostgres(({ app, store }) =>
         Effect.gen(function*() {
