@@ -1,8 +1,9 @@
+import { Chaos } from "@chunkwise/testing"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Runner } from "../src/index.js"
+import { Runner, StateStore } from "../src/index.js"
 import {
   applied,
   awaitRun,
@@ -57,4 +58,36 @@ describe("several worker processes on one database", () => {
         Effect.provide(pgEngineWithPgQueue(store))
       )
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 120_000)
+
+  it.live(
+    "survive a chaos run: workers SIGKILLed at random and restarted, every row applied exactly once",
+    () =>
+      Effect.gen(function*() {
+        const store = freshSchema("cw_store")
+        const app = freshSchema("cw_app")
+        yield* withSchemas(store, app)
+        const job = pgJob(app, { partitions: 16, size: 100, chunkSize: 2, chunkDelay: 20 })
+        yield* Effect.gen(function*() {
+          const { runId } = yield* Runner.start(job, { label: "chaos" })
+          const report = yield* Chaos.run({
+            worker: {
+              args: ["--import", "tsx", script],
+              readyLine: "ready",
+              env: { CW_STORE: store, CW_APP: app, CW_PARTITIONS: "16", CW_SIZE: "100" }
+            },
+            processes: 3,
+            seed: 7,
+            killEvery: "400 millis",
+            maxKills: 4,
+            until: Effect.map(Runner.status(runId), (p) => StateStore.isTerminalRun(p.run.status)),
+            timeout: "150 seconds"
+          })
+          expect(report.kills.length).toBeGreaterThan(0)
+          expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+          expect(yield* applied(app)).toEqual(expectedApplied(16, 100))
+          expect(report.survivorExitCodes).toEqual([0, 0, 0])
+        }).pipe(Effect.scoped, Effect.provide(pgEngineWithPgQueue(store)))
+      }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))),
+    180_000
+  )
 })

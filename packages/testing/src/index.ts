@@ -6,6 +6,7 @@
  *
  * @since 0.1.0
  */
+export * as Chaos from "./Chaos.js"
 export * as Engine from "./Engine.js"
 export * as Fault from "./Fault.js"
 export * as Guarantees from "./Guarantees.js"
