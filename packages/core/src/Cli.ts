@@ -391,6 +391,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         yield* withQueue(
           Effect.gen(function*() {
             const handle = yield* Worker.make({
+              cliName: name,
               ...options.worker,
               jobs: [...jobs.values()],
               ...(concurrency === undefined ? {} : { concurrency })

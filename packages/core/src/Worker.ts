@@ -75,6 +75,8 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
    * back with a retry time, and the feeder re-sends it when due (default 30 s, D12).
    */
   readonly inProcessRetryLimit?: Duration.DurationInput | undefined
+  /** The operator CLI's name, for the retry command in alert lines (default `chunkwise`; `Cli` sets its own). */
+  readonly cliName?: string | undefined
 }
 
 /** What a running worker exposes (mostly for tests and health checks). */
@@ -131,6 +133,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const shutdownMs = Duration.toMillis(options.shutdownTimeout ?? "30 seconds")
     const graceMs = Duration.toMillis(options.definitionMismatchGrace ?? "15 minutes")
     const inProcessRetryMs = Duration.toMillis(options.inProcessRetryLimit ?? "30 seconds")
+    const cliName = options.cliName ?? "chunkwise"
     const probe = yield* Probe.Probe
     const context = yield* Effect.context<Job.Context<Jobs[number]>>()
     const startedAt = yield* monotonicMs
@@ -271,7 +274,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         yield* Metric.increment(
           Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag)
         )
-        yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs })
+        yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs }, cliName)
         yield* Effect.annotateCurrentSpan("chunkwise.error_tag", classified.tag)
         if (outcome === "failed") yield* partitionEnded(job, unit, "failed")
         if (inProcessRetry && delayMs !== undefined && delayMs < inProcessRetryMs) {
@@ -873,7 +876,8 @@ const alert = (
     readonly attempt: number
     readonly outcome: "retry" | "failed"
     readonly delayMs: number | undefined
-  }
+  },
+  cliName: string
 ) => {
   const { runbook } = classified
   const line =
@@ -894,7 +898,7 @@ const alert = (
     runbookId: runbook.id,
     runbookTitle: runbook.title,
     severity: runbook.severity,
-    retryCommand: `chunkwise retry ${lease.runId} --partition ${JSON.stringify(unit.partitionKey)}`
+    retryCommand: `${cliName} retry ${lease.runId} --partition ${JSON.stringify(unit.partitionKey)}`
   })
   const log = where.outcome === "retry" || runbook.severity === "info"
     ? Effect.logWarning(line)

@@ -52,7 +52,7 @@ export interface StatusJson {
   readonly throughput: {
     readonly chunks: number
     readonly items: number
-    /** Chunks per second over the last `windowMs`. */
+    /** Chunks per second over the last `windowMs` while the run is active; the average over the run once it ended. */
     readonly chunksPerSecond: number
     readonly windowMs: number
     /** Estimated time to the end from the partitions finished so far; null when unknown or ended. */
@@ -158,7 +158,7 @@ export const runbookOf = (
   return all.find((r) => r.id === runbookId)
 }
 
-const stepName = (run: RunRecord, index: number) => run.definition.steps[index]?.name ?? "(done)"
+const stepName = (run: RunRecord, index: number) => run.definition.steps[index]?.name ?? "(finished)"
 
 export const status = (jobs: ReadonlyMap<string, Job.Any>, report: RunReport): StatusJson => {
   const { progress } = report
@@ -166,7 +166,10 @@ export const status = (jobs: ReadonlyMap<string, Job.Any>, report: RunReport): S
   const total = Object.values(progress.units).reduce((a, b) => a + b, 0)
   const ended = progress.units.succeeded + progress.units.failed + progress.units.skipped + progress.units.cancelled
   const end = run.finishedAt ?? report.now
-  const elapsedMs = Math.max(0, end - run.createdAt)
+  const elapsedMs = Math.max(0, Math.round(end - run.createdAt))
+  // While running: the recent rate (over the window, or the run's age when younger); once ended: the average.
+  const windowMs = isTerminalRun(run.status) ? elapsedMs : Math.min(report.windowMs, Math.max(1, elapsedMs))
+  const windowChunks = isTerminalRun(run.status) ? progress.chunks : report.recentChunks
   const etaMs = isTerminalRun(run.status) || ended === 0 || ended >= total
     ? null
     : Math.round((elapsedMs / ended) * (total - ended))
@@ -194,8 +197,8 @@ export const status = (jobs: ReadonlyMap<string, Job.Any>, report: RunReport): S
     throughput: {
       chunks: progress.chunks,
       items: progress.items,
-      chunksPerSecond: report.windowMs > 0 ? report.recentChunks / (report.windowMs / 1000) : 0,
-      windowMs: report.windowMs,
+      chunksPerSecond: windowMs > 0 ? Math.round((windowChunks / (windowMs / 1000)) * 10) / 10 : 0,
+      windowMs,
       etaMs
     },
     slowest: report.slowest.map((p) => ({
@@ -303,7 +306,7 @@ export const statusText = (view: StatusJson, cli: string): string => {
     `succeeded ${F.count(p.succeeded)} · failed ${F.count(p.failed)} · running ${F.count(p.leased)} · ` +
     `pending ${F.count(p.pending)} · skipped ${F.count(p.skipped)} · cancelled ${F.count(p.cancelled)}`,
     `throughput  ${F.count(t.chunks)} chunks · ${F.count(t.items)} items · ${F.rate(t.chunksPerSecond)} chunks/s ` +
-    `(last ${F.duration(t.windowMs)}) · ETA ${F.duration(t.etaMs)}`,
+    `(${run.finishedAt === null ? `last ${F.duration(t.windowMs)}` : "average"}) · ETA ${F.duration(t.etaMs)}`,
     "",
     F.table(
       ["STEP", "DONE", "ACTIVE", "FAILED", "CHUNKS"],
