@@ -42,6 +42,13 @@ export interface QueueOptions {
    * delivery whose visibility expired (new and released messages wake it at once).
    */
   readonly blockInterval?: Duration.DurationInput | undefined
+  /**
+   * Fetch-next (default true): while a consumer is receiving, acks also fetch as many new messages in
+   * the same round trip, for its next receive, as BullMQ does. Such a message is in flight from then
+   * on; if no receive takes it within a second (a quarter of its visibility at most), or the queue
+   * closes first, it is released, keeping its receive count.
+   */
+  readonly prefetch?: boolean | undefined
 }
 
 /** A queue with its own connections, opened from a URL. */
@@ -61,6 +68,7 @@ export const defaults = {
   maxReceives: 50,
   maxMessageBytes: 262_144,
   blockInterval: Duration.seconds(1),
+  prefetch: true,
   connectionName: "chunkwise"
 } as const
 
@@ -72,6 +80,8 @@ const batchSize = 500
 const promoteLimit = 1000
 /** At most this many expired deliveries are counted by `depth`. */
 const depthScanLimit = 100_000
+/** Acks prefetch only this soon after a receive, and a prefetched message stays fresh this long at most. */
+const prefetchWindowMs = 1000
 const group = "chunkwise"
 /**
  * One consumer for every process: who holds a delivery is the store's business (leases), and a fixed
@@ -125,7 +135,7 @@ const configName = (name: string) => `CHUNKWISE_REDIS_${name}`
  * The options read from the environment: `CHUNKWISE_REDIS_URL` (required, redacted),
  * `CHUNKWISE_REDIS_PASSWORD` (redacted), `CHUNKWISE_REDIS_PREFIX`, `CHUNKWISE_REDIS_QUEUE`,
  * `CHUNKWISE_REDIS_MAX_RECEIVES`, `CHUNKWISE_REDIS_MAX_MESSAGE_BYTES`, `CHUNKWISE_REDIS_BLOCK_INTERVAL`
- * (a duration such as `1 second`) and `CHUNKWISE_REDIS_CONNECTION_NAME`, with the `defaults`.
+ * (a duration such as `1 second`), `CHUNKWISE_REDIS_PREFETCH` and `CHUNKWISE_REDIS_CONNECTION_NAME`, with the `defaults`.
  */
 export const config: Config.Config<Options> = Config.all({
   url: Config.redacted(configName("URL")).pipe(
@@ -161,6 +171,10 @@ export const config: Config.Config<Options> = Config.all({
     Config.withDefault(defaults.blockInterval),
     Config.withDescription("longest single blocking wait of a receive")
   ),
+  prefetch: Config.boolean(configName("PREFETCH")).pipe(
+    Config.withDefault(defaults.prefetch),
+    Config.withDescription("acks fetch the next messages for the following receive")
+  ),
   connectionName: Config.string(configName("CONNECTION_NAME")).pipe(
     Config.withDefault(defaults.connectionName),
     Config.withDescription("the name the connections show in CLIENT LIST")
@@ -175,6 +189,7 @@ interface Settings {
   readonly maxReceives: number
   readonly maxMessageBytes: number
   readonly blockMs: number
+  readonly prefetch: boolean
 }
 
 const settingsOf = (options: QueueOptions): Effect.Effect<Settings, Errors.ConfigurationError> => {
@@ -202,7 +217,14 @@ const settingsOf = (options: QueueOptions): Effect.Effect<Settings, Errors.Confi
   if (!(blockMs >= 1) || !Number.isFinite(blockMs)) {
     return Effect.fail(invalid(`blockInterval must be at least 1 ms (got ${blockMs} ms); the default is 1 second`))
   }
-  return Effect.succeed({ keys: keys({ prefix, queue }), queue, maxReceives, maxMessageBytes, blockMs })
+  return Effect.succeed({
+    keys: keys({ prefix, queue }),
+    queue,
+    maxReceives,
+    maxMessageBytes,
+    blockMs,
+    prefetch: options.prefetch ?? defaults.prefetch
+  })
 }
 
 /** A vendor error without what ioredis attaches to it: the failed command's arguments (an AUTH's password). */
@@ -229,6 +251,29 @@ const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A
   const out: Array<ReadonlyArray<A>> = []
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
   return out
+}
+
+/**
+ * Joins the calls made in one turn of the event loop into one `run` over all their items (added in
+ * groups of `unit`); every caller waits for that run and sees its outcome.
+ */
+const coalesce = <A>(run: (items: ReadonlyArray<A>) => Promise<unknown>, unit: number) => {
+  let open: { readonly items: Array<A>; readonly done: Promise<void> } | undefined
+  return (items: ReadonlyArray<A>): Promise<void> => {
+    if (open === undefined) {
+      const batch: Array<A> = []
+      open = {
+        items: batch,
+        done: new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+          open = undefined
+          return run(batch).then(() => undefined)
+        })
+      }
+    }
+    if (items.length % unit !== 0) throw new Error(`coalesce: items come in groups of ${unit}`)
+    open.items.push(...items)
+    return open.done
+  }
 }
 
 const fieldsOf = (flat: ReadonlyArray<string>): Record<string, string> => {
@@ -264,7 +309,7 @@ export const makeFromClient = (
 ): Effect.Effect<QueueAdapter.QueueAdapterShape, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
   Effect.gen(function*() {
     const settings = yield* settingsOf(options)
-    const { blockMs, maxMessageBytes, maxReceives, queue } = settings
+    const { blockMs, maxMessageBytes, maxReceives, prefetch, queue } = settings
     const k = settings.keys
     const unavailable = (operation: string) => (cause: unknown) =>
       new Errors.QueueUnavailable({
@@ -318,29 +363,94 @@ export const makeFromClient = (
       return waking
     }
 
-    const receiveOnce = (max: number, visibilityMs: number) =>
-      call("receive", () =>
-        script("receive", [k.stream, k.delayed, k.dead, k.cursor], [
-          group,
-          consumer,
-          max,
-          visibilityMs,
-          horizonMs,
-          maxReceives,
-          promoteLimit
-        ])).pipe(Effect.map((reply) => {
-          const [flat, nextDueMs, lastId] = reply as [Array<string | number>, number, string]
-          const deliveries: Array<QueueAdapter.Delivery> = []
-          for (let i = 0; i < flat.length; i += 5) {
-            deliveries.push({
-              receipt: `${flat[i]}#${flat[i + 1]}`,
-              messageId: String(flat[i + 2]),
-              body: String(flat[i + 3]),
-              receiveCount: Number(flat[i + 4])
-            })
-          }
-          return { deliveries, nextDueMs, lastId }
-        }))
+    const fetch = (max: number, visibilityMs: number) =>
+      script("receive", [k.stream, k.delayed, k.dead, k.cursor], [
+        group,
+        consumer,
+        max,
+        visibilityMs,
+        horizonMs,
+        maxReceives,
+        promoteLimit
+      ]).then((reply) => {
+        const [flat, nextDueMs, lastId] = reply as [Array<string | number>, number, string]
+        const deliveries: Array<QueueAdapter.Delivery> = []
+        for (let i = 0; i < flat.length; i += 5) {
+          deliveries.push({
+            receipt: `${flat[i]}#${flat[i + 1]}`,
+            messageId: String(flat[i + 2]),
+            body: String(flat[i + 3]),
+            receiveCount: Number(flat[i + 4])
+          })
+        }
+        return { deliveries, nextDueMs, lastId }
+      })
+
+    const release = (receipt: string, delayMs: number) => {
+      const parsed = parseReceipt(receipt)
+      return parsed === undefined ?
+        Effect.void :
+        call(
+          "release",
+          () => script("release", [k.stream, k.delayed], [group, ...parsed, Math.max(0, Math.round(delayMs))])
+        ).pipe(
+          Effect.asVoid
+        )
+    }
+
+    /**
+     * Fetch-next, as BullMQ does on completion. A consumer acks a message, its slot frees and its next
+     * receive follows at once; so while a consumer is receiving, the acks of one turn of the event loop
+     * also fetch as many messages, pipelined with them, and the next receive with the same visibility
+     * takes those without a round trip. One not taken while fresh, or still held at close, is released
+     * (it keeps its receive count).
+     */
+    interface Prefetched {
+      readonly delivery: QueueAdapter.Delivery
+      readonly visibilityMs: number
+      readonly freshUntil: number
+    }
+    let prefetched: Array<Prefetched> = []
+    let lastReceive: { readonly visibilityMs: number; readonly at: number } | undefined
+    const releaseAll = (held: ReadonlyArray<Prefetched>) =>
+      Effect.forEach(held, (p) => Effect.ignore(release(p.delivery.receipt, 0)), {
+        concurrency: "unbounded",
+        discard: true
+      })
+    yield* Effect.addFinalizer(() => Effect.suspend(() => releaseAll(prefetched.splice(0))))
+
+    /** Prefetched deliveries for a receive: fresh ones with its visibility; the stale ones are released. */
+    const takePrefetched = (max: number, visibilityMs: number) =>
+      Effect.suspend(() => {
+        if (prefetched.length === 0) return Effect.succeed([])
+        const now = Date.now()
+        const out: Array<QueueAdapter.Delivery> = []
+        const stale: Array<Prefetched> = []
+        const kept: Array<Prefetched> = []
+        for (const p of prefetched) {
+          if (p.freshUntil < now || p.visibilityMs !== visibilityMs) stale.push(p)
+          else if (out.length < max) out.push(p.delivery)
+          else kept.push(p)
+        }
+        prefetched = kept
+        return Effect.as(releaseAll(stale), out)
+      })
+
+    // Every handler acks its own message: the acks of one turn of the event loop share one script call.
+    const acks = coalesce<string>((args) => {
+      const acked = Promise.all(
+        chunks(args, batchSize * 2).map((batch) => script("ack", [k.stream], [group, ...batch]))
+      )
+      const receiving = lastReceive
+      if (!prefetch || receiving === undefined || Date.now() - receiving.at > prefetchWindowMs) return acked
+      const fetched = fetch(Math.min(args.length / 2, 1000), receiving.visibilityMs).then(({ deliveries }) => {
+        const freshUntil = Date.now() + Math.min(receiving.visibilityMs / 4, prefetchWindowMs)
+        for (const delivery of deliveries) {
+          prefetched.push({ delivery, visibilityMs: receiving.visibilityMs, freshUntil })
+        }
+      }, () => {}) // a failed prefetch only misses a shortcut
+      return Promise.all([acked, fetched])
+    }, 2)
 
     const shape: QueueAdapter.QueueAdapterShape = {
       kind: "redis",
@@ -381,11 +491,17 @@ export const makeFromClient = (
           const count = Math.min(Math.floor(max), 1000)
           if (!(count >= 1)) return []
           const visibility = Math.min(Math.max(0, Math.round(visibilityMs)), horizonMs)
+          lastReceive = { visibilityMs: visibility, at: Date.now() }
+          const ready = yield* takePrefetched(count, visibility)
+          if (ready.length > 0) return ready
           const deadline = (yield* Clock.currentTimeMillis) + waitMs
           while (true) {
-            const { deliveries, lastId, nextDueMs } = yield* receiveOnce(count, visibility)
+            const { deliveries, lastId, nextDueMs } = yield* call("receive", () => fetch(count, visibility))
             const left = deadline - (yield* Clock.currentTimeMillis)
-            if (deliveries.length > 0 || left <= 0) return deliveries
+            if (deliveries.length > 0 || left <= 0) {
+              lastReceive = { visibilityMs: visibility, at: Date.now() }
+              return deliveries
+            }
             const timeout = Math.ceil(Math.max(1, Math.min(left, blockMs, nextDueMs >= 0 ? nextDueMs + 1 : Infinity)))
             const woke = yield* Effect.raceFirst(
               Effect.promise(() => activity(lastId, timeout)),
@@ -396,12 +512,10 @@ export const makeFromClient = (
           }
         }),
 
-      ack: (receipts) =>
-        Effect.forEach(
-          chunks(receiptArgs(receipts), batchSize * 2),
-          (args) => call("ack", () => script("ack", [k.stream], [group, ...args])),
-          { discard: true }
-        ),
+      ack: (receipts) => {
+        const args = receiptArgs(receipts)
+        return args.length === 0 ? Effect.void : call("ack", () => acks(args))
+      },
 
       release: (receipt, delayMs) => {
         const parsed = parseReceipt(receipt)

@@ -1,0 +1,164 @@
+/**
+ * Queue throughput on one Redis: chunkwise's RedisQueue against BullMQ 5, in one run (D20: queues
+ * alone, send → receive → ack). Each scenario drains a backlog of JOBS messages enqueued first, with a
+ * no-op handler or one that waits HANDLER_MS, at a concurrency; it prints jobs per second and the ratio.
+ * Run: npm run bench -w packages/adapters-redis
+ *
+ * Knobs: JOBS (default 20,000), SCENARIOS (default "0x16,2x16,2x64": handler ms x concurrency),
+ * REDIS_URL (default redis://127.0.0.1:6379), ONLY=chunkwise|bullmq (one contender, for profiling).
+ */
+import { Queue as BullQueue, Worker as BullWorker } from "bullmq"
+import { Effect, FiberSet, Logger, LogLevel, Queue, Redacted } from "effect"
+import { Redis } from "ioredis"
+import { RedisQueue } from "../src/index.js"
+
+const JOBS = Number(process.env["JOBS"] ?? 20_000)
+const SCENARIOS = (process.env["SCENARIOS"] ?? "0x16,2x16,2x64").split(",").map((s) => {
+  const [handlerMs, concurrency] = s.split("x").map(Number)
+  return { handlerMs: handlerMs!, concurrency: concurrency! }
+})
+const REDIS_URL = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379"
+const ONLY = process.env["ONLY"]
+const prefix = `cwbench:${process.pid}:`
+
+let recv = 0, nrecv = 0, sizes = 0, ackT = 0
+const seconds = (start: number) => (performance.now() - start) / 1000
+
+/**
+ * chunkwise, received the way the Worker receives: one loop asks for as many messages as it has free
+ * slots, waits for a slot when all are busy, and runs the handler and the ack of each message in its
+ * own fiber.
+ */
+const chunkwise = (handlerMs: number, concurrency: number) =>
+  Effect.gen(function*() {
+    const queue = yield* RedisQueue.make({ url: Redacted.make(REDIS_URL), prefix, queue: `q-${Date.now()}` })
+    for (let i = 0; i < JOBS; i += 1000) {
+      yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
+    }
+    const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
+    const slotFreed = yield* Queue.unbounded<void>()
+    const handlers = yield* FiberSet.make()
+    let done = 0
+    let inflight = 0
+    const start = performance.now()
+    while (done < JOBS) {
+      if (inflight >= concurrency) {
+        yield* Queue.take(slotFreed)
+        continue
+      }
+      const t0 = performance.now()
+      const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
+      recv += performance.now() - t0
+      nrecv += 1
+      sizes += got.length
+      for (const delivery of got) {
+        inflight += 1
+        yield* FiberSet.run(
+          handlers,
+          handler.pipe(
+            Effect.zipRight(Effect.suspend(() => {
+              const t1 = performance.now()
+              return queue.ack([delivery.receipt]).pipe(Effect.tap(() => {
+                ackT += performance.now() - t1
+              }))
+            })),
+            Effect.ensuring(Effect.suspend(() => {
+              inflight -= 1
+              done += 1
+              return Queue.offer(slotFreed, undefined)
+            }))
+          )
+        )
+      }
+    }
+    const rate = JOBS / seconds(start)
+    console.log({
+      hits: (globalThis as any).hits,
+      recvMs: recv / nrecv,
+      batch: sizes / nrecv,
+      ackMs: ackT / JOBS,
+      nrecv
+    })
+    const depth = yield* queue.depth
+    if (depth.ready + depth.inFlight + depth.delayed > 0) throw new Error(`chunkwise left ${JSON.stringify(depth)}`)
+    return rate
+  }).pipe(Effect.scoped)
+
+/** BullMQ 5: a Worker at the same concurrency; jobs removed on completion, as chunkwise deletes on ack. */
+const bullmq = async (handlerMs: number, concurrency: number) => {
+  const connection = new Redis(REDIS_URL, { maxRetriesPerRequest: null })
+  const name = `bench-${Date.now()}`
+  const queue = new BullQueue(name, { connection, prefix: `${prefix}bull` })
+  for (let i = 0; i < JOBS; i += 1000) {
+    await queue.addBulk(
+      Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({
+        name: "noop",
+        data: { n: i + j },
+        opts: { removeOnComplete: true, removeOnFail: true }
+      }))
+    )
+  }
+  let done = 0
+  let resolveDone: () => void = () => {}
+  const finished = new Promise<void>((resolve) => (resolveDone = resolve))
+  const start = performance.now()
+  const worker = new BullWorker(
+    name,
+    async () => {
+      if (handlerMs > 0) await new Promise((resolve) => setTimeout(resolve, handlerMs))
+    },
+    { connection: new Redis(REDIS_URL, { maxRetriesPerRequest: null }), prefix: `${prefix}bull`, concurrency }
+  )
+  worker.on("completed", () => {
+    done += 1
+    if (done >= JOBS) resolveDone()
+  })
+  await finished
+  const rate = JOBS / seconds(start)
+  await worker.close()
+  await queue.obliterate({ force: true })
+  await queue.close()
+  connection.disconnect()
+  return rate
+}
+
+const cleanUp = async () => {
+  const client = new Redis(REDIS_URL)
+  let cursor = "0"
+  do {
+    const [next, found] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
+    cursor = next
+    if (found.length > 0) await client.del(...found)
+  } while (cursor !== "0")
+  client.disconnect()
+}
+
+const main = async () => {
+  const rows: Array<string> = []
+  try {
+    for (const { concurrency, handlerMs } of SCENARIOS) {
+      const cw = ONLY === "bullmq"
+        ? NaN
+        : await Effect.runPromise(chunkwise(handlerMs, concurrency).pipe(Logger.withMinimumLogLevel(LogLevel.Error)))
+      const bull = ONLY === "chunkwise" ? NaN : await bullmq(handlerMs, concurrency)
+      const what = handlerMs > 0 ? `${handlerMs} ms handler` : "no-op"
+      rows.push(
+        `  ${what.padEnd(13)} concurrency ${String(concurrency).padStart(3)}   chunkwise RedisQueue ${
+          cw.toFixed(0).padStart(6)
+        } jobs/s   BullMQ ${bull.toFixed(0).padStart(6)} jobs/s   chunkwise ${(cw / bull).toFixed(2)}x`
+      )
+      console.log(rows.at(-1))
+    }
+  } finally {
+    await cleanUp()
+  }
+  console.log(
+    `\nqueue throughput: ${JOBS} jobs per scenario on ${REDIS_URL.replace(/\/\/[^@]*@/, "//")} (draining a backlog)`
+  )
+  for (const row of rows) console.log(row)
+}
+
+main().then(() => process.exit(0)).catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
