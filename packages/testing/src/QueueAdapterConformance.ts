@@ -6,7 +6,7 @@
  */
 import { QueueAdapter } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, type Layer, TestClock } from "effect"
+import { Effect, Fiber, type Layer, TestClock } from "effect"
 
 /** How the suite lets time pass: `TestClock` for in-process drivers, real time for brokers. */
 export type Time = "test-clock" | "live"
@@ -229,6 +229,7 @@ export const suite = (name: string, options: Options): void => {
         const total = 200
         yield* queue.send(Array.from({ length: total }, (_, i) => ({ body: String(i) })))
         const seen = new Set<string>()
+        let deliveries = 0
         const consumer = Effect.gen(function*() {
           for (let empty = 0; empty < 3 && seen.size < total;) {
             const got = yield* queue.receive({ max: 10, visibilityMs: 60_000, waitMs })
@@ -237,13 +238,42 @@ export const suite = (name: string, options: Options): void => {
               continue
             }
             for (const d of got) seen.add(d.body)
+            deliveries += got.length
             yield* queue.ack(got.map((d) => d.receipt))
           }
         })
         yield* Effect.all(Array.from({ length: 8 }, () => consumer), { concurrency: "unbounded" })
         expect(seen.size).toBe(total)
+        // Visibility outlasts the test, so no message was handed to two consumers.
+        expect(deliveries).toBe(total)
         const depth = yield* queue.depth
         expect(depth.ready + depth.inFlight).toBe(0)
+      })
+    )
+
+    test(
+      "passes any body through unchanged (the worker, not the driver, validates messages)",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const bodies = [`{"v":1,"job":"é ✓ 日本"}`, "not json at all", ` {"a": [1, 2]}\n\t"quoted" \\ `]
+        yield* queue.send(bodies.map((body) => ({ body })))
+        const got = yield* receiveUntil(bodies.length)
+        expect(got.map((d) => d.body).sort()).toEqual([...bodies].sort())
+        yield* queue.ack(got.map((d) => d.receipt))
+      })
+    )
+
+    test(
+      "a waiting receive stops when interrupted (clean shutdown) and loses no message",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const waiting = yield* Effect.fork(queue.receive({ max: 10, visibilityMs: visibility, waitMs: visibility * 5 }))
+        yield* options.time === "test-clock" ? Effect.yieldNow() : Effect.sleep(50)
+        yield* Fiber.interrupt(waiting)
+        yield* queue.send([{ body: "after shutdown" }])
+        const [delivery] = yield* receiveUntil(1)
+        expect(delivery!.body).toBe("after shutdown")
+        yield* queue.ack([delivery!.receipt])
       })
     )
   })
