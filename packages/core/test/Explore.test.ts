@@ -12,6 +12,12 @@ const observe = (app: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     Effect.all({
       applied: applied(app),
+      summaries: Effect.map(
+        sql<{ readonly partition: string; readonly count: number }>`select partition, count from ${
+          sql(app)
+        }.summaries order by partition`,
+        (rows) => Object.fromEntries(rows.map((r) => [r.partition, r.count]))
+      ),
       completions: Effect.map(
         sql<{ readonly n: number }>`select coalesce(sum(count), 0)::int as n from ${sql(app)}.completions`,
         ([row]) => row!.n
@@ -19,7 +25,10 @@ const observe = (app: string) =>
     }))
 
 const reset = (app: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) => sql`truncate ${sql(app)}.applied, ${sql(app)}.completions`)
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) => sql`truncate ${sql(app)}.applied, ${sql(app)}.completions, ${sql(app)}.summaries`
+  )
 
 const quiet = Logger.minimumLogLevel(process.env["CW_TEST_LOGS"] ? LogLevel.Debug : LogLevel.None)
 
@@ -34,7 +43,7 @@ describe("explore on Postgres", () => {
           yield* withSchemas(store, app)
           const report = yield* Harness.explore({
             engine: Engine.postgres({ schema: store, queue }),
-            job: pgJob(app, { partitions: 2, size: 6, chunkSize: 2 }),
+            job: pgJob(app, { partitions: 2, size: 6, chunkSize: 2, summarise: true }),
             params: { label: "explore" },
             workers: 2,
             reset: reset(app),
@@ -83,7 +92,7 @@ describe("explore on Postgres", () => {
         const app = freshSchema("cw_app")
         yield* withSchemas(store, app)
         const engine = Engine.postgres({ schema: store, queue: "postgres" })
-        const job = pgJob(app, { partitions: 3, size: 6, chunkSize: 2 })
+        const job = pgJob(app, { partitions: 3, size: 6, chunkSize: 2, summarise: true })
         let injected = 0
         for (const seed of [1, 2, 3]) {
           const trial = yield* Harness.run({
@@ -106,6 +115,7 @@ describe("explore on Postgres", () => {
           Guarantees.all(trial)
           expect(Harness.observedOrThrow(trial), `seed ${seed}`).toEqual({
             applied: expectedApplied(3, 6),
+            summaries: { p0: 1, p1: 1, p2: 1 },
             completions: 1
           })
         }

@@ -29,6 +29,7 @@ export const withSchemas = (storeSchema: string, appSchema: string) =>
       yield* sql`create schema ${sql(appSchema)}`
       yield* sql`create table ${sql(appSchema)}.applied (item integer primary key, count integer not null)`
       yield* sql`create table ${sql(appSchema)}.completions (run_id text primary key, count integer not null)`
+      yield* sql`create table ${sql(appSchema)}.summaries (partition text primary key, count integer not null)`
     }),
     () =>
       Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -70,6 +71,8 @@ export const pgJob = (appSchema: string, options: {
   readonly mode?: "chunk" | "none"
   readonly chunkDelay?: number
   readonly executions?: Array<string>
+  /** Adds a second step: a single upsert per partition into `summaries`, in the same mode. */
+  readonly summarise?: boolean
 }) =>
   Job.make({
     name: "pg-test-job",
@@ -94,7 +97,16 @@ export const pgJob = (appSchema: string, options: {
             if (options.chunkDelay !== undefined) yield* Effect.sleep(options.chunkDelay)
             return Step.advance(end >= options.size ? Step.done : { next: end }, end - cursor.next)
           })
-      })
+      }),
+      ...(options.summarise === true ?
+        [step.single("summarise", {
+          transaction: options.mode ?? "chunk",
+          run: ({ partition }) =>
+            Effect.flatMap(SqlClient.SqlClient, (sql) =>
+              sql`insert into ${sql(appSchema)}.summaries values (${partition.key}, 1)
+                  on conflict (partition) do update set count = summaries.count + 1`)
+        })] :
+        [])
     ],
     onComplete: ({ runId }) =>
       Effect.flatMap(SqlClient.SqlClient, (sql) =>
