@@ -311,8 +311,9 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
             if (!cut.severed) return yield* Effect.failCause(running.cause)
           }
           // The broker and the store would let the dead worker's messages and leases expire; do it now.
-          for (const receipt of cut.receipts) yield* Effect.ignore(queue.release(receipt, 0))
+          // (Leases first: a message released before its lease expired would only be put off again.)
           if (engine.expireLeases !== undefined) yield* Effect.orDie(engine.expireLeases(workerId))
+          for (const receipt of cut.receipts) yield* Effect.ignore(queue.release(receipt, 0))
           yield* Effect.sleep(timers.restartDelay)
         }
       })
