@@ -7,6 +7,7 @@
 import { Cause, Chunk, type Duration, Effect, Option, Schedule, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { canonicalJson } from "./internal/hash.js"
+import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
 import type { Actor, PlannedUnit, RunProgress, RunRecord, RunStatus } from "./StateStore.js"
 import { isTerminalRun, StateStore } from "./StateStore.js"
@@ -53,11 +54,11 @@ const startValid = <P, R>(
   Started,
   Errors.RunKeyConflict | Errors.EnumerationFailed | Errors.StoreUnavailable | Errors.NotFound,
   StateStore | R
-> =>
-  Effect.gen(function*() {
+> => {
+  const runKey = Job.runKeyOf(job, params, encoded, options.rerun)
+  const runId = Job.runIdOf(job.name, runKey)
+  return Effect.gen(function*() {
     const store = yield* StateStore
-    const runKey = Job.runKeyOf(job, params, encoded, options.rerun)
-    const runId = Job.runIdOf(job.name, runKey)
     const { created, run } = yield* store.createRun({
       runId,
       job: job.name,
@@ -78,7 +79,14 @@ const startValid = <P, R>(
       )
     }
     return { runId, created, status: current.status, partitions: current.partitionCount }
-  }).pipe(Effect.withSpan("chunkwise.start", { attributes: { "chunkwise.job": job.name } }))
+  }).pipe(
+    // The start hangs from the run's trace (D19), like every unit execution of the run.
+    Effect.withSpan("chunkwise.start", {
+      parent: runParentSpan(runId),
+      attributes: { "chunkwise.job": job.name, "chunkwise.run_id": runId }
+    })
+  )
+}
 
 const enumerate = <P, R>(job: Job.Job<P, R>, runId: string, params: P) =>
   Effect.gen(function*() {
