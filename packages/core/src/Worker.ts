@@ -898,7 +898,8 @@ const alert = (
     runbookId: runbook.id,
     runbookTitle: runbook.title,
     severity: runbook.severity,
-    retryCommand: `${cliName} retry ${lease.runId} --partition ${JSON.stringify(unit.partitionKey)}`
+    // The operator fills in the reason; the CLI refuses a retry without one (it goes to the audit log).
+    retryCommand: `${cliName} retry ${lease.runId} --partition ${JSON.stringify(unit.partitionKey)} --reason "..."`
   })
   const log = where.outcome === "retry" || runbook.severity === "info"
     ? Effect.logWarning(line)

@@ -124,7 +124,7 @@ describe("alerts", () => {
         partition: "p1",
         step: "apply",
         runId,
-        retryCommand: `chunkwise retry ${runId} --partition "p1"`
+        retryCommand: `chunkwise retry ${runId} --partition "p1" --reason "..."`
       })
     }).pipe(Effect.provide(memoryEngine())))
 })
