@@ -301,6 +301,51 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "report and backlog aggregate the units: cells, chunks per step, failure classes, ready and running",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([3, 2, 1])
+        const messages = yield* messagesOf(runId)
+        const running = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        yield* commit(running.lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
+        const failing = yield* claimed(messages.get(unitIds[1]!)!, "w1")
+        yield* store.recordFailure({
+          runId,
+          unitId: unitIds[1]!,
+          partitionKey: "k1",
+          step: "first",
+          errorTag: "BadRecord",
+          message: "record 9 is invalid",
+          cause: "BadRecord",
+          cursor: null,
+          attempt: 1,
+          runbookId: "bad-record",
+          severity: "ticket",
+          outcome: "failed",
+          at: Date.now()
+        })
+        yield* store.failUnit(failing.lease, { _tag: "Failed", errorTag: "BadRecord" })
+        const report = yield* store.report(runId, { slowest: 5, windowMs: 3_600_000 })
+        expect(report.progress.units).toMatchObject({ pending: 1, leased: 1, failed: 1 })
+        expect(report.chunksByStep).toEqual({ first: 1 })
+        expect(report.recentChunks).toBe(1)
+        expect(report.failureGroups).toMatchObject([
+          { errorTag: "BadRecord", runbookId: "bad-record", failures: 1, partitions: 1, failedPartitions: 1 }
+        ])
+        expect([...report.cells].sort((a, b) => a.status.localeCompare(b.status))).toEqual([
+          { status: "failed", stepIndex: 0, units: 1 },
+          { status: "leased", stepIndex: 0, units: 1 },
+          { status: "pending", stepIndex: 0, units: 1 }
+        ])
+        expect(report.slowest.map((p) => p.partitionKey)).toContain("k0")
+        const backlog = yield* store.backlog
+        expect(backlog).toMatchObject({ ready: 1, running: 1, expiredLeases: 0 })
+        yield* pass(leaseMs + 200)
+        expect((yield* store.backlog).expiredLeases).toBe(1)
+      })
+    )
+
+    test(
       "operator actions: a dry run changes nothing, the real action does the same, and is audited with who and why",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
