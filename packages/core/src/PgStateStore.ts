@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { SqlClient, type SqlError } from "@effect/sql"
+import { SqlClient, type SqlError, type Statement } from "@effect/sql"
 import { Migrator } from "@effect/sql"
 import { Context, Effect, Layer, Option } from "effect"
 import * as Errors from "./Errors.js"
@@ -293,24 +293,40 @@ export const make = (options: Options = {}): Effect.Effect<
           where run_id = ${runId} and status <> 'running'`
       })
 
-    const selectUnits = (runId: string, selection: Selection, defaultStatuses: ReadonlyArray<UnitStatus>) =>
+    /**
+     * Units an operator action selects, each with `eligible` evaluated in SQL by `eligible` (the same
+     * fragment the action's UPDATE uses, on the database's clock, D5). `lock` takes the rows `FOR UPDATE`,
+     * so no claim can change them between the plan and the action: the plan is what the action does.
+     */
+    const selectUnits = (
+      runId: string,
+      selection: Selection,
+      defaultStatuses: ReadonlyArray<UnitStatus>,
+      eligible: Statement.Fragment,
+      lock: boolean
+    ) =>
       Effect.gen(function*() {
+        const forUpdate = lock ? sql`for update of u` : sql``
         const rows = selection.partitions === undefined
-          ? yield* sql<Row>`select ${units} from ${s}.units u
+          ? yield* sql<Row>`select ${units}, (${eligible}) as eligible from ${s}.units u
               where u.run_id = ${runId} and u.kind = 'partition' and u.status in ${sql.in(defaultStatuses)}
-              order by u.partition_key`
+              order by u.partition_key ${forUpdate}`
           : selection.partitions.length === 0
           ? []
-          : yield* sql<Row>`select ${units} from ${s}.units u
+          : yield* sql<Row>`select ${units}, (${eligible}) as eligible from ${s}.units u
               where u.run_id = ${runId} and u.kind = 'partition' and u.partition_key in ${sql.in(selection.partitions)}
-              order by u.partition_key`
-        const found = rows.map(toUnit)
+              order by u.partition_key ${forUpdate}`
+        const found = rows.map((row) => ({ unit: toUnit(row), eligible: row["eligible"] === true }))
         const missing = (selection.partitions ?? []).find((key) =>
-          !found.some((u) => u.partitionKey === key)
+          !found.some((f) => f.unit.partitionKey === key)
         )
         if (missing !== undefined) return yield* new Errors.NotFound({ what: `partition of run ${runId}`, id: missing })
         return found
       })
+    /** Retry leaves a unit alone while a worker holds a live lease on it (the database's clock decides). */
+    const retryable = sql`not (u.status = 'leased' and u.lease_expires_at > clock_timestamp())`
+    /** Skip takes any unit that has not already succeeded or been skipped. */
+    const skippable = sql`u.status not in ('succeeded', 'skipped')`
 
     const store: StateStoreShape = {
       kind: "postgres",
@@ -878,25 +894,26 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
-            const chosen = yield* op("retry", selectUnits(runId, selection, ["failed", "cancelled"]))
-            const planned = chosen
-              .filter((u) => !(u.status === "leased" && u.leaseExpiresAt !== null && u.leaseExpiresAt > Date.now()))
-              .map((u) => plannedUnit(u, selection))
+            const chosen = yield* op(
+              "retry",
+              selectUnits(runId, selection, ["failed", "cancelled"], retryable, !selection.dryRun)
+            )
+            const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
             if (selection.dryRun || planned.length === 0) return planned
             const ids = planned.map((p) => p.unitId)
             yield* op(
               "retry",
               Effect.gen(function*() {
+                // The rows are locked and a live lease can only expire, so this updates exactly `planned`.
                 yield* sql`
-                update ${s}.units set status = 'pending', fencing_token = fencing_token + 1, lease_owner = null,
+                update ${s}.units u set status = 'pending', fencing_token = fencing_token + 1, lease_owner = null,
                   lease_expires_at = null, attempt = 1, crashes_since_progress = 0, retry_at = null,
                   enqueued_at = null, finished_at = null, last_error_tag = null
                   ${
                   selection.fromStep === undefined ? sql`` : sql`, step_index = ${selection.fromStep}, cursor = null,
                   chunk_seq = 0, generation = generation + 1`
                 }
-                where run_id = ${runId} and unit_id in ${sql.in(ids)}
-                  and not (status = 'leased' and lease_expires_at > clock_timestamp())`
+                where u.run_id = ${runId} and u.unit_id in ${sql.in(ids)} and ${retryable}`
                 yield* reopen(runId)
                 yield* audit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) })
               })
@@ -909,18 +926,16 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           const run = yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
-            const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"]))
-            const planned = chosen.filter((u) => u.status !== "succeeded" && u.status !== "skipped").map((u) =>
-              plannedUnit(u, selection)
-            )
+            const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
+            const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
             if (selection.dryRun || planned.length === 0) return planned
             yield* op(
               "skip",
               Effect.gen(function*() {
                 yield* sql`
-                update ${s}.units set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
+                update ${s}.units u set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
                   lease_expires_at = null, finished_at = clock_timestamp()
-                where run_id = ${runId} and unit_id in ${sql.in(planned.map((p) => p.unitId))}`
+                where u.run_id = ${runId} and u.unit_id in ${sql.in(planned.map((p) => p.unitId))} and ${skippable}`
                 if (run.status === "failed") yield* reopen(runId)
                 yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
                 yield* finalizeIfComplete(runId)
