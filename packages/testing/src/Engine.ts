@@ -75,12 +75,21 @@ export const memory = (
   timers: { ...testClockTimers, ...options.timers }
 })
 
+/** A queue for the Postgres engine: a name for reports and a fresh queue per trial. */
+export interface QueueChoice<E, R> {
+  readonly name: string
+  readonly layer: (trial: number) => Layer.Layer<QueueAdapter.QueueAdapter, E, R>
+}
+
 /** Options of the Postgres engine. */
-export interface PostgresOptions {
+export interface PostgresOptions<E = never, R = never> {
   /** The store's schema (default `chunkwise`); trials share it, each in its own run. */
   readonly schema?: string | undefined
-  /** The queue: in memory (default, real time) or the Postgres queue in the same schema. */
-  readonly queue?: "memory" | "postgres" | undefined
+  /**
+   * The queue: in memory (default, real time), the Postgres queue in the same schema, or any driver
+   * (e.g. `{ name: "redis", layer: (trial) => RedisQueue.layer({ url, queue: \`trial-${trial}\` }) }`).
+   */
+  readonly queue?: "memory" | "postgres" | QueueChoice<E, R> | undefined
   readonly timers?: Partial<Timers> | undefined
 }
 
@@ -89,20 +98,21 @@ export interface PostgresOptions {
  * transactions are real), with the in-memory or the Postgres queue, in real time with short leases.
  * Every trial is a new run of the job in the same schema; the harness's `reset` clears the job's tables.
  */
-export const postgres = (
-  options: PostgresOptions = {}
-): Engine<never, unknown, SqlClient.SqlClient> => {
+export const postgres = <QE = never, QR = never>(
+  options: PostgresOptions<QE, QR> = {}
+): Engine<never, unknown, SqlClient.SqlClient | QR> => {
   const schema = options.schema ?? "chunkwise"
+  const queue = options.queue ?? "memory"
+  const queueLayer = (trial: number): Layer.Layer<QueueAdapter.QueueAdapter, unknown, SqlClient.SqlClient | QR> =>
+    queue === "memory"
+      ? QueueAdapter.layerMemory()
+      : queue === "postgres"
+      ? PgQueue.layer({ schema, queue: `harness-${trial}`, pollInterval: "20 millis" })
+      : queue.layer(trial)
   return {
-    name: options.queue === "postgres" ? "postgres + postgres queue" : "postgres",
+    name: `postgres + ${typeof queue === "string" ? queue : queue.name} queue`,
     time: "live",
-    layer: (trial) =>
-      Layer.merge(
-        PgStateStore.layer({ schema }),
-        options.queue === "postgres"
-          ? PgQueue.layer({ schema, queue: `harness-${trial}`, pollInterval: "20 millis" })
-          : QueueAdapter.layerMemory()
-      ),
+    layer: (trial) => Layer.merge(PgStateStore.layer({ schema }), queueLayer(trial)),
     timers: { ...liveTimers, ...options.timers },
     expireLeases: (workerId) =>
       Effect.flatMap(
