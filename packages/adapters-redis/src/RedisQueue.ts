@@ -282,18 +282,37 @@ const fieldsOf = (flat: ReadonlyArray<string>): Record<string, string> => {
   return out
 }
 
-/** Logs a client's connection errors through Effect (ioredis prints unheard ones to stderr). */
-const logErrors = (client: Redis, role: string) =>
+/**
+ * Acquires a client of the queue's own, and disconnects it when the scope closes (after a QUIT that
+ * lets its last replies arrive, when `graceful` and connected). Its connection errors are logged
+ * through Effect (ioredis would print them to stderr), by message only: ioredis attaches the failed
+ * command's arguments to them, an AUTH's password among them. `lastError` is the latest one.
+ */
+const ownClient = (open: () => Redis, role: string, graceful: boolean) =>
   Effect.gen(function*() {
     const runtime = yield* Effect.runtime<never>()
-    const listener = (error: Error) =>
+    let lastError: string | undefined
+    const listener = (error: Error) => {
+      lastError = error.message
       Runtime.runFork(runtime)(
         Effect.logWarning(`chunkwise: Redis ${role} connection: ${error.message}`).pipe(
           Effect.annotateLogs({ package: "@chunkwise/adapters-redis" })
         )
       )
-    client.on("error", listener)
-    yield* Effect.addFinalizer(() => Effect.sync(() => client.off("error", listener)))
+    }
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => open().on("error", listener)),
+      (client) =>
+        (graceful && client.status === "ready"
+          ? Effect.ignore(Effect.timeout(Effect.promise(() => client.quit()), "2 seconds"))
+          : Effect.void).pipe(
+            Effect.ensuring(Effect.sync(() => {
+              client.disconnect()
+              client.off("error", listener)
+            }))
+          )
+    )
+    return { client, lastError: () => lastError }
   })
 
 const minVersion = [6, 2] as const
@@ -337,11 +356,7 @@ export const makeFromClient = (
     )
 
     // Blocking waits hold their connection, so they get their own.
-    const blocker = yield* Effect.acquireRelease(
-      Effect.sync(() => client.duplicate({ lazyConnect: false })),
-      (blocker) => Effect.sync(() => blocker.disconnect())
-    )
-    yield* logErrors(blocker, "blocking")
+    const { client: blocker } = yield* ownClient(() => client.duplicate({ lazyConnect: false }), "blocking", false)
 
     /**
      * One blocking read at a time per queue, shared by every receive that waits: it resolves when an
@@ -604,28 +619,25 @@ const connect = (
     if (connectionName === "" || /\s/.test(connectionName)) {
       return yield* invalid(`connectionName must be a non-empty name without spaces (got "${connectionName}")`)
     }
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() =>
+    const { client, lastError } = yield* ownClient(
+      () =>
         new Redis(Redacted.value(options.url), {
           lazyConnect: true,
           connectionName,
           ...(options.password === undefined ? {} : { password: Redacted.value(options.password) })
-        })
-      ),
-      (client) =>
-        Effect.promise(() => client.quit()).pipe(
-          Effect.timeout("2 seconds"),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => client.disconnect()))
-        )
+        }),
+      "command",
+      true
     )
-    yield* logErrors(client, "command")
     yield* Effect.tryPromise({
       try: () => client.connect(),
       catch: (cause) =>
         new Errors.QueueUnavailable({
           operation: "connect",
-          message: `cannot connect to Redis for queue "${options.queue ?? defaults.queue}": ${messageOf(cause)}`,
+          // ioredis rejects with "Connection is closed."; the reason came as an error event.
+          message: `cannot connect to Redis for queue "${options.queue ?? defaults.queue}": ${
+            lastError() ?? messageOf(cause)
+          }`,
           cause: scrub(cause)
         })
     })
