@@ -13,6 +13,7 @@ import { Queue as BullQueue, Worker as BullWorker } from "bullmq"
 import { Effect, FiberSet, Logger, LogLevel, Queue, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { RedisQueue } from "../src/index.js"
+import { deleteKeys } from "../test/redis.js"
 
 const JOBS = Number(process.env["JOBS"] ?? 20_000)
 const SCENARIOS = (process.env["SCENARIOS"] ?? "0x16,2x16,2x64").split(",").map((s) => {
@@ -122,12 +123,7 @@ const bullmq = async (handlerMs: number, concurrency: number) => {
 
 const cleanUp = async () => {
   const client = new Redis(REDIS_URL)
-  let cursor = "0"
-  do {
-    const [next, found] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
-    cursor = next
-    if (found.length > 0) await client.del(...found)
-  } while (cursor !== "0")
+  await deleteKeys(client, prefix)
   client.disconnect()
 }
 

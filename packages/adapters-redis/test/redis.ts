@@ -13,17 +13,22 @@ export const uniquePrefix = (file: string) => `cwtest:${file}:${process.pid}:${D
 /** A plain client for the test's own checks; quit it when done. */
 export const admin = () => new Redis(Redacted.value(url), { lazyConnect: true, maxRetriesPerRequest: 1 })
 
+/** Deletes every key under `prefix` through `client` (the benchmark cleans up with it too). */
+export const deleteKeys = async (client: Redis, prefix: string) => {
+  let cursor = "0"
+  do {
+    const [next, found] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
+    cursor = next
+    if (found.length > 0) await client.del(...found)
+  } while (cursor !== "0")
+}
+
 /** Deletes every key under `prefix`. */
 export const cleanUp = async (prefix: string) => {
   const client = admin()
   try {
     await client.connect()
-    let cursor = "0"
-    do {
-      const [next, found] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000)
-      cursor = next
-      if (found.length > 0) await client.del(...found)
-    } while (cursor !== "0")
+    await deleteKeys(client, prefix)
   } finally {
     client.disconnect()
   }
