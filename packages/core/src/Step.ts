@@ -10,8 +10,11 @@
  *
  * @since 0.1.0
  */
-import { Effect } from "effect"
-import type { Duration, Schema } from "effect"
+import { Duration, Effect } from "effect"
+import type { Schema } from "effect"
+import { initialSize, type Sizing } from "./internal/chunkSizer.js"
+
+export type { Sizing } from "./internal/chunkSizer.js"
 
 /** A partition as a step sees it. */
 export interface Partition {
@@ -47,7 +50,22 @@ export interface StepContext<P> {
 /** What a chunked step's effect receives: the step context plus the cursor and the chunk size. */
 export interface ChunkContext<P, C> extends StepContext<P> {
   readonly cursor: C
+  /** Items this chunk should take at most (it changes from chunk to chunk when the size adapts). */
   readonly chunkSize: number
+  /**
+   * With `chunkTime`: when this chunk should be done, in epoch ms on Effect's `Clock`. A step that works
+   * item by item can stop early and return the cursor it reached; set-based steps can ignore it (the
+   * next chunk's size shrinks instead).
+   */
+  readonly deadline: number | undefined
+}
+
+/** Chunk size bounds for a step that lets chunkwise adapt its chunk size (needs `chunkTime`). */
+export interface AdaptiveChunkSize {
+  readonly min: number
+  readonly max: number
+  /** The first chunk's size (default `min`). */
+  readonly initial?: number | undefined
 }
 
 const DoneTypeId: unique symbol = Symbol.for("chunkwise/Step/done")
@@ -105,23 +123,36 @@ interface CommonOptions {
   readonly idempotencyKey?: ((input: KeyInput) => string) | undefined
 }
 
+/** Chunk size and time options of every chunked step. */
+interface ChunkingOptions {
+  /**
+   * Items per chunk (default 500), or bounds (`{ min, max }`) within which chunkwise adapts the size to
+   * `chunkTime`.
+   */
+  readonly chunkSize?: number | AdaptiveChunkSize | undefined
+  /**
+   * How long a chunk's transaction should take (its lock time). With a number `chunkSize`: "at most N
+   * items or this long": a chunk that took longer makes the next one smaller, down to 1, and sizes grow
+   * back up to N. With bounds: the size adapts within them. `chunk` mode only: in mode `none` a chunk
+   * redone after a crash must cover the same items as the first try, since they share a key.
+   */
+  readonly chunkTime?: Duration.DurationInput | undefined
+}
+
 /** Options of a chunked step whose `process` does its own set-based work for one chunk. */
-export interface ProcessOptions<P, C, CI, R> extends CommonOptions {
+export interface ProcessOptions<P, C, CI, R> extends CommonOptions, ChunkingOptions {
   /** The cursor's schema: the cursor is stored encoded, so it must round-trip through JSON. */
   readonly cursor: Schema.Schema<C, CI, never>
   /** Where the step starts. */
   readonly start: NoInfer<C>
-  /** Items per chunk (default 500). */
-  readonly chunkSize?: number | undefined
   /** Does one chunk from `ctx.cursor` and returns the next cursor, or `Step.done`. */
   process(ctx: ChunkContext<P, C>): Effect.Effect<Progress<NoInfer<C>>, unknown, R>
 }
 
 /** Options of a chunked step whose items pass through the framework: `read` a chunk, then `write` it. */
-export interface ReadWriteOptions<P, C, CI, I, R> extends CommonOptions {
+export interface ReadWriteOptions<P, C, CI, I, R> extends CommonOptions, ChunkingOptions {
   readonly cursor: Schema.Schema<C, CI, never>
   readonly start: NoInfer<C>
-  readonly chunkSize?: number | undefined
   /** Reads at most `ctx.chunkSize` items from `ctx.cursor`; `next` is the cursor after them, or `Step.done`. */
   read(
     ctx: ChunkContext<P, C>
@@ -137,7 +168,12 @@ export interface Chunked<P, C, R> {
   readonly transaction: TransactionMode
   readonly cursor: Schema.Schema<C, unknown, never>
   readonly start: C
+  /** The first chunk's size. */
   readonly chunkSize: number
+  /** How chunk sizes are chosen (fixed, or adapting to `chunkTime`). */
+  readonly sizing: Sizing
+  /** `chunkTime` in ms, when set. */
+  readonly chunkTimeMs: number | undefined
   readonly timeout: Duration.DurationInput | undefined
   readonly idempotencyKey: ((input: KeyInput) => string) | undefined
   /** One chunk: the user's process, or read then write. */
@@ -170,10 +206,42 @@ const checkName = (name: string) => {
   }
 }
 
-const checkChunkSize = (name: string, chunkSize: number) => {
-  if (!Number.isInteger(chunkSize) || chunkSize < 1) {
-    throw new TypeError(`Step "${name}": chunkSize must be a positive integer (got ${chunkSize})`)
+const isPositiveInteger = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 1
+
+/** Validates the chunking options; a bad one fails `Job.make` with the option and the fix. */
+const sizingOf = (name: string, options: ChunkingOptions & CommonOptions): Sizing => {
+  const size = options.chunkSize ?? 500
+  const targetMs = options.chunkTime === undefined ? undefined : Duration.toMillis(options.chunkTime)
+  const fail = (message: string): never => {
+    throw new TypeError(`Step "${name}": ${message}`)
   }
+  if (targetMs !== undefined && !(targetMs > 0 && Number.isFinite(targetMs))) {
+    fail(`chunkTime must be a positive duration (got ${String(options.chunkTime)})`)
+  }
+  if (targetMs !== undefined && options.transaction !== "chunk") {
+    fail(
+      `chunkTime needs transaction "chunk": in mode "none" a chunk redone after a crash must cover the same ` +
+        `items as its first try, because both share one idempotency key; use a fixed chunkSize instead`
+    )
+  }
+  if (typeof size === "number") {
+    if (!isPositiveInteger(size)) fail(`chunkSize must be a positive integer (got ${size})`)
+    return targetMs === undefined
+      ? { _tag: "Fixed", size }
+      : { _tag: "Adaptive", min: 1, max: size, initial: size, targetMs }
+  }
+  const { initial, max, min } = size
+  if (!isPositiveInteger(min) || !isPositiveInteger(max) || min > max) {
+    fail(`chunkSize bounds must be positive integers with min <= max (got min ${min}, max ${max})`)
+  }
+  const first = initial ?? min
+  if (!isPositiveInteger(first) || first < min || first > max) {
+    fail(`chunkSize.initial must be an integer between min and max (got ${first})`)
+  }
+  if (targetMs === undefined) {
+    fail(`chunkSize bounds need chunkTime, the chunk time to adapt to (e.g. chunkTime: "500 millis")`)
+  }
+  return { _tag: "Adaptive", min, max, initial: first, targetMs: targetMs! }
 }
 
 /**
@@ -189,8 +257,7 @@ export function chunked<P, C, CI, I, R>(
   options: ProcessOptions<P, C, CI, R> | ReadWriteOptions<P, C, CI, I, R>
 ): Chunked<P, C, R> {
   checkName(name)
-  const chunkSize = options.chunkSize ?? 500
-  checkChunkSize(name, chunkSize)
+  const sizing = sizingOf(name, options)
   const runChunk: Chunked<P, C, R>["runChunk"] = "process" in options
     ? (ctx) => Effect.map(options.process(ctx), toAdvance)
     : (ctx) =>
@@ -204,7 +271,9 @@ export function chunked<P, C, CI, I, R>(
     transaction: options.transaction,
     cursor: options.cursor as Schema.Schema<C, unknown, never>,
     start: options.start,
-    chunkSize,
+    chunkSize: initialSize(sizing),
+    sizing,
+    chunkTimeMs: sizing._tag === "Adaptive" ? sizing.targetMs : undefined,
     timeout: options.timeout,
     idempotencyKey: options.idempotencyKey,
     runChunk

@@ -32,6 +32,7 @@ import {
   type Tracer
 } from "effect"
 import * as Errors from "./Errors.js"
+import { nextSize } from "./internal/chunkSizer.js"
 import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
 import { runParentSpan } from "./internal/tracing.js"
@@ -361,8 +362,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let chunkSeq = unit.chunkSeq
         let encodedCursor: unknown = unit.cursor
         let attempt = unit.attempt
+        /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
+        let size = { stepIndex: -1, items: 1 }
         while (stepIndex < job.steps.length) {
           const step = job.steps[stepIndex]!
+          if (size.stepIndex !== stepIndex) {
+            size = { stepIndex, items: step._tag === "Chunked" ? step.chunkSize : 1 }
+          }
           if (stepSpan.index !== stepIndex) {
             yield* endStepSpan(stepSpan, Exit.void)
             stepSpan.span = yield* Effect.makeSpan("chunkwise.step", {
@@ -435,7 +441,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   fencingToken: lease.fencingToken,
                   chunkSeq,
                   cursor,
-                  chunkSize: step._tag === "Chunked" ? step.chunkSize : 1
+                  chunkSize: size.items,
+                  deadline: step._tag === "Chunked" && step.chunkTimeMs !== undefined
+                    ? (yield* Clock.currentTimeMillis) + step.chunkTimeMs
+                    : undefined
                 }
                 const effect = probe.around(
                   info,
@@ -475,6 +484,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 const run = step.transaction === "chunk"
                   ? store.transaction(Effect.flatMap(timed, commit))
                   : Effect.flatMap(timed, commit)
+                const began = yield* monotonicMs
                 const out = yield* run.pipe(
                   Effect.tapErrorCause((cause) =>
                     Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
@@ -495,13 +505,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     }
                   })
                 )
+                // The chunk's time, transaction included: its lock time in mode chunk.
+                const tookMs = (yield* monotonicMs) - began
                 yield* probe.at("after-commit", info)
-                return out
+                return { ...out, tookMs }
               }).pipe(provideJobContext)
           )
           if (result._tag === "end") return result.ending
-          const { items, runStatus, to } = result.value
+          const { items, runStatus, to, tookMs } = result.value
           entry.deadline = (yield* monotonicMs) + leaseMs
+          if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
           yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
           if (items > 0) {
             yield* Metric.incrementBy(
