@@ -59,7 +59,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 3
+const LATEST = 4
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -258,6 +258,23 @@ export const make = (options: Options = {}): Effect.Effect<
       sql`insert into ${s}.audit (actor, action, run_id, reason, details)
           values (${actor.actor}, ${action}, ${runId}, ${actor.reason}, ${JSON.stringify(details)}::jsonb)`
 
+    /** A CTE that frees the job slot this lease holds, if any (D16); it runs in the statement that ends the unit. */
+    const freeSlot = (lease: Lease) =>
+      sql`free_slot as (
+        update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+        where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken})`
+    /** Jobs whose `concurrency.total` slot rows exist, by the cap they were made for. */
+    const slotsMade = new Map<string, number>()
+    /** Makes the job's slot rows 1..total once per process (a lower total later leaves the extra rows unused). */
+    const ensureSlots = (job: string, total: number) =>
+      slotsMade.get(job) === total ? Effect.void : Effect.zipRight(
+        sql`insert into ${s}.job_slots (job, slot) select ${job}, g from generate_series(1, ${total}::int) g
+            on conflict do nothing`,
+        Effect.sync(() =>
+          void slotsMade.set(job, total)
+        )
+      )
+
     /** Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit. */
     const finalizeIfComplete = (runId: string) =>
       Effect.map(
@@ -273,8 +290,7 @@ export const make = (options: Options = {}): Effect.Effect<
           select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
           on conflict do nothing
           returning unit_id as "unitId"`,
-        (rows) =>
-          rows.length > 0
+        (rows) => rows.length > 0
       )
 
     /** Re-opens a finished (or finalizing) run for another round; cancels its pending finalize unit. */
@@ -317,9 +333,7 @@ export const make = (options: Options = {}): Effect.Effect<
               where u.run_id = ${runId} and u.kind = 'partition' and u.partition_key in ${sql.in(selection.partitions)}
               order by u.partition_key ${forUpdate}`
         const found = rows.map((row) => ({ unit: toUnit(row), eligible: row["eligible"] === true }))
-        const missing = (selection.partitions ?? []).find((key) =>
-          !found.some((f) => f.unit.partitionKey === key)
-        )
+        const missing = (selection.partitions ?? []).find((key) => !found.some((f) => f.unit.partitionKey === key))
         if (missing !== undefined) return yield* new Errors.NotFound({ what: `partition of run ${runId}`, id: missing })
         return found
       })
@@ -655,8 +669,18 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "claim",
           Effect.gen(function*() {
-            const attempt = sql<Row>`
-              with claimed as (
+            // A job-wide cap (D16): the claim takes a free slot row of the job in the same statement,
+            // FOR UPDATE SKIP LOCKED, so concurrent claims never wait on each other nor share a slot.
+            if (jobConcurrency !== undefined) yield* ensureSlots(message.job, jobConcurrency)
+            const slot = jobConcurrency === undefined ? sql`` : sql`
+              slot as (
+                select j.job, j.slot from ${s}.job_slots j
+                where j.job = ${message.job} and j.slot <= ${jobConcurrency}
+                  and (j.unit_id is null or j.expires_at <= clock_timestamp())
+                order by j.slot limit 1
+                for update skip locked),`
+            const rows = yield* sql<Row>`
+              with ${slot} claimed as (
                 update ${s}.units u set
                   status = 'leased',
                   fencing_token = u.fencing_token + 1,
@@ -672,18 +696,15 @@ export const make = (options: Options = {}): Effect.Effect<
                   and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
                   and (u.status = 'pending' or (u.status = 'leased' and u.lease_expires_at <= clock_timestamp()))
                   and (u.retry_at is null or u.retry_at <= clock_timestamp() or u.status = 'leased')
-                  ${
-              jobConcurrency === undefined ? sql`` : sql`and (
-                    select count(*) from ${s}.units x
-                    where x.job = u.job and x.status = 'leased' and x.lease_expires_at > clock_timestamp()
-                  ) < ${jobConcurrency}`
+                  ${jobConcurrency === undefined ? sql`` : sql`and exists (select 1 from slot)`}
+                returning u.*)${
+              jobConcurrency === undefined ? sql`` : sql`,
+              taken as (
+                update ${s}.job_slots j set run_id = c.run_id, unit_id = c.unit_id, fencing_token = c.fencing_token,
+                  expires_at = c.lease_expires_at
+                from slot, claimed c where j.job = slot.job and j.slot = slot.slot)`
             }
-                returning u.*)
               select ${units}, ${runs} from claimed u join ${s}.runs r on r.run_id = u.run_id`
-            // A job-wide cap counts leased units, so its claims take a job lock to count and claim atomically.
-            const rows = jobConcurrency === undefined ? yield* attempt : yield* tx(
-              Effect.zipRight(sql`select pg_advisory_xact_lock(hashtext(${"chunkwise:job:" + message.job}))`, attempt)
-            )
             const row = rows[0]
             if (row !== undefined) {
               const unit = toUnit(row)
@@ -741,14 +762,20 @@ export const make = (options: Options = {}): Effect.Effect<
           "renewLeases",
           Effect.map(
             sql<{ readonly unitId: string }>`
-              update ${s}.units u set lease_expires_at = clock_timestamp() + ${ms(leaseMs)}
-              from jsonb_to_recordset(${
+              with renewed as (
+                update ${s}.units u set lease_expires_at = clock_timestamp() + ${ms(leaseMs)}
+                from jsonb_to_recordset(${
               JSON.stringify(leases.map((l) => ({ run_id: l.runId, unit_id: l.unitId, token: l.fencingToken })))
             }::jsonb)
-                as x(run_id text, unit_id text, token bigint)
-              where u.run_id = x.run_id and u.unit_id = x.unit_id and u.fencing_token = x.token
-                and u.lease_owner = ${workerId} and u.status = 'leased' and u.lease_expires_at > clock_timestamp()
-              returning u.unit_id as "unitId"`,
+                  as x(run_id text, unit_id text, token bigint)
+                where u.run_id = x.run_id and u.unit_id = x.unit_id and u.fencing_token = x.token
+                  and u.lease_owner = ${workerId} and u.status = 'leased' and u.lease_expires_at > clock_timestamp()
+                returning u.run_id, u.unit_id, u.fencing_token, u.lease_expires_at),
+              slots as (
+                -- a held job slot lives as long as its unit's lease (D16)
+                update ${s}.job_slots j set expires_at = r.lease_expires_at from renewed r
+                where j.run_id = r.run_id and j.unit_id = r.unit_id and j.fencing_token = r.fencing_token)
+              select unit_id as "unitId" from renewed`,
             (rows) => rows.map((r) => r.unitId)
           )
         ),
@@ -757,6 +784,7 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "release",
           Effect.asVoid(sql`
+          with ${freeSlot(lease)}
           update ${s}.units set status = 'pending', lease_owner = null, lease_expires_at = null,
             attempt = attempt + ${abandonedChunk ? 1 : 0}
           where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
@@ -780,6 +808,7 @@ export const make = (options: Options = {}): Effect.Effect<
             tx(Effect.gen(function*() {
               // Serialise failures of one run, so the budget counts every one of them.
               const [run] = yield* sql<{ readonly status: RunStatus }>`
+              with ${freeSlot(lease)}
               select status from ${s}.runs where run_id = ${lease.runId} for update`
               const updated = disposition._tag === "RetryLater"
                 ? yield* sql<{ readonly kind: string }>`
@@ -825,6 +854,7 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "cancelUnit",
           Effect.asVoid(sql`
+          with ${freeSlot(lease)}
           update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
             lease_expires_at = null, finished_at = clock_timestamp()
           where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
@@ -838,7 +868,7 @@ export const make = (options: Options = {}): Effect.Effect<
           const rows = yield* op(
             "finishRun",
             sql<{ readonly runId: string }>`
-            with u as (
+            with ${freeSlot(lease)}, u as (
               update ${s}.units set status = 'succeeded', lease_owner = null, lease_expires_at = null,
                 finished_at = clock_timestamp(), chunks = chunks + 1
               where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
@@ -884,6 +914,9 @@ export const make = (options: Options = {}): Effect.Effect<
               update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
                 lease_expires_at = null, finished_at = clock_timestamp()
               where run_id = ${runId} and status in ('pending', 'leased')`
+              yield* sql`
+              update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+              where run_id = ${runId}`
               yield* audit(runId, "cancel", actor, {})
             }))
           )
@@ -936,6 +969,9 @@ export const make = (options: Options = {}): Effect.Effect<
                 update ${s}.units u set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
                   lease_expires_at = null, finished_at = clock_timestamp()
                 where u.run_id = ${runId} and u.unit_id in ${sql.in(planned.map((p) => p.unitId))} and ${skippable}`
+                yield* sql`
+                update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+                where run_id = ${runId} and unit_id in ${sql.in(planned.map((p) => p.unitId))}`
                 if (run.status === "failed") yield* reopen(runId)
                 yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
                 yield* finalizeIfComplete(runId)

@@ -17,6 +17,7 @@ import { SqlClient } from "@effect/sql"
 import {
   Cause,
   Clock,
+  Deferred,
   Duration,
   Effect,
   Exit,
@@ -78,6 +79,12 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   readonly inProcessRetryLimit?: Duration.DurationInput | undefined
   /** The operator CLI's name, for the retry command in alert lines (default `chunkwise`; `Cli` sets its own). */
   readonly cliName?: string | undefined
+  /**
+   * On a SQL store, start-up checks that the `SqlClient`'s pool can hand out `concurrency + 2` connections
+   * at once (D16), waiting at most this long for them (default 5 s): raise it when other work in the
+   * process keeps the pool busy while workers start.
+   */
+  readonly poolCheckTimeout?: Duration.DurationInput | undefined
 }
 
 /** What a running worker exposes (mostly for tests and health checks). */
@@ -126,6 +133,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     }
     const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
     yield* checkTransactions(store, options.jobs, leaseMs)
+    yield* checkPool(store, concurrency, Duration.toMillis(options.poolCheckTimeout ?? "5 seconds"))
     const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
     const feedMs = Duration.toMillis(options.feedInterval ?? "1 second")
     const maxOutstanding = options.maxOutstanding ?? 100
@@ -978,6 +986,60 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
       }
     }
     return byName
+  })
+
+/** Pool probes run one at a time per client, so workers starting together never split a pool between them. */
+const poolProbes = new WeakMap<SqlClient.SqlClient, Effect.Semaphore>()
+
+/**
+ * D16: each unit holds a connection for its chunk transaction, and the heartbeat and the feeder or
+ * sweeper need one beside them, so a pool below `concurrency + 2` starves leases under load. The pool's
+ * size is not visible through `SqlClient`, so this asks the pool itself: it checks out `concurrency + 2`
+ * connections at once and refuses to start when they are not all served within `waitMs`. No checkout is
+ * interrupted (an interrupted checkout would leak its connection once the pool serves it): the held
+ * ones are released, which lets any still waiting be served and released in turn.
+ */
+const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) =>
+  Effect.gen(function*() {
+    const found = yield* Effect.serviceOption(SqlClient.SqlClient)
+    if (store.database === undefined || Option.isNone(found)) return
+    const sql = found.value
+    const needed = concurrency + 2
+    const lock = poolProbes.get(sql) ?? Effect.unsafeMakeSemaphore(1)
+    poolProbes.set(sql, lock)
+    const probe = Effect.gen(function*() {
+      const release = yield* Deferred.make<void>()
+      const allHeld = yield* Deferred.make<void>()
+      let held = 0
+      let most = 0
+      const checkout = Effect.scoped(Effect.gen(function*() {
+        yield* sql.reserve
+        held += 1
+        most = Math.max(most, held)
+        if (held === needed) yield* Deferred.succeed(allHeld, undefined)
+        yield* Deferred.await(release)
+        held -= 1
+      }))
+      const fibers = yield* Effect.forEach(
+        Array.from({ length: needed }),
+        () => Effect.fork(Effect.either(checkout))
+      )
+      const served = yield* Deferred.await(allHeld).pipe(Effect.timeout(waitMs), Effect.option)
+      yield* Deferred.succeed(release, undefined)
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      const failure = results.find((r) => r._tag === "Left")
+      return { ok: Option.isSome(served), most, failure: failure?._tag === "Left" ? failure.left.message : undefined }
+    })
+    const result = yield* lock.withPermits(1)(probe)
+    if (result.ok) return
+    return yield* new Errors.ConfigurationError({
+      message: `Worker: concurrency ${concurrency} needs a SqlClient pool of at least ${needed} connections ` +
+        `(one per unit's chunk transaction, plus the heartbeat and the feeder/sweeper), but the pool served only ` +
+        `${result.most} at once within ${waitMs} ms` +
+        (result.failure === undefined ? "" : ` (checking out a connection failed: ${result.failure})`) +
+        `. Raise the pool size (PgClient maxConnections: ${needed} or more) or lower the worker's concurrency; ` +
+        `if other work keeps the pool busy at start-up, raise poolCheckTimeout.`
+    })
   })
 
 /**

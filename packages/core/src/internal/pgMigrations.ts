@@ -160,5 +160,57 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return v_status;
       end
       $$`
+  }),
+  "4_job_slots": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Job-wide in-flight caps (D16): `concurrency.total` slot rows per job, claimed FOR UPDATE SKIP LOCKED
+    // with the unit. A slot is free when it has no holder or its expiry (the holder's lease, renewed by
+    // the heartbeat) has passed; a unit that ends frees its slot in the statement that ends it.
+    yield* sql`
+      create table ${s}.job_slots (
+        job           text not null,
+        slot          integer not null,
+        run_id        text,
+        unit_id       text,
+        fencing_token bigint,
+        expires_at    timestamptz,
+        primary key (job, slot)
+      ) with (fillfactor = 50)`
+    // commit_chunk as in 3, plus: the chunk that finishes its unit frees the unit's slot.
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit and fencing_token = p_token and lease_owner = p_worker
+          and status = 'leased' and lease_expires_at > clock_timestamp()
+          and step_index = p_from_step and chunk_seq = p_from_seq;
+        if not found then
+          return null;
+        end if;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq)
+        values (p_run, p_unit, p_key, p_step, p_from_seq)
+        on conflict do nothing;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
