@@ -1,0 +1,197 @@
+/**
+ * Queue throughput on one SQS emulator (fauxqs, in-process on a loopback port): chunkwise's SqsQueue
+ * against sqs-consumer, the same JOBS messages per contender, in one run (D20: queues alone, send →
+ * receive → handle → ack). Three cases: no-op handler at concurrency 16, a 2 ms handler at 16 and at
+ * 64. Prints jobs per second for draining an enqueued backlog, and the ratios.
+ * Run: npm run bench -w packages/adapters-sqs   (JOBS=20000 by default; ONLY=chunkwise for profiling)
+ */
+import { SQSClient } from "@aws-sdk/client-sqs"
+import { QueueAdapter } from "@chunkwise/core"
+import { Effect, FiberSet, Layer, Logger, LogLevel, Queue, Redacted } from "effect"
+import { buildApp } from "fauxqs"
+import type { AddressInfo } from "node:net"
+import { Consumer } from "sqs-consumer"
+import { SqsQueue } from "../src/index.js"
+
+process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] = "true"
+
+const JOBS = Number(process.env["JOBS"] ?? 20_000)
+const ONLY = process.env["ONLY"]
+const region = "us-east-1"
+const credentials = { accessKeyId: "bench", secretAccessKey: Redacted.make("bench") }
+let queues = 0
+
+interface Case {
+  readonly concurrency: number
+  readonly handlerMs: number
+}
+const cases: ReadonlyArray<Case> = [
+  { concurrency: 16, handlerMs: 0 },
+  { concurrency: 16, handlerMs: 2 },
+  { concurrency: 64, handlerMs: 2 }
+]
+
+const seconds = (start: number) => (performance.now() - start) / 1000
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** A fresh queue (and dead-letter queue) filled with JOBS messages; returns its layer options and URL. */
+const filled = (endpoint: string) =>
+  Effect.gen(function*() {
+    const name = `bench-${Date.now().toString(36)}-${queues++}`
+    const connection: SqsQueue.ConnectionOptions = { endpoint, region, credentials }
+    const { queueUrl } = yield* Effect.flatMap(SqsQueue.makeClient(connection), (client) =>
+      SqsQueue.ensureQueue(client, { name })).pipe(Effect.scoped)
+    const options: SqsQueue.Options = { ...connection, queue: queueUrl }
+    yield* Effect.gen(function*() {
+      const queue = yield* QueueAdapter.QueueAdapter
+      for (let i = 0; i < JOBS; i += 1000) {
+        yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
+      }
+    }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
+    return { options, queueUrl }
+  })
+
+/**
+ * chunkwise, received the way the Worker receives: one loop asks for as many messages as it has free
+ * slots (the concurrency in all; SqsQueue runs one ReceiveMessage per 10, up to 4 at once), each
+ * message is handled and then acked in its own fiber (SqsQueue coalesces the acks into
+ * DeleteMessageBatch calls).
+ */
+const chunkwise = (endpoint: string, { concurrency, handlerMs }: Case) =>
+  Effect.gen(function*() {
+    const { options } = yield* filled(endpoint)
+    return yield* Effect.gen(function*() {
+      const queue = yield* QueueAdapter.QueueAdapter
+      let done = 0
+      let inflight = 0
+      const slotFreed = yield* Queue.sliding<void>(1)
+      const handlers = yield* FiberSet.make()
+      const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
+      const start = performance.now()
+      while (done < JOBS) {
+        if (inflight >= concurrency) {
+          yield* Queue.take(slotFreed)
+          continue
+        }
+        const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
+        for (const delivery of got) {
+          inflight += 1
+          yield* FiberSet.run(
+            handlers,
+            handler.pipe(
+              Effect.zipRight(queue.ack([delivery.receipt])),
+              Effect.ensuring(Effect.suspend(() => {
+                inflight -= 1
+                done += 1
+                return Queue.offer(slotFreed, undefined)
+              }))
+            )
+          )
+        }
+      }
+      return JOBS / seconds(start)
+    }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
+  })
+
+/**
+ * sqs-consumer 14: a Consumer polls ReceiveMessage for `batchSize` (at most 10) messages, handles them
+ * concurrently and polls again when all are done; it has no concurrency setting, so concurrency N runs
+ * ceil(N / 10) consumers with batchSize 10 (up to 20 or 70 in flight: a little more than N). `batch`
+ * uses handleMessageBatch (one DeleteMessageBatch per batch), otherwise handleMessage (one DeleteMessage
+ * per message, its default). All consumers share one SQSClient with the SDK's defaults.
+ */
+const sqsConsumer = (endpoint: string, { concurrency, handlerMs }: Case, batch: boolean) =>
+  Effect.gen(function*() {
+    const { queueUrl } = yield* filled(endpoint)
+    const client = new SQSClient({
+      endpoint,
+      region,
+      credentials: {
+        accessKeyId: credentials.accessKeyId,
+        secretAccessKey: Redacted.value(credentials.secretAccessKey)
+      }
+    })
+    return yield* Effect.promise(async () => {
+      let done = 0
+      let resolveDone: () => void = () => {}
+      const finished = new Promise<void>((resolve) => (resolveDone = resolve))
+      const handle = async () => {
+        if (handlerMs > 0) await sleep(handlerMs)
+      }
+      const count = (n: number) => {
+        done += n
+        if (done >= JOBS) resolveDone()
+      }
+      const consumers = Array.from({ length: Math.ceil(concurrency / 10) }, () =>
+        Consumer.create({
+          queueUrl,
+          sqs: client,
+          batchSize: 10,
+          waitTimeSeconds: 1,
+          visibilityTimeout: 60,
+          ...(batch
+            ? {
+              handleMessageBatch: async (messages) => {
+                await Promise.all(messages.map(handle))
+                count(messages.length)
+                return messages
+              }
+            }
+            : {
+              handleMessage: async (message) => {
+                await handle()
+                count(1)
+                return message
+              }
+            })
+        }))
+      for (const consumer of consumers) consumer.on("error", () => {})
+      const start = performance.now()
+      for (const consumer of consumers) consumer.start()
+      await finished
+      const rate = JOBS / seconds(start)
+      for (const consumer of consumers) consumer.stop({ abort: true })
+      client.destroy()
+      return rate
+    })
+  })
+
+const main = Effect.gen(function*() {
+  const app = buildApp({ logger: false })
+  yield* Effect.acquireRelease(
+    Effect.promise(() => app.listen({ port: 0, host: "127.0.0.1" })),
+    () => Effect.promise(() => app.close())
+  )
+  const endpoint = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  console.log(`SQS queue throughput: ${JOBS} messages per contender, fauxqs ${endpoint} (draining a backlog)`)
+  console.log(`  chunkwise SqsQueue: one receive loop asking for the free slots, a fiber per message, ack per message`)
+  console.log(`  sqs-consumer 14: ceil(concurrency / 10) consumers, batchSize 10, waitTimeSeconds 1\n`)
+  for (const c of cases) {
+    const label = `${c.handlerMs === 0 ? "no-op" : `${c.handlerMs} ms`} handler, concurrency ${c.concurrency}`
+    const cw = yield* chunkwise(endpoint, c)
+    if (ONLY === "chunkwise") {
+      console.log(`${label}\n  chunkwise SqsQueue                 ${cw.toFixed(0).padStart(7)} jobs/s\n`)
+      continue
+    }
+    const single = yield* sqsConsumer(endpoint, c, false)
+    const batched = yield* sqsConsumer(endpoint, c, true)
+    const consumers = Math.ceil(c.concurrency / 10)
+    console.log(label)
+    console.log(`  chunkwise SqsQueue                 ${cw.toFixed(0).padStart(7)} jobs/s`)
+    console.log(
+      `  sqs-consumer handleMessage  (${consumers}x10) ${single.toFixed(0).padStart(7)} jobs/s   chunkwise ${
+        (cw / single).toFixed(2)
+      }x`
+    )
+    console.log(
+      `  sqs-consumer handleMessageBatch (${consumers}x10) ${batched.toFixed(0).padStart(7)} jobs/s   chunkwise ${
+        (cw / batched).toFixed(2)
+      }x\n`
+    )
+  }
+}).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Error), Effect.provide(Layer.empty))
+
+Effect.runPromise(main).then(() => process.exit(0)).catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
