@@ -42,6 +42,9 @@ export interface Proxy {
   readonly counts: Counts
   /** Requests seen per SQS action (`SendMessageBatch`, ...), faulty or not. */
   readonly actions: Map<string, number>
+  /** While true, every request's action and JSON body is appended to `requests`. */
+  record: boolean
+  readonly requests: Array<{ readonly action: string; readonly body: Record<string, unknown> }>
   readonly stop: () => Promise<void>
 }
 
@@ -110,6 +113,8 @@ export const start = async (target: string, options: { readonly seed: number }):
     faults: none,
     counts,
     actions,
+    record: false,
+    requests: [],
     stop: () =>
       new Promise<void>((resolve) => {
         agent.destroy()
@@ -126,6 +131,7 @@ export const start = async (target: string, options: { readonly seed: number }):
         let body = Buffer.concat(chunks)
         const action = String(req.headers["x-amz-target"] ?? "").replace("AmazonSQS.", "")
         actions.set(action, (actions.get(action) ?? 0) + 1)
+        if (proxy.record) proxy.requests.push({ action, body: JSON.parse(body.toString("utf8")) })
         const f = proxy.faults
         const roll = random()
         let edge = f.throttle
