@@ -57,10 +57,15 @@ const chunkwise = Effect.gen(function*() {
 )
 
 /**
- * pg-boss 10 has no per-worker concurrency setting: one worker fetching batches of CONCURRENCY jobs,
- * polling every 0.5 s (its minimum), keeps CONCURRENCY jobs in flight.
+ * pg-boss 10 has no local concurrency option (`teamSize` went in v10): concurrency comes from several
+ * `work()` subscriptions, each a loop that fetches `batchSize` jobs, runs the handler, completes the batch
+ * and then sleeps the rest of `pollingIntervalSeconds` (minimum 0.5 s). Its public `notifyWorker(id)`
+ * skips that sleep for the next iteration, so a handler that notifies its own worker keeps fetching while
+ * there is work and polls only when the queue is empty. Two shapes of concurrency 16 are measured:
+ * `workers` subscriptions of `batchSize` jobs each (16 × 1: one job per fetch, like the others here; and
+ * 1 × 16: one fetch and one completion per 16 jobs); the best counts (D20).
  */
-const pgBoss = async () => {
+const pgBoss = async (workers: number, batchSize: number) => {
   const boss = new PgBoss({ connectionString: url, schema: "pgboss_bench", max: CONCURRENCY + 2 })
   boss.on("error", () => {})
   await boss.start()
@@ -70,13 +75,19 @@ const pgBoss = async () => {
     await boss.insert(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ name, data: { n: i + j } })))
   }
   let done = 0
+  let resolveDone: () => void = () => {}
+  const finished = new Promise<void>((resolve) => (resolveDone = resolve))
   const start = performance.now()
-  const finished = new Promise<void>((resolve) => {
-    void boss.work(name, { batchSize: CONCURRENCY, pollingIntervalSeconds: 0.5 }, async (jobs) => {
+  // A handler may run before its work() call returns the worker's id: that first pass just polls.
+  const ids: Array<string | undefined> = []
+  for (let w = 0; w < workers; w++) {
+    ids[w] = await boss.work(name, { batchSize, pollingIntervalSeconds: 0.5 }, async (jobs) => {
       done += jobs.length
-      if (done >= JOBS) resolve()
+      const id = ids[w]
+      if (done >= JOBS) resolveDone()
+      else if (id !== undefined) boss.notifyWorker(id)
     })
-  })
+  }
   await finished
   const rate = JOBS / seconds(start)
   await boss.stop({ graceful: false, wait: true })
@@ -116,17 +127,42 @@ const graphileWorker = async () => {
   return rate
 }
 
+const median = (xs: ReadonlyArray<number>) => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
+
 const main = async () => {
-  const cw = await Effect.runPromise(chunkwise.pipe(Logger.withMinimumLogLevel(LogLevel.Error)))
-  // pg-boss drains at batchSize / 0.5 s: SKIP_BOSS=1 leaves it out of long runs.
-  const boss = process.env["SKIP_BOSS"] ? NaN : await pgBoss()
-  const gw = await graphileWorker()
+  const contenders: ReadonlyArray<readonly [string, () => Promise<number>]> = [
+    ["chunkwise PgQueue", () => Effect.runPromise(chunkwise.pipe(Logger.withMinimumLogLevel(LogLevel.Error)))],
+    ...(process.env["SKIP_BOSS"] ? [] : [
+      [`pg-boss 10 (${CONCURRENCY} work x 1)`, () => pgBoss(CONCURRENCY, 1)] as const,
+      [`pg-boss 10 (1 work x ${CONCURRENCY})`, () => pgBoss(1, CONCURRENCY)] as const
+    ]),
+    ["graphile-worker 0.16", graphileWorker]
+  ]
+  const rates = new Map<string, Array<number>>(contenders.map(([name]) => [name, []]))
+  for (let round = 0; round < ROUNDS; round++) {
+    // Alternate the order, so neither side always runs on a warmer (or busier) machine.
+    const order = round % 2 === 0 ? contenders : [...contenders].reverse()
+    for (const [name, run] of order) rates.get(name)!.push(await run())
+  }
+  const cw = median(rates.get("chunkwise PgQueue")!)
   console.log(
-    `queue throughput: ${JOBS} no-op jobs, concurrency ${CONCURRENCY}, database ${DATABASE} (draining a backlog)`
+    `queue throughput: ${JOBS} no-op jobs, concurrency ${CONCURRENCY}, database ${DATABASE}, draining a backlog; ` +
+      `median of ${ROUNDS} rounds (each round's jobs/s in brackets)`
   )
-  console.log(`  chunkwise PgQueue  ${cw.toFixed(0).padStart(7)} jobs/s`)
-  console.log(`  pg-boss 10         ${boss.toFixed(0).padStart(7)} jobs/s   chunkwise ${(cw / boss).toFixed(2)}x`)
-  console.log(`  graphile-worker    ${gw.toFixed(0).padStart(7)} jobs/s   chunkwise ${(cw / gw).toFixed(2)}x`)
+  for (const [name] of contenders) {
+    const all = rates.get(name)!
+    const m = median(all)
+    console.log(
+      `  ${name.padEnd(26)} ${m.toFixed(0).padStart(7)} jobs/s  [${all.map((r) => r.toFixed(0)).join(", ")}]` +
+        (name === "chunkwise PgQueue" ? "" : `   chunkwise ${(cw / m).toFixed(2)}x`)
+    )
+  }
 }
 
 main().then(() => process.exit(0)).catch((e) => {

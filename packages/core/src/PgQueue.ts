@@ -3,15 +3,26 @@
  * timeouts in database time, delayed release, extend, batch send and ack, dead-lettering after N
  * receives with the reason, and depth. It keeps the `QueueAdapter` contract (see that module).
  *
- * Limits: receives poll (every `pollInterval`, default 100 ms, while a receive waits), so an idle
- * worker costs a few cheap index reads a second; the tables live in the store's schema and share its
- * migrations; messages of all queue names share one table, told apart by `queue`.
+ * - Wake-ups: a send issues `NOTIFY` (delivered at commit) and, when the `SqlClient` is `@effect/sql-pg`'s
+ *   `PgClient`, every queue listens on its own connection (`PgClient.listen`), so a waiting receive
+ *   wakes as soon as a message is sent from any process. Notifications are only a hint: a waiting
+ *   receive still looks again every `pollInterval`, which covers delayed and released messages, other
+ *   clients, and a listen connection lost with the server (it is re-opened when a ping sent through
+ *   the server does not come back).
+ * - Acks are coalesced: acks issued while one is in flight are deleted together in the next
+ *   statement (group commit), and each caller still waits for its own.
+ * - A receive is one call of the `queue_receive` function, whose plan Postgres keeps per session.
+ *
+ * Limits: an idle worker still polls (a few cheap index reads a second); the tables live in the store's
+ * schema and share its migrations; messages of all queue names share one table, told apart by `queue`;
+ * NOTIFY takes a database-wide lock at commit, so every send batch pays it.
  *
  * @since 0.1.0
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Context, Duration, Effect, Layer } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Queue, type Scope, Stream } from "effect"
 import * as Errors from "./Errors.js"
+import { base32, digest } from "./internal/hash.js"
 import { migrate } from "./PgStateStore.js"
 import type { DeadLetter, Delivery, QueueAdapterShape } from "./QueueAdapter.js"
 import { QueueAdapter } from "./QueueAdapter.js"
@@ -26,20 +37,39 @@ export interface Options {
   readonly maxReceives?: number | undefined
   /** Largest body in bytes (default 262,144). */
   readonly maxMessageBytes?: number | undefined
-  /** How often a waiting receive looks again (default 100 ms). */
+  /** How often a waiting receive looks again when no notification woke it (default 100 ms). */
   readonly pollInterval?: Duration.DurationInput | undefined
+  /**
+   * Listen for sends with LISTEN/NOTIFY (default true; used only when the `SqlClient` is a `PgClient`,
+   * which opens one extra connection for it, outside its pool).
+   */
+  readonly listen?: boolean | undefined
 }
+
+/** The part of `@effect/sql-pg`'s `PgClient` the queue uses to listen, without depending on the package. */
+interface Listener {
+  readonly listen: (channel: string) => Stream.Stream<string, SqlError.SqlError>
+}
+
+const isListener = (client: unknown): client is Listener => typeof (client as Partial<Listener>).listen === "function"
+
+/** How often the listener checks its connection with a ping through the server, and how long it waits. */
+const PING_EVERY_MS = 5_000
+const PING_WAIT_MS = 2_000
 
 type Row = Record<string, unknown>
 
 const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.QueueUnavailable({ operation, message: error.message, cause: error })
 
-/** Makes the queue over the `SqlClient` in context; migrates the schema first. */
+/**
+ * Makes the queue over the `SqlClient` in context; migrates the schema first. The scope holds its
+ * listener and its ack batcher.
+ */
 export const make = (options: Options = {}): Effect.Effect<
   QueueAdapterShape,
   Errors.ConfigurationError | Errors.StoreUnavailable,
-  SqlClient.SqlClient
+  SqlClient.SqlClient | Scope.Scope
 > =>
   Effect.gen(function*() {
     yield* migrate({ schema: options.schema })
@@ -53,8 +83,11 @@ export const make = (options: Options = {}): Effect.Effect<
     }
     const maxBytes = options.maxMessageBytes ?? 262_144
     const pollMs = Duration.toMillis(options.pollInterval ?? "100 millis")
-    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const client = yield* SqlClient.SqlClient
+    const sql = client.withoutTransforms()
     const s = sql(schema)
+    // One channel per schema and queue; identifiers are at most 63 bytes, so a digest names it.
+    const channel = `chunkwise_q_${base32(digest([schema, queue])).slice(0, 20).toLowerCase()}`
     const ms = (value: number) => sql`(${value}::float8 * interval '1 millisecond')`
     /** Queue calls never join a chunk transaction: a message must not roll back with a chunk (D4). */
     const op = <A>(operation: string, effect: Effect.Effect<A, SqlError.SqlError>) =>
@@ -66,30 +99,40 @@ export const make = (options: Options = {}): Effect.Effect<
 
     const receiveOnce = (max: number, visibilityMs: number) =>
       sql<Row>`
-        with picked as (
-          select id, receive_count from ${s}.queue_messages
-          where queue = ${queue} and visible_at <= clock_timestamp()
-          order by visible_at, id
-          limit ${max}
-          for update skip locked),
-        dead as (
-          delete from ${s}.queue_messages m using picked
-          where m.id = picked.id and picked.receive_count >= ${maxReceives}
-          returning m.id, m.queue, m.body, m.receive_count),
-        buried as (
-          insert into ${s}.queue_dead (id, queue, body, reason, receive_count)
-          select id, queue, body,
-            'received ' || receive_count || ' times without being acknowledged (maxReceives ' || ${maxReceives}::int || ')',
-            receive_count
-          from dead
-          on conflict (id) do nothing)
-        update ${s}.queue_messages m set
-          receive_count = m.receive_count + 1,
-          visible_at = clock_timestamp() + ${ms(visibilityMs)},
-          receipt = m.id || ':' || (m.receive_count + 1)
-        from picked
-        where m.id = picked.id and picked.receive_count < ${maxReceives}
-        returning m.id::text as id, m.body, m.receive_count as "receiveCount", m.receipt`
+        select id::text as id, body, receive_count as "receiveCount", receipt
+        from ${s}.queue_receive(${queue}, ${max}, ${visibilityMs}, ${maxReceives})`
+
+    // ---- wake-ups: waiting receives wait on `wake`, which each notification (or local send) completes.
+    let wake = yield* Deferred.make<void>()
+    const wakeAll = Effect.suspend(() => {
+      const woken = wake
+      return Effect.flatMap(Deferred.make<void>(), (next) => {
+        wake = next
+        return Deferred.succeed(woken, undefined)
+      })
+    })
+    if (options.listen !== false && isListener(client)) {
+      const ping = op("listen", Effect.asVoid(sql`select pg_notify(${channel}, 'ping')`))
+      yield* Effect.forkScoped(listenLoop(client, channel, ping, wakeAll))
+    }
+
+    // ---- acks: one statement at a time; acks that arrive meanwhile go together in the next one.
+    const acks = yield* Queue.unbounded<
+      { readonly receipts: ReadonlyArray<string>; readonly done: Deferred.Deferred<void, Errors.QueueUnavailable> }
+    >()
+    const ackLoop = Effect.gen(function*() {
+      const batch = yield* Queue.takeBetween(acks, 1, 1000)
+      const receipts = Array.from(batch).flatMap((a) => a.receipts)
+      const exit = yield* Effect.exit(
+        op(
+          "ack",
+          sql`delete from ${s}.queue_messages where queue = ${queue}
+            and receipt in (select jsonb_array_elements_text(${JSON.stringify(receipts)}::jsonb))`
+        )
+      )
+      for (const a of batch) yield* Deferred.done(a.done, Exit.asVoid(exit))
+    })
+    yield* Effect.forkScoped(Effect.forever(ackLoop))
 
     const shape: QueueAdapterShape = {
       kind: "postgres",
@@ -106,15 +149,20 @@ export const make = (options: Options = {}): Effect.Effect<
           }
         }
         if (messages.length === 0) return Effect.void
+        const delayMs = sendOptions?.delayMs ?? 0
+        // The NOTIFY is delivered when the insert commits, in the same statement: no extra round trip.
         return op(
           "send",
           Effect.asVoid(sql`
-            insert into ${s}.queue_messages (queue, body, group_id, visible_at)
-            select ${queue}, x.body, x.group_id, clock_timestamp() + ${ms(sendOptions?.delayMs ?? 0)}
-            from jsonb_to_recordset(${
+            with sent as (
+              insert into ${s}.queue_messages (queue, body, group_id, visible_at)
+              select ${queue}, x.body, x.group_id, clock_timestamp() + ${ms(delayMs)}
+              from jsonb_to_recordset(${
             JSON.stringify(messages.map((m) => ({ body: m.body, group_id: m.groupId ?? null })))
-          }::jsonb) as x(body text, group_id text)`)
-        )
+          }::jsonb) as x(body text, group_id text)
+              returning 1)
+            select pg_notify(${channel}, 'sent') from (select 1 from sent limit 1) x where ${delayMs <= 0}`)
+        ).pipe(Effect.zipLeft(delayMs <= 0 ? wakeAll : Effect.void))
       },
 
       receive: ({ max, visibilityMs, waitMs }) =>
@@ -123,6 +171,8 @@ export const make = (options: Options = {}): Effect.Effect<
           Effect.gen(function*() {
             const deadline = Date.now() + waitMs
             while (true) {
+              // Taken before the query: a send committed after it is not missed.
+              const woken = wake
               const rows = yield* receiveOnce(max, visibilityMs)
               if (rows.length > 0 || Date.now() >= deadline) {
                 return rows.map((r): Delivery => ({
@@ -132,15 +182,18 @@ export const make = (options: Options = {}): Effect.Effect<
                   receiveCount: Number(r["receiveCount"])
                 }))
               }
-              yield* Effect.sleep(Math.min(pollMs, Math.max(1, deadline - Date.now())))
+              yield* Deferred.await(woken).pipe(
+                Effect.timeout(Math.min(pollMs, Math.max(1, deadline - Date.now()))),
+                Effect.ignore
+              )
             }
           })
         ),
 
       ack: (receipts) =>
-        receipts.length === 0 ? Effect.void : op(
-          "ack",
-          Effect.asVoid(sql`delete from ${s}.queue_messages where queue = ${queue} and receipt in ${sql.in(receipts)}`)
+        receipts.length === 0 ? Effect.void : Effect.flatMap(
+          Deferred.make<void, Errors.QueueUnavailable>(),
+          (done) => Effect.zipRight(Queue.offer(acks, { receipts, done }), Deferred.await(done))
         ),
 
       release: (receipt, delayMs) =>
@@ -234,8 +287,51 @@ export const make = (options: Options = {}): Effect.Effect<
     return shape
   })
 
+/**
+ * Listens on `channel` and wakes waiting receives on every notification. The listen connection can be
+ * lost silently (a server restart: `PgClient` drops its errors), so every few seconds a ping goes out
+ * through the server; when it does not come back, the subscription is closed and opened again (on a
+ * new connection). Errors only delay wake-ups: receives keep polling.
+ */
+const listenLoop = (
+  client: Listener,
+  channel: string,
+  sendPing: Effect.Effect<void, Errors.QueueUnavailable>,
+  wakeAll: Effect.Effect<void>
+) => {
+  const subscription = Effect.gen(function*() {
+    const ping = yield* Queue.sliding<void>(1)
+    // A daemon interrupted without waiting: closing a subscription on a dead connection must not hang us.
+    yield* Effect.acquireRelease(
+      Effect.forkDaemon(
+        Stream.runForEach(
+          client.listen(channel),
+          (payload) => payload === "ping" ? Queue.offer(ping, undefined) : wakeAll
+        )
+      ),
+      Fiber.interruptFork
+    )
+    // A ping is our own NOTIFY: it comes back only while the listen connection is alive.
+    while (true) {
+      yield* Effect.sleep(PING_EVERY_MS)
+      yield* Queue.takeAll(ping)
+      yield* sendPing
+      const back = yield* Queue.take(ping).pipe(Effect.timeout(PING_WAIT_MS), Effect.option)
+      if (Option.isNone(back)) return
+    }
+  }).pipe(Effect.scoped)
+  return Effect.forever(
+    subscription.pipe(
+      Effect.catchAllCause((cause) => Effect.logDebug("chunkwise: PgQueue listener restarting", cause)),
+      // Whatever ended it, wake the receives (a send may have gone unheard) and wait a little.
+      Effect.zipRight(wakeAll),
+      Effect.zipRight(Effect.sleep(500))
+    )
+  )
+}
+
 /** The Postgres queue as a layer over the service's `SqlClient`. */
 export const layer = (
   options: Options = {}
 ): Layer.Layer<QueueAdapter, Errors.ConfigurationError | Errors.StoreUnavailable, SqlClient.SqlClient> =>
-  Layer.effect(QueueAdapter, make(options))
+  Layer.scoped(QueueAdapter, make(options))
