@@ -43,7 +43,7 @@ const recorded = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     () => Effect.map(effect, (value) => ({ value, requests: [...proxy.requests] })),
     () => Effect.sync(() => (proxy.record = false))
   )
-const calls = (requests: ReadonlyArray<{ readonly action: string }>, action: string) =>
+const calls = (requests: ReadonlyArray<Proxy.Proxy["requests"][number]>, action: string) =>
   requests.filter((r) => r.action === action)
 
 describe("SqsQueue", () => {
