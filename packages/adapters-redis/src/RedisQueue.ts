@@ -22,7 +22,19 @@
  * @since 0.1.0
  */
 import { Errors, QueueAdapter } from "@chunkwise/core"
-import { Clock, Config, ConfigError, Duration, Effect, Either, Layer, Redacted, Runtime, type Scope } from "effect"
+import {
+  Clock,
+  Config,
+  ConfigError,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Redacted,
+  Runtime,
+  Schema,
+  type Scope
+} from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
 import * as Scripts from "./internal/scripts.js"
@@ -276,6 +288,15 @@ const coalesce = <A>(run: (items: ReadonlyArray<A>) => Promise<unknown>, unit: n
   }
 }
 
+// The scripts' replies, checked on arrival: a Redis reply crosses a process.
+const decodeReceived = Schema.decodeUnknownSync(
+  Schema.Tuple(Schema.Array(Schema.Union(Schema.String, Schema.Number)), Schema.Number, Schema.String)
+)
+const decodeDepth = Schema.decodeUnknownSync(
+  Schema.Tuple(Schema.Number, Schema.Number, Schema.Number, Schema.Number, Schema.Number)
+)
+const decodeRedriven = Schema.decodeUnknownSync(Schema.Tuple(Schema.Number, Schema.String))
+
 const fieldsOf = (flat: ReadonlyArray<string>): Record<string, string> => {
   const out: Record<string, string> = {}
   for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!
@@ -388,7 +409,7 @@ export const makeFromClient = (
         maxReceives,
         promoteLimit
       ]).then((reply) => {
-        const [flat, nextDueMs, lastId] = reply as [Array<string | number>, number, string]
+        const [flat, nextDueMs, lastId] = decodeReceived(reply)
         const deliveries: Array<QueueAdapter.Delivery> = []
         for (let i = 0; i < flat.length; i += 5) {
           deliveries.push({
@@ -532,17 +553,7 @@ export const makeFromClient = (
         return args.length === 0 ? Effect.void : call("ack", () => acks(args))
       },
 
-      release: (receipt, delayMs) => {
-        const parsed = parseReceipt(receipt)
-        return parsed === undefined ?
-          Effect.void :
-          call(
-            "release",
-            () => script("release", [k.stream, k.delayed], [group, ...parsed, Math.max(0, Math.round(delayMs))])
-          ).pipe(
-            Effect.asVoid
-          )
-      },
+      release,
 
       extend: (receipts, visibilityMs) => {
         const visibility = Math.min(Math.max(0, Math.round(visibilityMs)), horizonMs)
@@ -563,13 +574,18 @@ export const makeFromClient = (
           )
       },
 
-      depth: call("depth", () => script("depth", [k.stream, k.delayed, k.dead], [group, horizonMs, depthScanLimit]))
-        .pipe(
-          Effect.map((reply) => {
-            const [ready, inFlight, delayed, dead, age] = reply as [number, number, number, number, number]
-            return { ready, inFlight, delayed, dead, oldestReadyAgeMs: age < 0 ? null : age }
-          })
-        ),
+      depth: call(
+        "depth",
+        () => script("depth", [k.stream, k.delayed, k.dead], [group, horizonMs, depthScanLimit]).then(decodeDepth)
+      ).pipe(
+        Effect.map(([ready, inFlight, delayed, dead, age]) => ({
+          ready,
+          inFlight,
+          delayed,
+          dead,
+          oldestReadyAgeMs: age < 0 ? null : age
+        }))
+      ),
 
       deadLetters: ({ limit }) =>
         limit < 1 ?
@@ -594,11 +610,11 @@ export const makeFromClient = (
           let moved = 0
           let cursor = "-"
           while (cursor !== "") {
-            const reply = yield* call(
+            const [count, next] = yield* call(
               "redrive",
-              () => script("redrive", [k.stream, k.dead], [cursor, batchSize, ...(messageIds ?? [])])
+              () =>
+                script("redrive", [k.stream, k.dead], [cursor, batchSize, ...(messageIds ?? [])]).then(decodeRedriven)
             )
-            const [count, next] = reply as [number, string]
             moved += count
             cursor = next
           }

@@ -128,6 +128,24 @@ describe("RedisQueue", () => {
       expect(yield* idle(queue)).toBe(0)
     }))
 
+  it.scopedLive("visibility applies to every message of a batch: receive and extend", () =>
+    Effect.gen(function*() {
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh(), prefetch: false })
+      const bodies = ["a", "b", "c", "d", "e"]
+      yield* queue.send(bodies.map((body) => ({ body })))
+      const batch = yield* queue.receive({ max: 5, visibilityMs: 300, waitMs: 1000 })
+      expect(batch.map((d) => d.body).sort()).toEqual(bodies)
+      const [extended, expiring] = [batch.slice(0, 3), batch.slice(3)]
+      yield* queue.extend(extended.map((d) => d.receipt), 60_000)
+      yield* Effect.sleep(700)
+      const again = yield* queue.receive({ max: 10, visibilityMs: 60_000, waitMs: 1000 })
+      expect(again.map((d) => [d.body, d.receiveCount]).sort()).toEqual(expiring.map((d) => [d.body, 2]).sort())
+      expect(yield* queue.depth).toMatchObject({ ready: 0, inFlight: 5 })
+      // Those received again are hidden for their new visibility, all of them.
+      yield* Effect.sleep(400)
+      expect(yield* queue.receive({ max: 10, visibilityMs: 1000, waitMs: 0 })).toEqual([])
+    }))
+
   it.scopedLive("malformed receipts are stale, not errors", () =>
     Effect.gen(function*() {
       const queue = yield* RedisQueue.make({ url, prefix, queue: fresh() })

@@ -19,8 +19,5 @@ local ids = {}
 for i = 5, #ARGV, 2 do
   if isCurrent(stream, group, ARGV[i], ARGV[i + 1]) then ids[#ids + 1] = ARGV[i] end
 end
-if #ids > 0 then
-  redis.call("XCLAIM", stream, group, consumer, 0, unpack(ids), "IDLE", tonumber(ARGV[4]) - tonumber(ARGV[3]),
-    "JUSTID")
-end
+if #ids > 0 then setVisibility(stream, group, consumer, ids, tonumber(ARGV[3]), tonumber(ARGV[4])) end
 return #ids

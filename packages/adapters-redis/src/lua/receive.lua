@@ -93,7 +93,7 @@ end
 
 -- 4. Visibility deadlines.
 if #delivered > 0 then
-  redis.call("XCLAIM", stream, group, consumer, 0, unpack(delivered), "IDLE", horizon - visibility, "JUSTID")
+  setVisibility(stream, group, consumer, delivered, visibility, horizon)
   return { out, -1, "" }
 end
 

@@ -48,6 +48,18 @@ local function take(stream, group, id)
   return messageId, body, before + pending
 end
 
+-- Hides pending entries until `visibility` ms from now: their idle time becomes horizon - visibility,
+-- so they expire when it reaches the horizon again. JUSTID: this is not a delivery and is not counted.
+-- (The ids go last in one table: Lua passes only the first value of an unpack() that is not last.)
+local function setVisibility(stream, group, consumer, ids, visibility, horizon)
+  local args = { stream, group, consumer, 0 }
+  for _, id in ipairs(ids) do args[#args + 1] = id end
+  args[#args + 1] = "IDLE"
+  args[#args + 1] = horizon - visibility
+  args[#args + 1] = "JUSTID"
+  redis.call("XCLAIM", unpack(args))
+end
+
 local function bury(dead, messageId, body, receives, reason)
   redis.call("XADD", dead, "*", "m", messageId, "b", body, "c", receives, "r", reason)
 end
