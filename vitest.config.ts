@@ -10,6 +10,9 @@ export default defineConfig({
   resolve: {
     // Tests run against the sources, so no build is needed first.
     alias: {
+      // Subpath entries first: an alias also matches as a prefix.
+      "@chunkwise/core/Cli": fileURLToPath(new URL("./packages/core/src/Cli.ts", import.meta.url)),
+      "@chunkwise/core/Telemetry": fileURLToPath(new URL("./packages/core/src/Telemetry.ts", import.meta.url)),
       "@chunkwise/core": src("core"),
       "@chunkwise/testing": src("testing"),
       "@chunkwise/adapters-redis": src("adapters-redis"),
