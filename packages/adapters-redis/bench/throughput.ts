@@ -1,13 +1,14 @@
 /**
  * Queue throughput on one Redis: chunkwise's RedisQueue against BullMQ 5, in one run (D20: queues
  * alone, send → receive → ack). Each scenario drains a backlog of JOBS messages enqueued first, with a
- * no-op handler or one that waits HANDLER_MS, at a concurrency; it prints jobs per second and the ratio.
+ * no-op handler or one that sleeps some ms, at a concurrency; it prints jobs per second and the ratio.
  * Run: npm run bench -w packages/adapters-redis
  *
  * Knobs: JOBS (default 20,000), SCENARIOS (default "0x16,2x16,2x64": handler ms x concurrency),
  * ROUNDS (default 3: each scenario runs ROUNDS times, the contenders taking turns to go first, and the
- * median is reported, since a shared machine is noisy), REDIS_URL (default redis://127.0.0.1:6379),
- * ONLY=chunkwise|bullmq (one contender, for profiling).
+ * medians are reported: of each contender's rates, and of the ratios of the rounds, since a shared
+ * machine is noisy), REDIS_URL (default redis://127.0.0.1:6379),
+ * PREFETCH=0 (chunkwise without fetch-next), ONLY=chunkwise|bullmq (one contender, for profiling).
  */
 import { Queue as BullQueue, Worker as BullWorker } from "bullmq"
 import { Effect, FiberSet, Logger, LogLevel, Queue, Redacted } from "effect"
@@ -22,6 +23,7 @@ const SCENARIOS = (process.env["SCENARIOS"] ?? "0x16,2x16,2x64").split(",").map(
 })
 const REDIS_URL = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379"
 const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
+const PREFETCH = process.env["PREFETCH"] !== "0"
 const ONLY = process.env["ONLY"]
 const prefix = `cwbench:${process.pid}:`
 
@@ -34,7 +36,12 @@ const seconds = (start: number) => (performance.now() - start) / 1000
  */
 const chunkwise = (handlerMs: number, concurrency: number) =>
   Effect.gen(function*() {
-    const queue = yield* RedisQueue.make({ url: Redacted.make(REDIS_URL), prefix, queue: `q-${Date.now()}` })
+    const queue = yield* RedisQueue.make({
+      url: Redacted.make(REDIS_URL),
+      prefix,
+      queue: `q-${Date.now()}`,
+      prefetch: PREFETCH
+    })
     for (let i = 0; i < JOBS; i += 1000) {
       yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
     }
@@ -154,12 +161,14 @@ const main = async () => {
         }
       }
       const [cw, bull] = [median(cws), median(bulls)]
+      // Each round's two runs are close in time, so their ratio shakes off the machine's load better.
+      const ratio = median(cws.map((rate, i) => rate / bulls[i]!))
       const what = handlerMs > 0 ? `${handlerMs} ms handler` : "no-op"
       const all = (values: ReadonlyArray<number>) => values.map((v) => v.toFixed(0)).join(", ")
       rows.push(
         `  ${what.padEnd(13)} concurrency ${String(concurrency).padStart(3)}   chunkwise RedisQueue ${
           cw.toFixed(0).padStart(6)
-        } jobs/s   BullMQ ${bull.toFixed(0).padStart(6)} jobs/s   chunkwise ${(cw / bull).toFixed(2)}x`
+        } jobs/s   BullMQ ${bull.toFixed(0).padStart(6)} jobs/s   chunkwise ${ratio.toFixed(2)}x`
       )
       console.log(`${rows.at(-1)}   (rounds: chunkwise ${all(cws)}; BullMQ ${all(bulls)})`)
     }
