@@ -8,6 +8,7 @@
  */
 import { Duration, Effect, Ref } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
+import { seeded } from "./internal/seeded.js"
 
 /** How to start one worker process. */
 export interface WorkerCommand {
@@ -64,17 +65,6 @@ export interface Report {
 /** The condition did not hold in time, or a worker could not start. */
 export class ChaosError extends Error {
   readonly _tag = "ChaosError"
-}
-
-const seeded = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const exited = (child: ChildProcess) =>

@@ -10,6 +10,7 @@ import { type Job, Probe, QueueAdapter, Runner, StateStore, Worker } from "@chun
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, FiberRef, type Layer, Option, Ref, TestClock } from "effect"
 import type { Engine } from "./Engine.js"
 import * as Fault from "./Fault.js"
+import { seeded } from "./internal/seeded.js"
 import { makeQueue, makeStore, type Severable } from "./internal/wrap.js"
 
 /** A point a worker reached. */
@@ -103,18 +104,6 @@ interface TrialState {
   readonly occurrences: Map<Fault.Fault, number>
   randomLeft: number
   completions: number
-}
-
-/** mulberry32: a small seeded generator, so a seed replays a schedule. */
-const seeded = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const matches = (match: Fault.Match, hit: Pick<Hit, "partition" | "step" | "chunkSeq">) =>

@@ -122,6 +122,28 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       (store) => Effect.map(store.listUnits(runId, { limit: 1000 }), (units) => units.find((u) => u.unitId === unitId)!)
     )
 
+  /** Records a `BadRecord` failure of the unit for operators and fails the unit, as a worker does. */
+  const failBadRecord = (lease: StateStore.Lease, partitionKey: string, cursor: string | null) =>
+    Effect.flatMap(StateStore.StateStore, (store) =>
+      Effect.zipRight(
+        store.recordFailure({
+          runId: lease.runId,
+          unitId: lease.unitId,
+          partitionKey,
+          step: "first",
+          errorTag: "BadRecord",
+          message: "record 7 is invalid",
+          cause: "BadRecord: record 7 is invalid",
+          cursor,
+          attempt: 1,
+          runbookId: "bad-record",
+          severity: "ticket",
+          outcome: "failed",
+          at: Date.now()
+        }),
+        store.failUnit(lease, { _tag: "Failed", errorTag: "BadRecord" })
+      ))
+
   describe(name, () => {
     test(
       "createRun is idempotent and insertUnits leaves existing partitions alone",
@@ -250,22 +272,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const store = yield* StateStore.StateStore
         const { runId, unitIds } = yield* openRun([1])
         const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
-        yield* store.recordFailure({
-          runId,
-          unitId: unitIds[0]!,
-          partitionKey: "k0",
-          step: "first",
-          errorTag: "BadRecord",
-          message: "record 7 is invalid",
-          cause: "BadRecord: record 7 is invalid",
-          cursor: JSON.stringify({ next: 0 }),
-          attempt: 1,
-          runbookId: "bad-record",
-          severity: "ticket",
-          outcome: "failed",
-          at: Date.now()
-        })
-        yield* store.failUnit(lease, { _tag: "Failed", errorTag: "BadRecord" })
+        yield* failBadRecord(lease, "k0", JSON.stringify({ next: 0 }))
         const [failure] = yield* store.listFailures(runId, { limit: 10 })
         expect(failure).toMatchObject({ errorTag: "BadRecord", partitionKey: "k0", runbookId: "bad-record" })
         expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("failed")
@@ -309,22 +316,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const running = yield* claimed(messages.get(unitIds[0]!)!, "w1")
         yield* commit(running.lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
         const failing = yield* claimed(messages.get(unitIds[1]!)!, "w1")
-        yield* store.recordFailure({
-          runId,
-          unitId: unitIds[1]!,
-          partitionKey: "k1",
-          step: "first",
-          errorTag: "BadRecord",
-          message: "record 9 is invalid",
-          cause: "BadRecord",
-          cursor: null,
-          attempt: 1,
-          runbookId: "bad-record",
-          severity: "ticket",
-          outcome: "failed",
-          at: Date.now()
-        })
-        yield* store.failUnit(failing.lease, { _tag: "Failed", errorTag: "BadRecord" })
+        yield* failBadRecord(failing.lease, "k1", null)
         const report = yield* store.report(runId, { slowest: 5, windowMs: 3_600_000 })
         expect(report.progress.units).toMatchObject({ pending: 1, leased: 1, failed: 1 })
         expect(report.chunksByStep).toEqual({ first: 1 })
