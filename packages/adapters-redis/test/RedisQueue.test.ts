@@ -300,6 +300,15 @@ describe("RedisQueue configuration", () => {
       expect(inspect(password, { depth: 10 })).not.toMatch(/s3cret/)
     }))
 
+  it.live("a queue key that holds something else fails at start-up as QueueUnavailable", () =>
+    Effect.gen(function*() {
+      const name = fresh()
+      yield* withAdmin((client) => client.set(RedisQueue.keys({ prefix, queue: name }).stream, "not a stream"))
+      const error = yield* buildError(RedisQueue.layer({ url, prefix, queue: name }))
+      expect(error._tag).toBe("QueueUnavailable")
+      expect(error.message).toMatch(/WRONGTYPE/)
+    }))
+
   it.live("an unreachable Redis fails at start-up as QueueUnavailable", () =>
     Effect.gen(function*() {
       const error = yield* buildError(RedisQueue.layer({ url: Redacted.make("redis://127.0.0.1:1") }))
