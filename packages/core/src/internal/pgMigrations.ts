@@ -253,5 +253,64 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         returning m.id, m.body, m.receive_count, m.receipt;
       end
       $$`
+  }),
+  "6_resource_limits": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Per-resource limits (PgResourceLimiter, D18): one row per resource with its settings and its token
+    // bucket (tokens may go below zero: reservations waiting for their due time). The bucket columns
+    // change on every permit, so no index covers them and the page keeps room: updates stay HOT.
+    yield* sql`
+      create table ${s}.resource_limits (
+        resource          text primary key,
+        chunks_per_second double precision,
+        burst             integer,
+        in_flight         integer,
+        tokens            double precision not null default 0,
+        refilled_at       timestamptz not null default clock_timestamp(),
+        source            text not null default 'default',
+        updated_at        timestamptz not null default clock_timestamp(),
+        updated_by        text not null,
+        reason            text not null
+      ) with (fillfactor = 50)`
+    // In-flight caps: slot rows 1..in_flight per resource, claimed FOR UPDATE SKIP LOCKED before a chunk's
+    // transaction and freed after it; a slot whose holder stopped renewing it is free once it expires.
+    yield* sql`
+      create table ${s}.resource_slots (
+        resource   text not null,
+        slot       integer not null,
+        permit_id  text,
+        run_id     text,
+        unit_id    text,
+        worker_id  text,
+        expires_at timestamptz,
+        primary key (resource, slot)
+      ) with (fillfactor = 50)`
+    // Units waiting for a permit, for status: a row is current while `until` is ahead of the clock.
+    yield* sql`
+      create table ${s}.resource_waits (
+        run_id        text not null,
+        unit_id       text not null,
+        resource      text not null,
+        kind          text not null,
+        partition_key text not null,
+        job           text not null,
+        step          text not null,
+        worker_id     text not null,
+        since         timestamptz not null,
+        until         timestamptz not null,
+        primary key (run_id, unit_id)
+      )`
+    yield* sql`
+      create table ${s}.resource_limit_audit (
+        id       bigserial primary key,
+        at       timestamptz not null default clock_timestamp(),
+        actor    text not null,
+        reason   text not null,
+        resource text not null,
+        before   jsonb,
+        after    jsonb not null
+      )`
+    yield* sql`create index resource_limit_audit_resource on ${s}.resource_limit_audit (resource, id)`
   })
 })
