@@ -11,8 +11,9 @@
  * when its idle time reaches a horizon of 7 days, so a receive or an extend with visibility V sets the
  * idle time to 7 days - V (XCLAIM IDLE JUSTID, which is not a delivery). A receipt is the entry id
  * with its delivery count, so a receipt is stale as soon as the message was delivered again.
- * Released messages wait in a sorted set scored by their due time; dead letters go to a stream of
- * their own with the reason. Every key of a queue shares one hash tag, so Redis Cluster keeps a queue
+ * Acks of one turn of the event loop share one script call and, while a consumer is receiving, fetch
+ * its next messages in the same round trip (`prefetch`, BullMQ's fetch-next). Released messages wait
+ * in a sorted set scored by their due time; dead letters go to a stream of their own with the reason. Every key of a queue shares one hash tag, so Redis Cluster keeps a queue
  * in one slot, and starts with `prefix`, so several applications share one Redis.
  *
  * Outside the contract, as for every driver: ordering, exactly-once delivery. Messages live in Redis
