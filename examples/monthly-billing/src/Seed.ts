@@ -23,7 +23,7 @@ export interface Options {
 }
 
 /** The defaults of the one-command demo: it finishes in well under a minute on 2 cores. */
-export const demoDefaults = { companies: 200, records: 100_000, seed: 42 } as const
+export const demoDefaults = { companies: 100, records: 50_000, seed: 42 } as const
 
 const positive = (what: string, value: number, max: number) =>
   Number.isInteger(value) && value >= 1 && value <= max
