@@ -7,7 +7,7 @@
 import { RedisQueue } from "@chunkwise/adapters-redis"
 import type { QueueAdapter } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Layer, Redacted } from "effect"
+import { ConfigProvider, Effect, Fiber, Layer, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { inspect } from "node:util"
 import { afterAll } from "vitest"
@@ -144,6 +144,24 @@ describe("RedisQueue", () => {
       // Those received again are hidden for their new visibility, all of them.
       yield* Effect.sleep(400)
       expect(yield* queue.receive({ max: 10, visibilityMs: 1000, waitMs: 0 })).toEqual([])
+    }))
+
+  it.scopedLive("a waiting receive wakes on a send, and when a delayed message falls due", () =>
+    Effect.gen(function*() {
+      // Blocking waits of 30 s and receives waiting 60 s: only a wake-up returns them within the bound.
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh(), blockInterval: "30 seconds" })
+      const waiting = (body: string) =>
+        queue.receive({ max: 1, visibilityMs: 60_000, waitMs: 60_000 }).pipe(
+          Effect.timeoutFail({ duration: "15 seconds", onTimeout: () => `no wake-up for "${body}"` }),
+          Effect.map((got) => got.map((d) => d.body))
+        )
+      const sent = yield* Effect.fork(waiting("sent"))
+      yield* Effect.sleep(300)
+      yield* queue.send([{ body: "sent" }])
+      expect(yield* Fiber.join(sent)).toEqual(["sent"])
+
+      yield* queue.send([{ body: "due" }], { delayMs: 500 })
+      expect(yield* waiting("due")).toEqual(["due"])
     }))
 
   it.scopedLive("malformed receipts are stale, not errors", () =>
