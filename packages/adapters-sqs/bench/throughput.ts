@@ -7,7 +7,7 @@
  */
 import { SQSClient } from "@aws-sdk/client-sqs"
 import { QueueAdapter } from "@chunkwise/core"
-import { Effect, FiberSet, Layer, Logger, LogLevel, Queue, Redacted } from "effect"
+import { Deferred, Effect, FiberSet, Layer, Logger, LogLevel, Queue, Redacted } from "effect"
 import { buildApp } from "fauxqs"
 import type { AddressInfo } from "node:net"
 import { Consumer } from "sqs-consumer"
@@ -20,6 +20,11 @@ const ONLY = process.env["ONLY"]
 const region = "us-east-1"
 const credentials = { accessKeyId: "bench", secretAccessKey: Redacted.make("bench") }
 let queues = 0
+/** SQS requests the emulator served, to report requests per message for each contender. */
+let served = 0
+/** Runs a drain and returns its rate with the SQS requests per message it took. */
+const measured = <E, R>(drain: Effect.Effect<{ readonly rate: number; readonly from: number }, E, R>) =>
+  Effect.map(drain, ({ from, rate }) => ({ rate, perMessage: (served - from) / JOBS }))
 
 interface Case {
   readonly concurrency: number
@@ -64,32 +69,43 @@ const chunkwise = (endpoint: string, { concurrency, handlerMs }: Case) =>
       const queue = yield* QueueAdapter.QueueAdapter
       let done = 0
       let inflight = 0
+      let end = 0
       const slotFreed = yield* Queue.sliding<void>(1)
       const handlers = yield* FiberSet.make()
       const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
+      const from = served
       const start = performance.now()
-      while (done < JOBS) {
-        if (inflight >= concurrency) {
-          yield* Queue.take(slotFreed)
-          continue
-        }
-        const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
-        for (const delivery of got) {
-          inflight += 1
-          yield* FiberSet.run(
-            handlers,
-            handler.pipe(
-              Effect.zipRight(queue.ack([delivery.receipt])),
-              Effect.ensuring(Effect.suspend(() => {
-                inflight -= 1
-                done += 1
-                return Queue.offer(slotFreed, undefined)
-              }))
+      // The drain ends with the last ack (as sqs-consumer's count does), not with the receive that follows it.
+      const drained = yield* Deferred.make<void>()
+      const loop = Effect.gen(function*() {
+        while (true) {
+          if (inflight >= concurrency) {
+            yield* Queue.take(slotFreed)
+            continue
+          }
+          const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
+          for (const delivery of got) {
+            inflight += 1
+            yield* FiberSet.run(
+              handlers,
+              handler.pipe(
+                Effect.zipRight(queue.ack([delivery.receipt])),
+                Effect.ensuring(Effect.suspend(() => {
+                  inflight -= 1
+                  done += 1
+                  if (done === JOBS) {
+                    end = performance.now()
+                    return Deferred.succeed(drained, undefined)
+                  }
+                  return Queue.offer(slotFreed, undefined)
+                }))
+              )
             )
-          )
+          }
         }
-      }
-      return JOBS / seconds(start)
+      })
+      yield* Effect.raceFirst(loop, Deferred.await(drained))
+      return { rate: JOBS / ((end - start) / 1000), from }
     }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
   })
 
@@ -146,18 +162,23 @@ const sqsConsumer = (endpoint: string, { concurrency, handlerMs }: Case, batch: 
             })
         }))
       for (const consumer of consumers) consumer.on("error", () => {})
+      const from = served
       const start = performance.now()
       for (const consumer of consumers) consumer.start()
       await finished
       const rate = JOBS / seconds(start)
       for (const consumer of consumers) consumer.stop({ abort: true })
       client.destroy()
-      return rate
+      return { rate, from }
     })
   })
 
 const main = Effect.gen(function*() {
   const app = buildApp({ logger: false })
+  app.addHook("onRequest", (_request, _reply, done) => {
+    served += 1
+    done()
+  })
   yield* Effect.acquireRelease(
     Effect.promise(() => app.listen({ port: 0, host: "127.0.0.1" })),
     () => Effect.promise(() => app.close())
@@ -166,28 +187,23 @@ const main = Effect.gen(function*() {
   console.log(`SQS queue throughput: ${JOBS} messages per contender, fauxqs ${endpoint} (draining a backlog)`)
   console.log(`  chunkwise SqsQueue: one receive loop asking for the free slots, a fiber per message, ack per message`)
   console.log(`  sqs-consumer 14: ceil(concurrency / 10) consumers, batchSize 10, waitTimeSeconds 1\n`)
+  const row = (name: string, result: { readonly rate: number; readonly perMessage: number }, base?: number) =>
+    `  ${name.padEnd(36)} ${result.rate.toFixed(0).padStart(7)} jobs/s  ${
+      result.perMessage.toFixed(2)
+    } requests/message` +
+    (base === undefined ? "" : `   chunkwise ${(base / result.rate).toFixed(2)}x`)
   for (const c of cases) {
     const label = `${c.handlerMs === 0 ? "no-op" : `${c.handlerMs} ms`} handler, concurrency ${c.concurrency}`
-    const cw = yield* chunkwise(endpoint, c)
-    if (ONLY === "chunkwise") {
-      console.log(`${label}\n  chunkwise SqsQueue                 ${cw.toFixed(0).padStart(7)} jobs/s\n`)
-      continue
-    }
-    const single = yield* sqsConsumer(endpoint, c, false)
-    const batched = yield* sqsConsumer(endpoint, c, true)
-    const consumers = Math.ceil(c.concurrency / 10)
+    const cw = yield* measured(chunkwise(endpoint, c))
     console.log(label)
-    console.log(`  chunkwise SqsQueue                 ${cw.toFixed(0).padStart(7)} jobs/s`)
-    console.log(
-      `  sqs-consumer handleMessage  (${consumers}x10) ${single.toFixed(0).padStart(7)} jobs/s   chunkwise ${
-        (cw / single).toFixed(2)
-      }x`
-    )
-    console.log(
-      `  sqs-consumer handleMessageBatch (${consumers}x10) ${batched.toFixed(0).padStart(7)} jobs/s   chunkwise ${
-        (cw / batched).toFixed(2)
-      }x\n`
-    )
+    console.log(row("chunkwise SqsQueue", cw))
+    if (ONLY === "chunkwise") continue
+    const consumers = Math.ceil(c.concurrency / 10)
+    const single = yield* measured(sqsConsumer(endpoint, c, false))
+    console.log(row(`sqs-consumer handleMessage (${consumers}x10)`, single, cw.rate))
+    const batched = yield* measured(sqsConsumer(endpoint, c, true))
+    console.log(row(`sqs-consumer handleMessageBatch (${consumers}x10)`, batched, cw.rate))
+    console.log("")
   }
 }).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Error), Effect.provide(Layer.empty))
 

@@ -189,4 +189,39 @@ describe("SqsQueue", () => {
       })),
     60_000
   )
+
+  it.live(
+    "prefetch: a caller receiving in quick succession gets full batches; what it does not take goes back to SQS within a second",
+    () =>
+      Effect.gen(function*() {
+        const name = Emulator.freshName("prefetch")
+        const open = (prefetch: boolean) =>
+          Effect.flatMap(
+            SqsQueue.makeClient(Emulator.connection(proxy.endpoint)),
+            (client) => SqsQueue.make(client, { queue: name, ensureQueue: true, prefetch })
+          )
+        const worker = yield* open(true)
+        const observer = yield* open(false)
+        yield* worker.send(Array.from({ length: 30 }, (_, i) => ({ body: `m${i}` })))
+        const { requests, value: taken } = yield* recorded(Effect.gen(function*() {
+          const first = yield* worker.receive({ max: 1, visibilityMs: 30_000, waitMs: 1000 })
+          const second = yield* worker.receive({ max: 1, visibilityMs: 30_000, waitMs: 1000 })
+          const third = yield* worker.receive({ max: 1, visibilityMs: 30_000, waitMs: 1000 })
+          return [...first, ...second, ...third]
+        }))
+        expect(taken).toHaveLength(3)
+        // The second receive was "hot": it asked SQS for 10, and the third was served from those.
+        const asked = calls(requests, "ReceiveMessage").map((r) => r.body["MaxNumberOfMessages"])
+        expect(asked[0]).toBe(1)
+        expect(asked[1]).toBe(10)
+        // For the contract, prefetched messages are ready, not in flight.
+        expect(yield* worker.depth).toMatchObject({ ready: 27, inFlight: 3 })
+        // Nobody takes the rest: within about a second they are visible in SQS again.
+        yield* Effect.sleep("1500 millis")
+        expect(yield* observer.depth).toMatchObject({ ready: 27, inFlight: 3 })
+        yield* worker.ack(taken.map((d) => d.receipt))
+        expect(yield* observer.depth).toMatchObject({ ready: 27, inFlight: 0 })
+      }).pipe(Effect.scoped),
+    60_000
+  )
 })

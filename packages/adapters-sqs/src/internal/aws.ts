@@ -6,7 +6,7 @@
  * built from receipts re-checks them before each attempt (a stale receipt must never reach SQS late).
  */
 import { Errors } from "@chunkwise/core"
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect } from "effect"
 
 /** A failed SQS call, classified. */
 export interface AwsFailure {
@@ -103,7 +103,7 @@ export const classify = (error: unknown): AwsFailure => {
 export interface RetryOptions {
   /** Attempts after the first (default 6). */
   readonly times: number
-  /** The first backoff (default 50 ms); doubles per attempt, with jitter, up to `max`. */
+  /** The first backoff's ceiling (default 50 ms); doubles per attempt up to `max`; each wait is random below it. */
   readonly base: Duration.DurationInput
   /** The longest single backoff (default 2 s). */
   readonly max: Duration.DurationInput
@@ -128,30 +128,29 @@ export const retrying = <A, E = never>(
   queue: string,
   retry: RetryOptions,
   attempt: Effect.Effect<A, AwsFailure | E>
-): Effect.Effect<A, Errors.QueueUnavailable | Exclude<E, AwsFailure>> =>
-  Effect.suspend(() => {
-    let attempts = 0
-    const schedule = Schedule.exponential(retry.base, 2).pipe(
-      Schedule.map((d) => Duration.min(d, Duration.decode(retry.max))),
-      Schedule.jittered,
-      Schedule.intersect(Schedule.recurs(retry.times))
-    )
-    return Effect.suspend(() => {
-      attempts += 1
-      return attempt
-    }).pipe(
-      Effect.retry({ schedule, while: (error) => isAwsFailure(error) && error.transient }),
-      Effect.mapError((error) =>
-        isAwsFailure(error)
-          ? new Errors.QueueUnavailable({
-            operation,
-            message: `SQS ${operation} on ${queue} failed: ${describe(error, attempts)}`,
-            cause: error.cause
-          })
-          : error as Exclude<E, AwsFailure>
+): Effect.Effect<A, Errors.QueueUnavailable | Exclude<E, AwsFailure>> => {
+  // A plain loop rather than Effect.retry: this runs for every SQS call, and the first try almost
+  // always succeeds, so the success path must cost nothing beyond the call itself.
+  const base = Duration.toMillis(retry.base)
+  const max = Duration.toMillis(retry.max)
+  const after = (tries: number): Effect.Effect<A, Errors.QueueUnavailable | Exclude<E, AwsFailure>> =>
+    Effect.catchAll(attempt, (error) => {
+      if (!isAwsFailure(error)) return Effect.fail(error as Exclude<E, AwsFailure>)
+      if (error.transient && tries <= retry.times) {
+        // Full jitter on an exponential backoff, as the AWS SDKs do.
+        const backoff = Math.random() * Math.min(max, base * 2 ** (tries - 1))
+        return Effect.zipRight(Effect.sleep(backoff), after(tries + 1))
+      }
+      return Effect.fail(
+        new Errors.QueueUnavailable({
+          operation,
+          message: `SQS ${operation} on ${queue} failed: ${describe(error, tries)}`,
+          cause: error.cause
+        })
       )
-    )
-  })
+    })
+  return after(1)
+}
 
 /** A batch call's failed entries that are worth another attempt, as one transient failure. */
 export const partialFailure = (
