@@ -75,3 +75,19 @@ export const queueOldestReadyAge = Metric.gauge("chunkwise_queue_oldest_ready_ag
  * `expired_lease` means a worker died or stalled holding units (they are re-sent and resume).
  */
 export const units = Metric.gauge("chunkwise_units", { description: "Units in the store by state, active runs" })
+
+/**
+ * Seconds units waited for a resource permit (`ResourceLimiter`), by `resource` and `kind` (`rate`: a
+ * chunks-per-second limit; `in_flight`: a cap on chunks at once). Its rate over a minute is the average
+ * number of units throttled by that resource; non-zero means the limit, not the workers, sets the pace.
+ */
+export const throttledSeconds = Metric.counter("chunkwise_throttled_seconds", {
+  description: "Seconds waited for a resource permit, by resource and kind",
+  incremental: true
+})
+
+/** Waits for a resource permit (a permit granted at once is not a wait), by `resource` and `kind`. */
+export const throttledWaits = Metric.counter("chunkwise_throttled_waits_total", {
+  description: "Waits for a resource permit, by resource and kind",
+  incremental: true
+})

@@ -13,6 +13,7 @@
 import { Duration, Effect } from "effect"
 import type { Schema } from "effect"
 import { initialSize, type Sizing } from "./internal/chunkSizer.js"
+import { invalidResourceName } from "./ResourceLimiter.js"
 
 export type { Sizing } from "./internal/chunkSizer.js"
 
@@ -121,6 +122,12 @@ interface CommonOptions {
   readonly timeout?: Duration.DurationInput | undefined
   /** Overrides the default idempotency key; it must give the same key for the same input, always. */
   readonly idempotencyKey?: ((input: KeyInput) => string) | undefined
+  /**
+   * The shared resources each chunk (or the single effect) loads, e.g. `["primary-db", "billing-api"]`:
+   * the worker takes a permit on each before the chunk's transaction begins and gives it back after
+   * the commit, so the limits of `Worker.make({ limits })` (or an operator's) hold across all workers.
+   */
+  readonly resources?: ReadonlyArray<string> | undefined
 }
 
 /** Chunk size and time options of every chunked step. */
@@ -176,6 +183,8 @@ export interface Chunked<P, C, R> {
   readonly chunkTimeMs: number | undefined
   readonly timeout: Duration.DurationInput | undefined
   readonly idempotencyKey: ((input: KeyInput) => string) | undefined
+  /** The resources each chunk loads (validated names, no duplicates). */
+  readonly resources: ReadonlyArray<string>
   /** One chunk: the user's process, or read then write. */
   runChunk(ctx: ChunkContext<P, C>): Effect.Effect<{ readonly next: C | Done; readonly items: number }, unknown, R>
 }
@@ -187,6 +196,8 @@ export interface Single<P, R> {
   readonly transaction: TransactionMode
   readonly timeout: Duration.DurationInput | undefined
   readonly idempotencyKey: ((input: KeyInput) => string) | undefined
+  /** The resources the effect loads (validated names, no duplicates). */
+  readonly resources: ReadonlyArray<string>
   run(ctx: StepContext<P>): Effect.Effect<void, unknown, R>
 }
 
@@ -204,6 +215,19 @@ const checkName = (name: string) => {
       `Step "${name}": a step name is 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit`
     )
   }
+}
+
+/** Validates `resources`; a bad name fails `Job.make` with the name and the fix. */
+const resourcesOf = (name: string, resources: ReadonlyArray<string> | undefined): ReadonlyArray<string> => {
+  if (resources === undefined) return []
+  if (!Array.isArray(resources)) {
+    throw new TypeError(`Step "${name}": resources must be an array of resource names, e.g. ["primary-db"]`)
+  }
+  for (const resource of resources) {
+    const problem = invalidResourceName(resource)
+    if (problem !== undefined) throw new TypeError(`Step "${name}": ${problem}`)
+  }
+  return [...new Set(resources)].sort()
 }
 
 const isPositiveInteger = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 1
@@ -276,6 +300,7 @@ export function chunked<P, C, CI, I, R>(
     chunkTimeMs: sizing._tag === "Adaptive" ? sizing.targetMs : undefined,
     timeout: options.timeout,
     idempotencyKey: options.idempotencyKey,
+    resources: resourcesOf(name, options.resources),
     runChunk
   }
 }
@@ -294,6 +319,7 @@ export const single = <P, R>(name: string, options: SingleOptions<P, R>): Single
     transaction: options.transaction,
     timeout: options.timeout,
     idempotencyKey: options.idempotencyKey,
+    resources: resourcesOf(name, options.resources),
     run: (ctx) => options.run(ctx)
   }
 }

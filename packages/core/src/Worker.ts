@@ -44,6 +44,7 @@ import * as Metrics from "./Metrics.js"
 import * as Probe from "./Probe.js"
 import { QueueAdapter } from "./QueueAdapter.js"
 import type { Delivery } from "./QueueAdapter.js"
+import * as ResourceLimiter from "./ResourceLimiter.js"
 import * as RetryPolicy from "./RetryPolicy.js"
 import type { ClaimResult, FailureRecord, Lease, RunStatus, StateStoreShape, UnitRecord } from "./StateStore.js"
 import { databaseIdentity, StateStore } from "./StateStore.js"
@@ -85,6 +86,14 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
    * process keeps the pool busy while workers start.
    */
   readonly poolCheckTimeout?: Duration.DurationInput | undefined
+  /**
+   * Default limits of the resources the steps name (`resources: ["primary-db"]`), e.g.
+   * `{ "primary-db": { chunksPerSecond: 50, inFlight: 8 } }`. They are stored on first use; after that
+   * the stored limits hold (an operator changes them with `limits set`), and a changed default here
+   * replaces a stored one only while no operator has set it. Needs a `ResourceLimiter` layer
+   * (`PgResourceLimiter.layer` on Postgres). See docs/guides/database-load.md.
+   */
+  readonly limits?: ResourceLimiter.Limits | undefined
 }
 
 /** What a running worker exposes (mostly for tests and health checks). */
@@ -103,6 +112,8 @@ interface Active {
   fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
   /** Why the unit's fiber was interrupted from outside. */
   stop: "lease-lost" | "abandoned" | undefined
+  /** The resource permits the current chunk holds (renewed with the lease, released after the commit). */
+  permits: ResourceLimiter.Permits
 }
 
 /** A successful claim: the unit, its run and the lease. */
@@ -134,6 +145,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
     yield* checkTransactions(store, options.jobs, leaseMs)
     yield* checkPool(store, concurrency, Duration.toMillis(options.poolCheckTimeout ?? "5 seconds"))
+    const limiter = yield* setupLimits(store, options.jobs, options.limits, workerId)
     const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
     const feedMs = Duration.toMillis(options.feedInterval ?? "1 second")
     const maxOutstanding = options.maxOutstanding ?? 100
@@ -155,6 +167,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     let draining = false
     const slotFreed = yield* Queue.sliding<void>(1)
     const feedKick = yield* Queue.sliding<void>(1)
+    /** Completed when the drain starts: a unit waiting for a resource permit gives its unit back. */
+    const drainStarted = yield* Deferred.make<void>()
     const handlers = yield* FiberSet.make<void, never>()
     const log = Effect.annotateLogs({ workerId })
 
@@ -190,6 +204,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           if (entry.fiber !== undefined) yield* Fiber.interruptFork(entry.fiber)
         }
       }
+      const slots = entries.flatMap((e) => e.permits.slots)
+      if (limiter !== undefined && slots.length > 0) {
+        yield* limiter.renew(slots, leaseMs).pipe(
+          Effect.catchAll((error) => Effect.logWarning("chunkwise: renewing resource permits failed", error))
+        )
+      }
       const live = entries.filter((e) => e.stop === undefined).map((e) => e.receipt)
       if (live.length > 0) {
         yield* queue.extend(live, leaseMs).pipe(
@@ -216,6 +236,31 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
 
     const leaseLost = (lease: Lease, reason: string) =>
       new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
+
+    /**
+     * Waits for the chunk's resource permits, before its transaction begins (D16), and keeps them on the
+     * entry (the heartbeat renews them) until `givePermits`. `None`: the drain started while waiting.
+     */
+    const takePermits = (resources: ReadonlyArray<string>, holder: ResourceLimiter.Holder, entry: Active) =>
+      limiter === undefined || resources.length === 0
+        ? Effect.succeed(Option.some(noPermits))
+        : Effect.uninterruptibleMask((restore) =>
+          restore(Effect.raceFirst(
+            Effect.map(limiter.acquire(resources, holder, leaseMs), Option.some),
+            Effect.as(Deferred.await(drainStarted), Option.none<ResourceLimiter.Permits>())
+          )).pipe(Effect.tap((permits) =>
+            Effect.sync(() => {
+              if (Option.isSome(permits)) entry.permits = permits.value
+            })
+          ))
+        )
+    /** Gives the chunk's permits back, after its commit or rollback. */
+    const givePermits = (entry: Active) =>
+      Effect.suspend(() => {
+        const permits = entry.permits
+        entry.permits = noPermits
+        return limiter === undefined ? Effect.void : limiter.release(permits)
+      })
 
     const checkLease = (entry: Active) =>
       Effect.flatMap(monotonicMs, (now) =>
@@ -437,6 +482,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               Effect.gen(function*() {
                 const info = infoOf(lease, job.name, step.name, chunkSeq, n)
                 yield* probe.at("before-effect", info)
+                const holder = {
+                  runId: lease.runId,
+                  unitId: lease.unitId,
+                  partitionKey: partition.key,
+                  job: job.name,
+                  step: step.name,
+                  workerId
+                }
+                if (Option.isNone(yield* takePermits(step.resources, holder, entry))) return Option.none()
                 const ctx: Step.ChunkContext<unknown, unknown> = {
                   job: job.name,
                   runId: lease.runId,
@@ -516,11 +570,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 // The chunk's time, transaction included: its lock time in mode chunk.
                 const tookMs = (yield* monotonicMs) - began
                 yield* probe.at("after-commit", info)
-                return { ...out, tookMs }
-              }).pipe(provideJobContext)
+                return Option.some({ ...out, tookMs })
+              }).pipe(Effect.ensuring(givePermits(entry)), provideJobContext)
           )
           if (result._tag === "end") return result.ending
-          const { items, runStatus, to, tookMs } = result.value
+          if (Option.isNone(result.value)) {
+            // The drain started while the chunk waited for a resource permit: nothing ran.
+            yield* store.release(lease, { abandonedChunk: false })
+            return "release" as Ending
+          }
+          const { items, runStatus, to, tookMs } = result.value.value
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
           yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
@@ -669,7 +728,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           job: job.name,
           deadline: (yield* monotonicMs) + leaseMs,
           fiber: undefined,
-          stop: undefined
+          stop: undefined,
+          permits: noPermits
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
@@ -819,6 +879,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         draining = true
+        yield* Deferred.succeed(drainStarted, undefined)
         yield* Fiber.interrupt(receiver)
         const awaitIdle = Effect.gen(function*() {
           while (inflight > 0) yield* Queue.take(slotFreed)
@@ -849,6 +910,95 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       })
     )
     return { workerId, activeUnits: Effect.sync(() => active.size) }
+  })
+
+const noPermits: ResourceLimiter.Permits = { slots: [], grants: [] }
+
+/**
+ * Checks the declared limits and the resources the steps name, and stores them (first use) through the
+ * `ResourceLimiter`, which must be provided when either is present. Returns the limiter, if needed.
+ */
+const setupLimits = (
+  store: StateStoreShape,
+  jobs: ReadonlyArray<Job.Any>,
+  limits: ResourceLimiter.Limits | undefined,
+  workerId: string
+) =>
+  Effect.gen(function*() {
+    const users = new Map<string, Array<string>>()
+    for (const job of jobs) {
+      for (const step of job.steps) {
+        for (const resource of step.resources) {
+          users.set(resource, [...(users.get(resource) ?? []), `${job.name}/${step.name}`])
+        }
+      }
+    }
+    const declared = limits ?? {}
+    if (typeof declared !== "object" || declared === null || Array.isArray(declared)) {
+      return yield* new Errors.ConfigurationError({
+        message: `Worker: limits must be an object by resource name, e.g. { "primary-db": { inFlight: 8 } }`
+      })
+    }
+    for (const [resource, limit] of Object.entries(declared)) {
+      const problem = ResourceLimiter.invalidResourceName(resource) ??
+        ResourceLimiter.invalidLimit(limit, (key) => `Worker: limits["${resource}"]${key === "" ? "" : `.${key}`}`)
+      if (problem !== undefined) {
+        return yield* new Errors.ConfigurationError({
+          message: problem.startsWith("Worker:") ? problem : `Worker: limits: ${problem}`
+        })
+      }
+    }
+    const resources = [...new Set([...users.keys(), ...Object.keys(declared)])].sort()
+    if (resources.length === 0) return undefined
+    const found = yield* Effect.serviceOption(ResourceLimiter.ResourceLimiter)
+    if (Option.isNone(found)) {
+      const what = users.size > 0
+        ? `step(s) ${[...new Set([...users.values()].flat())].join(", ")} name resources (${
+          [...users.keys()].join(", ")
+        })`
+        : `limits are declared for ${Object.keys(declared).join(", ")}`
+      return yield* new Errors.ConfigurationError({
+        message: `Worker: ${what}, but no ResourceLimiter is provided, so nothing would enforce their limits. ` +
+          `Provide PgResourceLimiter.layer({ schema }) beside PgStateStore.layer (ResourceLimiter.layerMemory() ` +
+          `with the in-memory store), or remove the resources and limits.`
+      })
+    }
+    const limiter = found.value
+    if (limiter.kind !== store.kind) {
+      yield* Effect.logWarning(
+        `chunkwise: the resource limiter is ${limiter.kind} but the state store is ${store.kind}; limits hold ` +
+          `only among the workers that share the limiter (a memory limiter: this process)`
+      )
+    }
+    const unused = Object.keys(declared).filter((resource) => !users.has(resource))
+    if (unused.length > 0) {
+      yield* Effect.logWarning(
+        `chunkwise: limits are declared for ${unused.join(", ")}, which no step of this worker names in its ` +
+          `resources; check the spelling (steps name: ${[...users.keys()].join(", ") || "none"})`
+      )
+    }
+    const results = yield* Effect.orDie(limiter.declare(
+      resources.map((resource) => ({ resource, limit: declared[resource] ?? {} })),
+      `worker ${workerId}`
+    ))
+    for (const { outcome, resource, setting } of results) {
+      if (outcome === "operator") {
+        yield* Effect.logInfo(
+          `chunkwise: resource "${resource}" keeps the limit an operator set (${
+            ResourceLimiter.summary(ResourceLimiter.limitOf(setting))
+          }, by ${setting.updatedBy}: ${setting.reason}); this worker's default (${
+            ResourceLimiter.summary(declared[resource] ?? {})
+          }) does not replace it`
+        )
+      } else if (outcome !== "unchanged") {
+        yield* Effect.logInfo(
+          `chunkwise: resource "${resource}" limit ${outcome}: ${
+            ResourceLimiter.summary(ResourceLimiter.limitOf(setting))
+          }`
+        )
+      }
+    }
+    return limiter
   })
 
 /** The step span a unit execution has open, if any. */

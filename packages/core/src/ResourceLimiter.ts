@@ -1,0 +1,671 @@
+/**
+ * Per-resource limits: how hard a job may load a shared resource (`"primary-db"`, `"billing-api"`)
+ * across every worker of every run and job. A step names the resources it loads
+ * (`Step.chunked("bill", { resources: ["primary-db"], ... })`) and each resource may have
+ *
+ * - a **rate**: at most `chunksPerSecond` chunks start per second, with bursts of at most `burst`
+ *   (a token bucket; default: one second of chunks), and
+ * - an **in-flight cap**: at most `inFlight` chunks hold the resource at once.
+ *
+ * The worker takes a chunk's permits before the chunk's transaction begins and gives them back after
+ * it commits or rolls back, never inside it (D16). A permit held by a worker that dies expires like a
+ * lease, so capacity is never lost. Limits are stored (defaults declared in code seed them on first
+ * use), read through a cache of at most 5 s, and changed by an operator while runs go (`limits set`),
+ * with each change in an audit log.
+ *
+ * Contract, for every driver (`Store`; memory here, Postgres in `PgResourceLimiter`):
+ *
+ * - **Rate by reservation.** `reserve` takes one token, going into debt when the bucket is empty, and
+ *   says how long the caller waits until its token is due (one round trip per permit, however many
+ *   wait). Over any interval of the driver's clock, tokens granted (at their due time) are at most
+ *   `rate × length + burst`. A token reserved and then not used is lost, never given twice.
+ * - **In-flight slots.** `claim` takes a free slot numbered at most `inFlight`, or answers `Full`; a slot is
+ *   free when unheld or its expiry passed. While a held slot is numbered above the cap (the cap was
+ *   lowered), no new slot is given, so holders drain to the new cap without any chunk being stopped.
+ * - **The driver's clock** decides rates and expiry (the database's `clock_timestamp()`, or Effect's
+ *   `Clock` in memory, so `TestClock` drives it), never the caller's.
+ * - **Waits are visible**: `reserve` and `claim` record the holder's wait (until its token is due, or
+ *   while it polls for a slot), and `waits` lists the current ones for `status`.
+ * - **Settings are audited**: `declare` stores code defaults on first use and follows later code
+ *   defaults while no operator changed the resource; `set` is an operator's change; both write the
+ *   audit log (who, when, why, before and after).
+ *
+ * Outside the contract: fairness between waiters (tokens go in reservation order, slots to whoever
+ * polls first), and items per second (limit chunks; with a fixed chunk size that bounds items).
+ *
+ * Adding a driver (e.g. Redis, in its adapter package): implement `Store` and build the service with
+ * `make(store)`. On Redis, `reserve` maps onto `@effect/experimental`'s `RateLimiter.consume` with
+ * `onExceeded: "delay"` and the fixed-window algorithm over its Redis store (its token bucket reads the
+ * worker's clock, D18), `claim`/`release`/`renew` onto a sorted set scored by expiry in one Lua script
+ * each (`redis.call('TIME')`), and the settings (`declare`, `settings`, `set`, `history`) may stay on the
+ * Postgres driver, whose tables hold the audit log.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Random } from "effect"
+import * as Errors from "./Errors.js"
+import * as Metrics from "./Metrics.js"
+
+// ---- settings
+
+/** A resource's limits. Leave a setting out for no limit of that kind. */
+export interface Limit {
+  /** Chunks that may start per second, across all workers (a positive number; 0.5 is one every 2 s). */
+  readonly chunksPerSecond?: number | undefined
+  /** Chunks that may start at once after a pause (a positive integer; default: one second of chunks, at least 1). */
+  readonly burst?: number | undefined
+  /** Chunks that may hold the resource at once, across all workers (a positive integer). */
+  readonly inFlight?: number | undefined
+}
+
+/** Default limits by resource name, as `Worker.make({ limits })` takes them. */
+export type Limits = Readonly<Record<string, Limit>>
+
+/** An operator's change: a number sets a limit, `null` removes it, a setting left out is kept. */
+export interface LimitPatch {
+  readonly chunksPerSecond?: number | null | undefined
+  readonly burst?: number | null | undefined
+  readonly inFlight?: number | null | undefined
+}
+
+/** A resource's stored limits. */
+export interface Setting {
+  readonly resource: string
+  readonly chunksPerSecond: number | null
+  /** `null`: the default, one second of chunks (at least 1). */
+  readonly burst: number | null
+  readonly inFlight: number | null
+  /** `default`: declared in code (later code defaults replace it); `operator`: set with `limits set`. */
+  readonly source: "default" | "operator"
+  /** Epoch ms, the driver's clock. */
+  readonly updatedAt: number
+  readonly updatedBy: string
+  readonly reason: string
+}
+
+/** A resource's limits and what is happening on it now. */
+export interface Usage extends Setting {
+  /** In-flight slots held now. */
+  readonly inUse: number
+  /** Units waiting for a permit now. */
+  readonly waiting: number
+}
+
+/** One audited change of a resource's limits. */
+export interface Change {
+  readonly at: number
+  readonly actor: string
+  readonly reason: string
+  readonly resource: string
+  /** `null` when the change created the resource. */
+  readonly before: Limit | null
+  readonly after: Limit
+}
+
+/** What `declare` did with one resource. */
+export interface Declared {
+  readonly resource: string
+  /** `created`: first use; `updated`: the code's default changed; `operator`: an operator's setting stays. */
+  readonly outcome: "created" | "updated" | "unchanged" | "operator"
+  readonly setting: Setting
+}
+
+/** Who asks for a permit: one chunk of one unit. */
+export interface Holder {
+  readonly runId: string
+  readonly unitId: string
+  readonly partitionKey: string
+  readonly job: string
+  readonly step: string
+  readonly workerId: string
+}
+
+/** A unit waiting for a permit now. */
+export interface Wait extends Holder {
+  readonly resource: string
+  /** `rate`: its token is due at `until`; `in-flight`: it polls for a slot. */
+  readonly kind: "rate" | "in-flight"
+  /** Epoch ms, the driver's clock. */
+  readonly since: number
+  readonly until: number
+}
+
+/** An in-flight slot a chunk holds. */
+export interface Slot {
+  readonly resource: string
+  readonly slot: number
+  /** Unique per claim: a release or renewal matches it, so an expired slot taken by another is never touched. */
+  readonly permitId: string
+}
+
+/** A rate token granted to a chunk. */
+export interface Grant {
+  readonly resource: string
+  /** When the token was due, epoch ms on the driver's clock. */
+  readonly grantedAt: number
+  readonly waitedMs: number
+}
+
+/** The permits one chunk holds from before its transaction until after its commit. */
+export interface Permits {
+  readonly slots: ReadonlyArray<Slot>
+  readonly grants: ReadonlyArray<Grant>
+}
+
+/** The answer to a claim. */
+export type ClaimResult =
+  /** The resource has no in-flight cap (now). */
+  | { readonly _tag: "Unlimited" }
+  | { readonly _tag: "Held"; readonly slot: Slot }
+  /** Every slot is taken: poll again. */
+  | { readonly _tag: "Full" }
+
+// ---- validation
+
+const RESOURCE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/
+const SETTINGS = ["chunksPerSecond", "burst", "inFlight"] as const
+/** The most in-flight slots one resource may have (each is a row in the Postgres driver). */
+export const MAX_IN_FLIGHT = 10_000
+
+/** Why a resource name is refused, or `undefined` when it is fine. */
+export const invalidResourceName = (resource: unknown): string | undefined =>
+  typeof resource === "string" && RESOURCE_PATTERN.test(resource)
+    ? undefined
+    : `resource ${JSON.stringify(resource)} is not a valid name: use 1 to 64 lower-case letters, digits, ".", "_" ` +
+      `or "-", starting with a letter or digit, e.g. "primary-db"`
+
+/**
+ * Why a limit is refused, or `undefined` when it is fine. `label` names each setting as the user wrote
+ * it (`limits["primary-db"].inFlight` in code, `--in-flight` on the command line).
+ */
+export const invalidLimit = (limit: unknown, label: (setting: string) => string): string | undefined => {
+  if (typeof limit !== "object" || limit === null || Array.isArray(limit)) {
+    return `${label("")} must be an object like { chunksPerSecond: 50, inFlight: 8 } (got ${JSON.stringify(limit)})`
+  }
+  for (const key of Object.keys(limit)) {
+    if (!(SETTINGS as ReadonlyArray<string>).includes(key)) {
+      return `${label(key)} is not a limit setting; use chunksPerSecond, burst or inFlight`
+    }
+  }
+  const { burst, chunksPerSecond, inFlight } = limit as Record<string, unknown>
+  const shown = (value: unknown) => (typeof value === "number" ? String(value) : JSON.stringify(value))
+  if (chunksPerSecond !== undefined && chunksPerSecond !== null) {
+    if (typeof chunksPerSecond !== "number" || !Number.isFinite(chunksPerSecond) || chunksPerSecond <= 0) {
+      return `${label("chunksPerSecond")} must be a positive number of chunks per second, e.g. 50 or 0.5 ` +
+        `(got ${shown(chunksPerSecond)}); leave it out for no rate limit`
+    }
+  }
+  if (burst !== undefined && burst !== null) {
+    if (typeof burst !== "number" || !Number.isInteger(burst) || burst < 1) {
+      return `${label("burst")} must be a positive integer, the chunks that may start at once after a pause ` +
+        `(got ${shown(burst)}); leave it out for one second of chunks`
+    }
+    if (chunksPerSecond === undefined || chunksPerSecond === null) {
+      return `${label("burst")} needs ${label("chunksPerSecond")}: a burst only shapes a rate limit`
+    }
+  }
+  if (inFlight !== undefined && inFlight !== null) {
+    if (typeof inFlight !== "number" || !Number.isInteger(inFlight) || inFlight < 1 || inFlight > MAX_IN_FLIGHT) {
+      return `${label("inFlight")} must be an integer from 1 to ${MAX_IN_FLIGHT}, the chunks that may hold the ` +
+        `resource at once (got ${shown(inFlight)}); leave it out for no cap`
+    }
+  }
+  return undefined
+}
+
+/** The burst a rate gets when none is set: one second of chunks, at least 1. */
+export const defaultBurst = (chunksPerSecond: number): number => Math.max(1, Math.ceil(chunksPerSecond))
+
+/** A setting's limits as a `Limit` (settings without a value left out). */
+export const limitOf = (setting: {
+  readonly chunksPerSecond: number | null
+  readonly burst: number | null
+  readonly inFlight: number | null
+}): Limit => ({
+  ...(setting.chunksPerSecond === null ? {} : { chunksPerSecond: setting.chunksPerSecond }),
+  ...(setting.burst === null ? {} : { burst: setting.burst }),
+  ...(setting.inFlight === null ? {} : { inFlight: setting.inFlight })
+})
+
+/** Applies an operator's patch to the current limits. */
+export const patched = (current: Limit, patch: LimitPatch): Limit => {
+  const pick = (key: typeof SETTINGS[number]) => {
+    const value = patch[key] === undefined ? current[key] : patch[key]
+    return value === null || value === undefined ? {} : { [key]: value }
+  }
+  // Removing the rate removes its burst too: a burst only shapes a rate.
+  const rateRemoved = patch.chunksPerSecond === null && patch.burst === undefined
+  return { ...pick("chunksPerSecond"), ...(rateRemoved ? {} : pick("burst")), ...pick("inFlight") }
+}
+
+/** Same limits? */
+export const sameLimit = (a: Limit, b: Limit): boolean => SETTINGS.every((key) => (a[key] ?? null) === (b[key] ?? null))
+
+/** `50 chunks/s (burst 50) · 8 in flight`, or `no limit`. */
+export const summary = (limit: Limit): string => {
+  const parts: Array<string> = []
+  if (limit.chunksPerSecond !== undefined) {
+    parts.push(`${limit.chunksPerSecond} chunks/s (burst ${limit.burst ?? defaultBurst(limit.chunksPerSecond)})`)
+  }
+  if (limit.inFlight !== undefined) parts.push(`${limit.inFlight} in flight`)
+  return parts.length === 0 ? "no limit" : parts.join(" · ")
+}
+
+// ---- the driver port
+
+/** An operator: who, and why. Recorded in the audit log. */
+export interface Actor {
+  readonly actor: string
+  readonly reason: string
+}
+
+/** What a driver provides; `make` builds the limiter (waiting, caching, metrics) on top. See the module doc. */
+export interface Store {
+  readonly kind: string
+  /** Stores code defaults: creates unknown resources, follows changed defaults unless an operator set them. */
+  readonly declare: (
+    resources: ReadonlyArray<{ readonly resource: string; readonly limit: Limit }>,
+    actor: string
+  ) => Effect.Effect<ReadonlyArray<Declared>, Errors.StoreUnavailable>
+  /** Every known resource with its limits and current use. */
+  readonly settings: Effect.Effect<ReadonlyArray<Usage>, Errors.StoreUnavailable>
+  /** An operator's change, audited. Fails `NotFound` for a resource never declared unless `create`. */
+  readonly set: (
+    resource: string,
+    patch: LimitPatch,
+    actor: Actor,
+    options: { readonly create: boolean }
+  ) => Effect.Effect<Setting, Errors.StoreUnavailable | Errors.NotFound | Errors.ConfigurationError>
+  /** Audited changes, oldest first (the last `limit` of them). */
+  readonly history: (
+    options: { readonly resource?: string | undefined; readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<Change>, Errors.StoreUnavailable>
+  /** Takes one rate token; `undefined` when the resource has no rate limit (now). Records a wait. */
+  readonly reserve: (
+    resource: string,
+    holder: Holder
+  ) => Effect.Effect<{ readonly waitMs: number; readonly grantedAt: number } | undefined, Errors.StoreUnavailable>
+  /** Claims an in-flight slot that expires after `ttlMs` unless renewed. Records (or ends) a wait. */
+  readonly claim: (
+    resource: string,
+    holder: Holder,
+    options: { readonly ttlMs: number; readonly permitId: string }
+  ) => Effect.Effect<ClaimResult, Errors.StoreUnavailable>
+  readonly release: (slots: ReadonlyArray<Slot>) => Effect.Effect<void, Errors.StoreUnavailable>
+  /** Extends held slots by `ttlMs`; returns those still held. */
+  readonly renew: (
+    slots: ReadonlyArray<Slot>,
+    ttlMs: number
+  ) => Effect.Effect<ReadonlyArray<Slot>, Errors.StoreUnavailable>
+  /** Current waits (of one run, when given), oldest first, with the driver's clock. */
+  readonly waits: (
+    options: { readonly runId?: string | undefined }
+  ) => Effect.Effect<{ readonly now: number; readonly waits: ReadonlyArray<Wait> }, Errors.StoreUnavailable>
+}
+
+// ---- the service
+
+/** The limiter a worker uses. */
+export interface ResourceLimiterShape extends Omit<Store, "reserve" | "claim" | "release" | "renew"> {
+  /**
+   * Waits for a permit on every resource (rates first, then in-flight slots in name order, so two chunks
+   * never hold each other's slots) and returns them. Interrupted, it holds nothing. Uses the cached
+   * limits: a resource with no limit costs nothing.
+   */
+  readonly acquire: (
+    resources: ReadonlyArray<string>,
+    holder: Holder,
+    ttlMs: number
+  ) => Effect.Effect<Permits, Errors.StoreUnavailable>
+  /** Gives the slots back (never fails: a slot that cannot be released expires). */
+  readonly release: (permits: Permits) => Effect.Effect<void>
+  /** Extends held slots (the worker's heartbeat); returns those still held. */
+  readonly renew: (
+    slots: ReadonlyArray<Slot>,
+    ttlMs: number
+  ) => Effect.Effect<ReadonlyArray<Slot>, Errors.StoreUnavailable>
+}
+
+/** The resource limiter service. A worker whose steps name resources needs one. */
+export class ResourceLimiter extends Context.Tag("@chunkwise/core/ResourceLimiter")<
+  ResourceLimiter,
+  ResourceLimiterShape
+>() {}
+
+/** Options of the limiter built on a driver. */
+export interface Options {
+  /** How long limits are cached before a worker reads them again: at most 5 s (default 5 s). */
+  readonly cacheTtl?: Duration.DurationInput | undefined
+}
+
+const noPermits: Permits = { slots: [], grants: [] }
+/** A waiter for a slot polls at most this far apart (a release in this process wakes it at once). */
+const MAX_POLL_MS = 500
+const FIRST_POLL_MS = 20
+
+/** Builds the limiter on a driver: the cache of limits, waiting, local wake-ups, metrics. */
+export const make = (
+  store: Store,
+  options: Options = {}
+): Effect.Effect<ResourceLimiterShape, Errors.ConfigurationError> =>
+  Effect.gen(function*() {
+    const ttl = Duration.decode(options.cacheTtl ?? "5 seconds")
+    const ttlMs = Duration.toMillis(ttl)
+    if (!(ttlMs > 0 && ttlMs <= 5000)) {
+      return yield* new Errors.ConfigurationError({
+        message: `ResourceLimiter: cacheTtl must be a duration above 0 and at most 5 seconds (got ${
+          String(options.cacheTtl)
+        }), so a limit an operator changes reaches every worker within seconds`
+      })
+    }
+    const [cached, invalidate] = yield* Effect.cachedInvalidateWithTTL(
+      Effect.map(store.settings, (rows) => new Map(rows.map((row) => [row.resource, row] as const))),
+      ttl
+    )
+    const prefix = (yield* Random.nextInt).toString(36)
+    let counter = 0
+    /** Wakes waiters of this process when a slot of the resource is released here. */
+    const wakers = new Map<string, Deferred.Deferred<void>>()
+    const wakerOf = (resource: string) =>
+      Effect.suspend(() => {
+        const found = wakers.get(resource)
+        if (found !== undefined) return Effect.succeed(found)
+        return Effect.tap(Deferred.make<void>(), (d) => Effect.sync(() => wakers.set(resource, d)))
+      })
+    const wake = (resource: string) =>
+      Effect.suspend(() => {
+        const found = wakers.get(resource)
+        wakers.delete(resource)
+        return found === undefined ? Effect.void : Deferred.succeed(found, undefined)
+      })
+    const throttled = (resource: string, kind: "rate" | "in_flight", ms: number) =>
+      Effect.zipRight(
+        Metric.increment(Metric.tagged(Metric.tagged(Metrics.throttledWaits, "resource", resource), "kind", kind)),
+        Metric.incrementBy(
+          Metric.tagged(Metric.tagged(Metrics.throttledSeconds, "resource", resource), "kind", kind),
+          ms / 1000
+        )
+      )
+    const releaseSlots = (slots: ReadonlyArray<Slot>) =>
+      slots.length === 0 ? Effect.void : store.release(slots).pipe(
+        Effect.catchAll((error) =>
+          Effect.logWarning("chunkwise: releasing resource slots failed; they expire with their lease", error)
+        ),
+        Effect.zipRight(Effect.forEach(new Set(slots.map((s) => s.resource)), wake, { discard: true }))
+      )
+
+    const claimSlot = (resource: string, holder: Holder, slotTtlMs: number, held: Array<Slot>) =>
+      Effect.gen(function*() {
+        let pollMs = FIRST_POLL_MS
+        let waitedSince: number | undefined
+        while (true) {
+          const waker = yield* wakerOf(resource)
+          const permitId = `${prefix}.${(counter += 1).toString(36)}`
+          // Uninterruptible, so a slot claimed is always in `held` and released if the caller is interrupted.
+          const result = yield* Effect.uninterruptible(
+            Effect.tap(store.claim(resource, holder, { ttlMs: slotTtlMs, permitId }), (r) =>
+              Effect.sync(() => {
+                if (r._tag === "Held") held.push(r.slot)
+              }))
+          )
+          if (result._tag !== "Full") {
+            if (waitedSince !== undefined) yield* throttled(resource, "in_flight", (yield* monotonicMs) - waitedSince)
+            return
+          }
+          waitedSince ??= yield* monotonicMs
+          const jitter = yield* Random.nextRange(0.8, 1.2)
+          yield* Effect.raceFirst(Effect.sleep(Math.round(pollMs * jitter)), Deferred.await(waker))
+          pollMs = Math.min(MAX_POLL_MS, pollMs * 2)
+        }
+      })
+
+    const limiter: ResourceLimiterShape = {
+      kind: store.kind,
+      declare: (resources, actor) => Effect.zipLeft(store.declare(resources, actor), invalidate),
+      settings: store.settings,
+      set: (resource, patch, actor, setOptions) =>
+        Effect.zipLeft(store.set(resource, patch, actor, setOptions), invalidate),
+      history: store.history,
+      waits: store.waits,
+      renew: store.renew,
+      release: (permits) => releaseSlots(permits.slots),
+      acquire: (resources, holder, slotTtlMs) =>
+        resources.length === 0 ? Effect.succeed(noPermits) : Effect.gen(function*() {
+          const limits = yield* cached
+          const names = [...new Set(resources)].sort()
+          const grants: Array<Grant> = []
+          for (const resource of names) {
+            if ((limits.get(resource)?.chunksPerSecond ?? null) === null) continue
+            const reserved = yield* store.reserve(resource, holder)
+            if (reserved === undefined) continue
+            grants.push({ resource, grantedAt: reserved.grantedAt, waitedMs: reserved.waitMs })
+            if (reserved.waitMs > 0) {
+              yield* Effect.sleep(Math.ceil(reserved.waitMs))
+              yield* throttled(resource, "rate", reserved.waitMs)
+            }
+          }
+          const held: Array<Slot> = []
+          yield* Effect.forEach(
+            names.filter((resource) => (limits.get(resource)?.inFlight ?? null) !== null),
+            (resource) => claimSlot(resource, holder, slotTtlMs, held),
+            { discard: true }
+          ).pipe(Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : releaseSlots(held))))
+          return { slots: held, grants }
+        })
+    }
+    return limiter
+  })
+
+const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
+
+// ---- the in-memory driver
+
+interface Bucket {
+  tokens: number
+  refilledAt: number
+}
+
+interface HeldSlot {
+  readonly permitId: string
+  expiresAt: number
+}
+
+/**
+ * The in-memory driver: limits, buckets and slots in this process, on Effect's `Clock` (so `TestClock`
+ * drives it). Every operation reads the clock, then runs synchronously, so each is atomic. Share one
+ * instance between the workers of a process; it limits nothing across processes.
+ */
+export const makeMemoryStore: Effect.Effect<Store> = Effect.sync(() => {
+  const settings = new Map<string, { -readonly [K in keyof Setting]: Setting[K] }>()
+  const buckets = new Map<string, Bucket>()
+  const slots = new Map<string, Map<number, HeldSlot>>()
+  const waits = new Map<string, Wait>()
+  const audit: Array<Change> = []
+  const now = Clock.currentTimeMillis
+  const waitKey = (holder: Holder) => `${holder.runId}\u0000${holder.unitId}`
+
+  const slotsOf = (resource: string) => {
+    let map = slots.get(resource)
+    if (map === undefined) {
+      map = new Map()
+      slots.set(resource, map)
+    }
+    return map
+  }
+  /** Refills the bucket up to `at` at the current rate (the state a rate change starts from). */
+  const refill = (resource: string, at: number): Bucket | undefined => {
+    const setting = settings.get(resource)
+    const bucket = buckets.get(resource)
+    if (setting === undefined || bucket === undefined || setting.chunksPerSecond === null) return undefined
+    const burst = setting.burst ?? defaultBurst(setting.chunksPerSecond)
+    const from = Math.max(bucket.refilledAt, at)
+    bucket.tokens = Math.min(burst, bucket.tokens + ((from - bucket.refilledAt) / 1000) * setting.chunksPerSecond)
+    bucket.refilledAt = from
+    return bucket
+  }
+  /** Applies new limits to a resource (creating it), keeping the bucket's tokens where it had a rate. */
+  const apply = (resource: string, limit: Limit, source: Setting["source"], by: Actor, at: number): Setting => {
+    const before = settings.get(resource)
+    const hadRate = before !== undefined && before.chunksPerSecond !== null
+    if (hadRate) refill(resource, at)
+    const setting = {
+      resource,
+      chunksPerSecond: limit.chunksPerSecond ?? null,
+      burst: limit.burst ?? null,
+      inFlight: limit.inFlight ?? null,
+      source,
+      updatedAt: at,
+      updatedBy: by.actor,
+      reason: by.reason
+    }
+    settings.set(resource, setting)
+    if (setting.chunksPerSecond !== null) {
+      const burst = setting.burst ?? defaultBurst(setting.chunksPerSecond)
+      const bucket = buckets.get(resource)
+      if (!hadRate || bucket === undefined) buckets.set(resource, { tokens: burst, refilledAt: at })
+      else bucket.tokens = Math.min(burst, bucket.tokens)
+    }
+    audit.push({
+      at,
+      actor: by.actor,
+      reason: by.reason,
+      resource,
+      before: before === undefined ? null : limitOf(before),
+      after: limit
+    })
+    return { ...setting }
+  }
+  const live = (slot: HeldSlot | undefined, at: number) => slot !== undefined && slot.expiresAt > at
+
+  const store: Store = {
+    kind: "memory",
+
+    declare: (resources, actor) =>
+      Effect.map(
+        now,
+        (at) =>
+          [...resources].sort((a, b) => (a.resource < b.resource ? -1 : 1)).map(({ limit, resource }) => {
+            const current = settings.get(resource)
+            if (current === undefined) {
+              const by = { actor, reason: "first use: the default declared in code" }
+              return { resource, outcome: "created" as const, setting: apply(resource, limit, "default", by, at) }
+            }
+            if (sameLimit(limitOf(current), limit)) return { resource, outcome: "unchanged" as const, setting: current }
+            if (current.source === "operator") return { resource, outcome: "operator" as const, setting: current }
+            const by = { actor, reason: "the default declared in code changed" }
+            return { resource, outcome: "updated" as const, setting: apply(resource, limit, "default", by, at) }
+          })
+      ),
+
+    settings: Effect.map(
+      now,
+      (at) =>
+        [...settings.values()].sort((a, b) => (a.resource < b.resource ? -1 : 1)).map((s) => ({
+          ...s,
+          inUse: [...slotsOf(s.resource).values()].filter((slot) => live(slot, at)).length,
+          waiting: [...waits.values()].filter((w) => w.resource === s.resource && w.until > at).length
+        }))
+    ),
+
+    set: (resource, patch, actor, { create }) =>
+      Effect.flatMap(now, (at): Effect.Effect<Setting, Errors.ConfigurationError | Errors.NotFound> => {
+        const nameProblem = invalidResourceName(resource)
+        if (nameProblem !== undefined) return Effect.fail(new Errors.ConfigurationError({ message: nameProblem }))
+        const current = settings.get(resource)
+        if (current === undefined && !create) {
+          return Effect.fail(new Errors.NotFound({ what: "resource", id: resource }))
+        }
+        const limit = patched(current === undefined ? {} : limitOf(current), patch)
+        const problem = invalidLimit(limit, (key) => `limit of "${resource}"${key === "" ? "" : `: ${key}`}`)
+        if (problem !== undefined) return Effect.fail(new Errors.ConfigurationError({ message: problem }))
+        return Effect.succeed(apply(resource, limit, "operator", actor, at))
+      }),
+
+    history: ({ limit, resource }) =>
+      Effect.sync(() => audit.filter((c) => resource === undefined || c.resource === resource).slice(-limit)),
+
+    reserve: (resource, holder) =>
+      Effect.map(now, (at) => {
+        const bucket = refill(resource, at)
+        const setting = settings.get(resource)
+        if (bucket === undefined || setting?.chunksPerSecond == null) return undefined
+        bucket.tokens -= 1
+        const waitMs = bucket.tokens >= 0 ? 0 : (-bucket.tokens / setting.chunksPerSecond) * 1000
+        const grantedAt = bucket.refilledAt + waitMs
+        if (waitMs > 0) {
+          waits.set(waitKey(holder), { ...holder, resource, kind: "rate", since: at, until: grantedAt })
+        }
+        return { waitMs, grantedAt }
+      }),
+
+    claim: (resource, holder, { permitId, ttlMs }) =>
+      Effect.map(now, (at): ClaimResult => {
+        const cap = settings.get(resource)?.inFlight ?? null
+        const key = waitKey(holder)
+        if (cap === null) {
+          waits.delete(key)
+          return { _tag: "Unlimited" }
+        }
+        const held = slotsOf(resource)
+        const drainingAboveCap = [...held.entries()].some(([n, slot]) => n > cap && live(slot, at))
+        let free: number | undefined
+        for (let n = 1; n <= cap && !drainingAboveCap; n++) {
+          if (!live(held.get(n), at)) {
+            free = n
+            break
+          }
+        }
+        if (free === undefined) {
+          const previous = waits.get(key)
+          const since = previous !== undefined && previous.resource === resource && previous.until > at
+            ? previous.since
+            : at
+          waits.set(key, { ...holder, resource, kind: "in-flight", since, until: at + WAIT_VISIBLE_MS })
+          return { _tag: "Full" }
+        }
+        waits.delete(key)
+        held.set(free, { permitId, expiresAt: at + ttlMs })
+        return { _tag: "Held", slot: { resource, slot: free, permitId } }
+      }),
+
+    release: (released) =>
+      Effect.sync(() => {
+        for (const { permitId, resource, slot } of released) {
+          const held = slotsOf(resource)
+          if (held.get(slot)?.permitId === permitId) held.delete(slot)
+        }
+      }),
+
+    renew: (renewed, ttlMs) =>
+      Effect.map(now, (at) =>
+        renewed.filter(({ permitId, resource, slot }) => {
+          const held = slotsOf(resource).get(slot)
+          if (held === undefined || held.permitId !== permitId || !live(held, at)) return false
+          held.expiresAt = at + ttlMs
+          return true
+        })),
+
+    waits: ({ runId }) =>
+      Effect.map(now, (at) => ({
+        now: at,
+        waits: [...waits.values()]
+          .filter((w) => w.until > at && (runId === undefined || w.runId === runId))
+          .sort((a, b) => a.since - b.since)
+      }))
+  }
+  return store
+})
+
+/**
+ * How long a slot waiter stays visible after its last poll: well above the longest poll interval, so a
+ * live waiter never blinks out of `status`, and one that died disappears within seconds.
+ */
+export const WAIT_VISIBLE_MS = 2000
+
+/** The in-memory limiter (one per process: give every worker of the process the same layer). */
+export const makeMemory = (options: Options = {}): Effect.Effect<ResourceLimiterShape, Errors.ConfigurationError> =>
+  Effect.flatMap(makeMemoryStore, (store) => make(store, options))
+
+/** The in-memory limiter as a layer, for the in-memory engine and tests. */
+export const layerMemory = (options: Options = {}): Layer.Layer<ResourceLimiter, Errors.ConfigurationError> =>
+  Layer.effect(ResourceLimiter, makeMemory(options))
