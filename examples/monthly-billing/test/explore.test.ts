@@ -1,0 +1,41 @@
+/**
+ * The job explored with chunkwise's harness on real Postgres: a crash at every point a small run
+ * reaches (each step of each company, each chunk), on the in-memory and the Postgres queue, must end
+ * with the same invoices, lines, billed records, outbox and mails as the run without faults.
+ */
+import { Engine, Harness } from "@chunkwise/testing"
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import * as MonthlyBilling from "../src/MonthlyBilling.js"
+import * as Tables from "../src/Tables.js"
+import { content, freshSchema, handMadeInvoices, pgClient, quiet, seedHandMade, withBilling } from "./fixtures.js"
+
+describe("explore on Postgres", () => {
+  for (const queue of ["memory", "postgres"] as const) {
+    it.live(`every crash point of a month's run, ${queue} queue: zero divergences`, () =>
+      Effect.gen(function*() {
+        const app = freshSchema("mb_app")
+        const store = freshSchema("mb_store")
+        yield* withBilling(app, store)
+        yield* seedHandMade(app)
+        const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+        // Company 2 only, so the run stays small: two chunks of bill-records, issue-invoice and notify
+        // (with 2 workers and the completion, 16 crash sites).
+        yield* sql`update ${sql(app)}.companies set active = false where id = 1`
+        const report = yield* Harness.explore({
+          engine: Engine.postgres({ schema: store, queue }),
+          job: MonthlyBilling.make({ schema: app, chunkSize: 2 }),
+          params: { month: "2026-10" },
+          workers: 2,
+          reset: Tables.resetBilling(app),
+          observe: content(app)
+        })
+        console.log(Harness.format(report))
+        expect(report.baseline.status).toBe("succeeded")
+        expect(Harness.observedOrThrow(report.baseline).invoices).toEqual([handMadeInvoices[1]])
+        expect(report.sites.length).toBeGreaterThanOrEqual(12)
+        Harness.assertNoDivergence(report)
+      }).pipe(Effect.scoped, Effect.provide(Layer.merge(pgClient(), quiet))), 240_000)
+  }
+})
