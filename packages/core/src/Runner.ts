@@ -7,6 +7,7 @@
 import { Cause, Chunk, type Duration, Effect, Option, Schedule, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { canonicalJson } from "./internal/hash.js"
+import { signalLocalWork } from "./internal/localWork.js"
 import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
 import type { Actor, PlannedUnit, RunProgress, RunRecord, RunStatus } from "./StateStore.js"
@@ -74,6 +75,7 @@ const startValid = <P, R>(
     if (run.status === "enumerating") {
       yield* enumerate(job, runId, params)
       current = yield* store.openRun(runId, Job.budgetOf(job.name, job.failureBudget))
+      yield* signalLocalWork
       yield* Effect.logInfo("chunkwise: run started").pipe(
         Effect.annotateLogs({ job: job.name, runId, partitions: current.partitionCount })
       )
@@ -181,11 +183,13 @@ export const retry = (
         })
       }
     }
-    return yield* store.retry(
+    const planned = yield* store.retry(
       runId,
       { partitions: options.partitions, fromStep, dryRun: options.dryRun ?? false },
       actor
     )
+    if (options.dryRun !== true && planned.length > 0) yield* signalLocalWork
+    return planned
   })
 
 /** Marks partitions skipped (default: every failed one), so the run can complete without them. */

@@ -34,6 +34,7 @@ import {
 } from "effect"
 import * as Errors from "./Errors.js"
 import { nextSize } from "./internal/chunkSizer.js"
+import { onLocalWork } from "./internal/localWork.js"
 import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
 import { runParentSpan } from "./internal/tracing.js"
@@ -186,6 +187,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       Effect.withSpan("chunkwise.feed", { captureStackTrace: false })
     )
     const kickFeeder = Queue.offer(feedKick, undefined)
+    yield* onLocalWork(() => Queue.unsafeOffer(feedKick, undefined))
 
     // ---- heartbeat: one timer renews every lease and extends every message (D5).
     const heartbeat = Effect.gen(function*() {

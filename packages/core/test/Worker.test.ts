@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope } from "effect"
+import { Effect, Exit, Fiber, Scope, TestClock } from "effect"
 import { Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
 
@@ -158,5 +158,19 @@ describe("Worker on the in-memory engine", () => {
       yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" })
       yield* driveUntil(runEnded(runId), "1 second")
       expect(yield* table("applied")).toEqual(expectedItems(1, 6))
+    }).pipe(Effect.provide(memoryEngine())))
+})
+
+describe("new work in the same process", () => {
+  it.scoped("a run started beside a worker starts at once, not on the feeder's next tick", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 2, itemsPerPartition: 3 })
+      yield* Worker.make({ jobs: [job], ...fastWorker, feedInterval: "1 hour" })
+      yield* TestClock.adjust("1 second")
+      const { runId } = yield* Runner.start(job, { label: "at-once" })
+      // 50 steps of 100 ms: far less than the feed interval.
+      yield* driveUntil(runEnded(runId), "100 millis", 50)
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
     }).pipe(Effect.provide(memoryEngine())))
 })
