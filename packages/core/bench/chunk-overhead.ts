@@ -77,7 +77,7 @@ const job = Job.make({
 
 const chunkwise = (round: number) =>
   Effect.gen(function*() {
-    yield* Worker.make({ jobs: [job], concurrency: CONCURRENCY })
+    yield* Worker.make({ jobs: [job], concurrency: CONCURRENCY, feedInterval: process.env["FEED"] ?? "1 second" })
     const { runId } = yield* Runner.start(job, { round })
     const progress = yield* Runner.awaitTerminal(runId, { pollInterval: "50 millis" })
     if (progress.run.status !== "succeeded") throw new Error(`bench run ${progress.run.status}`)
@@ -136,7 +136,7 @@ const program = Effect.gen(function*() {
     )
   }
   yield* sql`drop schema ${sql(schema)} cascade`
-  yield* sql`drop schema ${sql(`${schema}_store`)} cascade`
+  yield* sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
 })
 
 const Database = PgClient.layer({
