@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Clock, Effect, Exit, Fiber, Layer, Metric, Schema, TestClock } from "effect"
 import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, Step, Worker } from "../src/index.js"
 import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
+import { worstExcess } from "./limitsFixtures.js"
 
 const holder = (unit: string): ResourceLimiter.Holder => ({
   runId: "run_1",
@@ -20,18 +21,6 @@ const holder = (unit: string): ResourceLimiter.Holder => ({
 const settle = Effect.gen(function*() {
   for (let i = 0; i < 20; i++) yield* Effect.yieldNow()
 })
-
-/** Most permits in any window [a, b] of the sorted times, against `rate × (b − a) + burst`. */
-const worstWindow = (times: ReadonlyArray<number>, rate: number, burst: number) => {
-  const sorted = [...times].sort((a, b) => a - b)
-  let worst = -Infinity
-  for (let i = 0; i < sorted.length; i++) {
-    for (let j = i; j < sorted.length; j++) {
-      worst = Math.max(worst, j - i + 1 - (rate * (sorted[j]! - sorted[i]!)) / 1000 - burst)
-    }
-  }
-  return worst
-}
 
 describe("ResourceLimiter (memory driver, TestClock)", () => {
   it.effect("a rate grants no more than rate × elapsed + burst, in reservation order, one call each", () =>
@@ -80,7 +69,7 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
         900,
         1000
       ])
-      expect(worstWindow(started, 10, 2)).toBeLessThanOrEqual(1e-9)
+      expect(worstExcess(started, 10, 2)).toBeLessThanOrEqual(1e-9)
       expect((yield* limiter.waits({})).waits).toEqual([])
       const seconds = yield* Metric.value(rateSeconds)
       expect(seconds.count - before.count).toBeCloseTo(0.1 + 0.2 + 0.3 + 0.4 + 0.5 + 0.6 + 0.7 + 0.8 + 0.9 + 1.0, 6)
