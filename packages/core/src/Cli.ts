@@ -15,7 +15,7 @@
  * ```
  *
  * Commands: `start`, `worker`, `status`, `failures`, `retry`, `skip`, `cancel`, `audit`, `redrive`,
- * `runbooks`. Output is a table by default and JSON with `--json` (shapes: `StatusJson`,
+ * `runbooks`, `limits` (needs a `ResourceLimiter` in `layer`, e.g. `PgResourceLimiter.layer()`). Output is a table by default and JSON with `--json` (shapes: `StatusJson`,
  * `FailedPartitionJson`, `ActionJson`, ...; documented in docs/guides/operations.md). Exit codes: 0
  * success, 1 the operation or the awaited run failed, 2 bad input (unknown job, run or step, invalid
  * params or flags), each with a message that names the input and the fix.
@@ -36,6 +36,7 @@ import * as F from "./internal/cli/format.js"
 import * as V from "./internal/cli/views.js"
 import type * as Job from "./Job.js"
 import { QueueAdapter } from "./QueueAdapter.js"
+import * as ResourceLimiter from "./ResourceLimiter.js"
 import * as Runbook from "./Runbook.js"
 import * as Runner from "./Runner.js"
 import { isTerminalRun, StateStore, type UnitRecord } from "./StateStore.js"
@@ -46,8 +47,11 @@ export type {
   ActionUnitJson,
   FailedPartitionJson,
   FailureClassJson,
+  LimitChangeJson,
+  LimitJson,
   RunSummaryJson,
-  StatusJson
+  StatusJson,
+  ThrottledJson
 } from "./internal/cli/views.js"
 
 /** Options of `Cli.make`. */
@@ -228,11 +232,29 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         : Effect.succeed(job)
     })
 
+  /** The run's report, with its throttled partitions when the CLI's layer has a `ResourceLimiter`. */
   const reportOf = (runId: string, windowMs: number, slowest: number) =>
-    Effect.flatMap(
-      StateStore,
-      (store) => Effect.map(store.report(runId, { slowest, windowMs }), (report) => V.status(jobs, report))
-    )
+    Effect.gen(function*() {
+      const store = yield* StateStore
+      const report = yield* store.report(runId, { slowest, windowMs })
+      const limiter = yield* Effect.serviceOption(ResourceLimiter.ResourceLimiter)
+      const waits = Option.isNone(limiter) ? undefined : yield* limiter.value.waits({ runId })
+      return V.status(jobs, report, waits)
+    })
+
+  const limiterOf = Effect.flatMap(
+    Effect.serviceOption(ResourceLimiter.ResourceLimiter),
+    Option.match({
+      onNone: () =>
+        Effect.fail(
+          failed(
+            `this CLI has no ResourceLimiter: add PgResourceLimiter.layer({ schema }) to Cli.make's layer ` +
+              `(ResourceLimiter.layerMemory() with the in-memory store)`
+          )
+        ),
+      onSome: Effect.succeed
+    })
+  )
 
   const resolveActor = (given: Option.Option<string>) =>
     Option.match(given, {
@@ -266,8 +288,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
       F.count(p.succeeded)
     } done · ` +
       `${F.count(p.failed)} failed · ${F.count(p.leased)} running · ${
-        F.rate(view.throughput.chunksPerSecond)
-      } chunks/s · ` +
+        view.throttled !== null && view.throttled.length > 0 ? `${F.count(view.throttled.length)} throttled · ` : ""
+      }${F.rate(view.throughput.chunksPerSecond)} chunks/s · ` +
       `ETA ${F.duration(view.throughput.etaMs)} · ${view.run.status}`
   }
 
@@ -284,7 +306,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
           yield* Effect.sync(() => process.stderr.write(`\r\x1b[2K${line}`))
         } else {
           // Without a terminal, one line whenever the partition counts or the status change.
-          const key = line.replace(/ · [\d.,]+ chunks\/s · ETA [^·]+/, "")
+          const key = line.replace(/ · [\d,]+ throttled/, "").replace(/ · [\d.,]+ chunks\/s · ETA [^·]+/, "")
           if (key !== last) yield* Console.error(line)
           last = key
         }
@@ -680,13 +702,139 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
       })
   ).pipe(Command.withDescription("Render the Markdown runbook of every error class of every job"))
 
+  // ---- limits
+
+  const limitsList = Command.make(
+    "limits",
+    { json },
+    (args) =>
+      withStore(Effect.gen(function*() {
+        const limiter = yield* limiterOf
+        const rows = (yield* limiter.settings).map(V.limitJson)
+        yield* print(args.json, { limits: rows }, () => V.limitsText(rows, name))
+      }))
+  ).pipe(Command.withDescription("The resources steps load, their limits, permits in use and units waiting"))
+
+  const limitFlag = (flag: string, description: string) =>
+    Options.text(flag).pipe(Options.optional, Options.withDescription(`${description}; \`none\` removes it`))
+  /** A flag's value: a number, `null` for `none`, `undefined` when not given. */
+  const limitValue = (
+    given: Option.Option<string>,
+    setting: "chunksPerSecond" | "burst" | "inFlight",
+    flag: string
+  ) =>
+    Option.match(given, {
+      onNone: () => Effect.succeed(undefined),
+      onSome: (text) => {
+        if (text.trim().toLowerCase() === "none") return Effect.succeed(null)
+        const value = text.trim() === "" ? Number.NaN : Number(text)
+        const problem = ResourceLimiter.invalidSetting(setting, value, `--${flag}`)
+        return problem === undefined
+          ? Effect.succeed(value)
+          : Effect.fail(usage(`${problem.replace(/\(got NaN\)/, `(got "${text}")`)} (or \`none\` to remove it)`))
+      }
+    })
+
+  const limitsSet = Command.make(
+    "set",
+    {
+      resource: Args.text({ name: "resource" }).pipe(Args.withDescription("The resource, e.g. primary-db")),
+      chunksPerSecond: limitFlag("chunks-per-second", "Chunks that may start per second across all workers"),
+      burst: limitFlag("burst", "Chunks that may start at once after a pause (default: one second of chunks)"),
+      inFlight: limitFlag("in-flight", "Chunks that may hold the resource at once across all workers"),
+      create: Options.boolean("create").pipe(
+        Options.withDescription("Set a limit on a resource no worker has declared yet")
+      ),
+      reason,
+      actor,
+      json
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const nameProblem = ResourceLimiter.invalidResourceName(args.resource)
+        if (nameProblem !== undefined) return yield* usage(nameProblem)
+        const patch = {
+          chunksPerSecond: yield* limitValue(args.chunksPerSecond, "chunksPerSecond", "chunks-per-second"),
+          burst: yield* limitValue(args.burst, "burst", "burst"),
+          inFlight: yield* limitValue(args.inFlight, "inFlight", "in-flight")
+        }
+        if (Object.values(patch).every((v) => v === undefined)) {
+          return yield* usage(
+            `limits set: give --chunks-per-second, --in-flight and/or --burst (a number, or none to remove it)`
+          )
+        }
+        const why = yield* needReason(false, args.reason, "limits set")
+        const who = yield* resolveActor(args.actor)
+        const view = yield* withStore(Effect.gen(function*() {
+          const limiter = yield* limiterOf
+          const before = (yield* limiter.settings).find((u) => u.resource === args.resource)
+          const after = yield* limiter.set(args.resource, patch, { actor: who, reason: why ?? "" }, {
+            create: args.create
+          }).pipe(
+            Effect.catchTags({
+              NotFound: () =>
+                Effect.fail(
+                  usage(
+                    `resource "${args.resource}" is not known: no worker has declared it. \`${name} limits\` lists ` +
+                      `the known ones; pass --create to set a limit before its first use.`
+                  )
+                ),
+              ConfigurationError: (e) => Effect.fail(usage(e.message))
+            })
+          )
+          return {
+            resource: args.resource,
+            before: before === undefined ? null : ResourceLimiter.limitOf(before),
+            after: ResourceLimiter.limitOf(after),
+            actor: who,
+            reason: why
+          }
+        }))
+        yield* print(args.json, view, () =>
+          `${view.resource}: ${ResourceLimiter.summary(view.after)} (was ${
+            view.before === null ? "not declared" : ResourceLimiter.summary(view.before)
+          }), set by ${view.actor}: ${view.reason}. Every worker applies it within 5 s; chunks already running ` +
+          `finish under the old limit.`)
+      })
+  ).pipe(Command.withDescription("Change a resource's limits while runs go (audited; workers pick it up within 5 s)"))
+
+  const limitsHistory = Command.make(
+    "history",
+    {
+      resource: Args.text({ name: "resource" }).pipe(Args.optional),
+      limit: Options.integer("limit").pipe(Options.withDefault(50), Options.withDescription("Changes shown")),
+      json
+    },
+    (args) =>
+      withStore(Effect.gen(function*() {
+        const limiter = yield* limiterOf
+        const changes = yield* limiter.history({ resource: Option.getOrUndefined(args.resource), limit: args.limit })
+        const rows = changes.map(V.limitChangeJson)
+        yield* print(args.json, { changes: rows }, () => V.limitHistoryText(rows))
+      }))
+  ).pipe(Command.withDescription("Every change of the limits: who, when, why, before and after"))
+
+  const limits = limitsList.pipe(Command.withSubcommands([limitsSet, limitsHistory]))
+
   const root = Command.make(name, {}, () =>
     Console.log(
       `${name} ${version}: operate chunkwise runs. Commands: start, worker, status, failures, retry, skip, cancel, ` +
-        `audit, redrive, runbooks. \`${name} <command> --help\` explains each.`
+        `audit, redrive, runbooks, limits. \`${name} <command> --help\` explains each.`
     )).pipe(
       Command.withDescription("Operate chunkwise runs"),
-      Command.withSubcommands([start, worker, status, failures, retry, skip, cancel, audit, redrive, runbooks])
+      Command.withSubcommands([
+        start,
+        worker,
+        status,
+        failures,
+        retry,
+        skip,
+        cancel,
+        audit,
+        redrive,
+        runbooks,
+        limits
+      ])
     )
 
   return {

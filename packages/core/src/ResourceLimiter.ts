@@ -174,6 +174,32 @@ export const invalidResourceName = (resource: unknown): string | undefined =>
     : `resource ${JSON.stringify(resource)} is not a valid name: use 1 to 64 lower-case letters, digits, ".", "_" ` +
       `or "-", starting with a letter or digit, e.g. "primary-db"`
 
+/** Why one setting's value is refused (`label` names it as the user wrote it), or `undefined`. */
+export const invalidSetting = (
+  setting: "chunksPerSecond" | "burst" | "inFlight",
+  value: unknown,
+  label: string
+): string | undefined => {
+  const shown = typeof value === "number" ? String(value) : JSON.stringify(value)
+  switch (setting) {
+    case "chunksPerSecond":
+      return typeof value === "number" && Number.isFinite(value) && value > 0
+        ? undefined
+        : `${label} must be a positive number of chunks per second, e.g. 50 or 0.5 (got ${shown}); leave it out ` +
+          `for no rate limit`
+    case "burst":
+      return typeof value === "number" && Number.isInteger(value) && value >= 1
+        ? undefined
+        : `${label} must be a positive integer, the chunks that may start at once after a pause (got ${shown}); ` +
+          `leave it out for one second of chunks`
+    case "inFlight":
+      return typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= MAX_IN_FLIGHT
+        ? undefined
+        : `${label} must be an integer from 1 to ${MAX_IN_FLIGHT}, the chunks that may hold the resource at once ` +
+          `(got ${shown}); leave it out for no cap`
+  }
+}
+
 /**
  * Why a limit is refused, or `undefined` when it is fine. `label` names each setting as the user wrote
  * it (`limits["primary-db"].inFlight` in code, `--in-flight` on the command line).
@@ -187,28 +213,15 @@ export const invalidLimit = (limit: unknown, label: (setting: string) => string)
       return `${label(key)} is not a limit setting; use chunksPerSecond, burst or inFlight`
     }
   }
-  const { burst, chunksPerSecond, inFlight } = limit as Record<string, unknown>
-  const shown = (value: unknown) => (typeof value === "number" ? String(value) : JSON.stringify(value))
-  if (chunksPerSecond !== undefined && chunksPerSecond !== null) {
-    if (typeof chunksPerSecond !== "number" || !Number.isFinite(chunksPerSecond) || chunksPerSecond <= 0) {
-      return `${label("chunksPerSecond")} must be a positive number of chunks per second, e.g. 50 or 0.5 ` +
-        `(got ${shown(chunksPerSecond)}); leave it out for no rate limit`
-    }
+  const values = limit as Record<string, unknown>
+  for (const key of SETTINGS) {
+    const value = values[key]
+    if (value === undefined || value === null) continue
+    const problem = invalidSetting(key, value, label(key))
+    if (problem !== undefined) return problem
   }
-  if (burst !== undefined && burst !== null) {
-    if (typeof burst !== "number" || !Number.isInteger(burst) || burst < 1) {
-      return `${label("burst")} must be a positive integer, the chunks that may start at once after a pause ` +
-        `(got ${shown(burst)}); leave it out for one second of chunks`
-    }
-    if (chunksPerSecond === undefined || chunksPerSecond === null) {
-      return `${label("burst")} needs ${label("chunksPerSecond")}: a burst only shapes a rate limit`
-    }
-  }
-  if (inFlight !== undefined && inFlight !== null) {
-    if (typeof inFlight !== "number" || !Number.isInteger(inFlight) || inFlight < 1 || inFlight > MAX_IN_FLIGHT) {
-      return `${label("inFlight")} must be an integer from 1 to ${MAX_IN_FLIGHT}, the chunks that may hold the ` +
-        `resource at once (got ${shown(inFlight)}); leave it out for no cap`
-    }
+  if ((values["burst"] ?? null) !== null && (values["chunksPerSecond"] ?? null) === null) {
+    return `${label("burst")} needs ${label("chunksPerSecond")}: a burst only shapes a rate limit`
   }
   return undefined
 }

@@ -110,6 +110,7 @@ describe("operator CLI on a real Postgres store", () => {
             "run",
             "slowest",
             "steps",
+            "throttled",
             "throughput"
           ])
           expect(status.run).toMatchObject({ runId, job: "cli-job", status: "failed", reason: "2 partition(s) failed" })

@@ -4,6 +4,7 @@
  * docs/guides/operations.md: add fields, never rename or remove one.
  */
 import type * as Job from "../../Job.js"
+import * as ResourceLimiter from "../../ResourceLimiter.js"
 import * as Runbook from "../../Runbook.js"
 import type {
   AuditEntry,
@@ -67,6 +68,50 @@ export interface StatusJson {
     readonly items: number
   }>
   readonly failures: ReadonlyArray<FailureClassJson>
+  /** Partitions waiting for a resource permit now; null when this CLI has no `ResourceLimiter`. */
+  readonly throttled: ReadonlyArray<ThrottledJson> | null
+}
+
+/** A partition waiting for a resource permit (`status <run> --json`). */
+export interface ThrottledJson {
+  readonly partition: string
+  readonly step: string
+  readonly resource: string
+  /** `rate`: its token is due at `until`; `in-flight`: it waits for a slot. */
+  readonly kind: "rate" | "in-flight"
+  /** `throttled by <resource>`. */
+  readonly status: string
+  readonly waitingMs: number
+  readonly until: string | null
+  readonly worker: string
+}
+
+/** A resource and its limits (`limits --json`). */
+export interface LimitJson {
+  readonly resource: string
+  readonly chunksPerSecond: number | null
+  /** The burst in effect (the default, one second of chunks, when none is set); null without a rate. */
+  readonly burst: number | null
+  readonly inFlight: number | null
+  /** In-flight slots held now. */
+  readonly inUse: number
+  /** Units waiting for a permit now. */
+  readonly waiting: number
+  /** `default`: declared in code; `operator`: set with `limits set`. */
+  readonly source: "default" | "operator"
+  readonly updatedAt: string
+  readonly updatedBy: string
+  readonly reason: string
+}
+
+/** An audited change of a resource's limits (`limits history --json`). */
+export interface LimitChangeJson {
+  readonly at: string
+  readonly actor: string
+  readonly reason: string
+  readonly resource: string
+  readonly before: ResourceLimiter.Limit | null
+  readonly after: ResourceLimiter.Limit
 }
 
 /** Failures of a run grouped by error class, with the runbook. */
@@ -160,7 +205,11 @@ export const runbookOf = (
 
 const stepName = (run: RunRecord, index: number) => run.definition.steps[index]?.name ?? "(finished)"
 
-export const status = (jobs: ReadonlyMap<string, Job.Any>, report: RunReport): StatusJson => {
+export const status = (
+  jobs: ReadonlyMap<string, Job.Any>,
+  report: RunReport,
+  waits?: { readonly now: number; readonly waits: ReadonlyArray<ResourceLimiter.Wait> } | undefined
+): StatusJson => {
   const { progress } = report
   const run = progress.run
   const total = Object.values(progress.units).reduce((a, b) => a + b, 0)
@@ -219,6 +268,16 @@ export const status = (jobs: ReadonlyMap<string, Job.Any>, report: RunReport): S
       occurrences: g.failures,
       lastMessage: g.lastMessage,
       lastAt: new Date(g.lastAt).toISOString()
+    })),
+    throttled: waits === undefined ? null : waits.waits.map((w) => ({
+      partition: w.partitionKey,
+      step: w.step,
+      resource: w.resource,
+      kind: w.kind,
+      status: `throttled by ${w.resource}`,
+      waitingMs: Math.max(0, Math.round(waits.now - w.since)),
+      until: w.kind === "rate" ? new Date(w.until).toISOString() : null,
+      worker: w.workerId
     }))
   }
 }
@@ -313,6 +372,22 @@ export const statusText = (view: StatusJson, cli: string): string => {
       view.steps.map((s) => [s.name, s.done, s.active, s.failed, s.chunks])
     )
   ]
+  if (view.throttled !== null && view.throttled.length > 0) {
+    out.push(
+      "",
+      `Throttled partitions (\`${cli} limits\` shows the limits; \`${cli} limits set\` changes one)`,
+      F.table(
+        ["PARTITION", "STEP", "STATUS", "WAITING FOR", "WAITING"],
+        view.throttled.map((t) => [
+          t.partition,
+          t.step,
+          t.status,
+          t.kind === "rate" ? `its turn (rate), until ${t.until}` : "a slot (in flight)",
+          F.duration(t.waitingMs)
+        ])
+      )
+    )
+  }
   if (view.slowest.length > 0) {
     out.push(
       "",
@@ -389,4 +464,60 @@ export const auditText = (runId: string, entries: ReadonlyArray<AuditEntry>): st
     : F.table(
       ["AT", "ACTION", "ACTOR", "REASON", "DETAILS"],
       entries.map((e) => [F.time(e.at), e.action, e.actor, F.clip(e.reason, 60), F.clip(JSON.stringify(e.details), 80)])
+    )
+
+export const limitJson = (usage: ResourceLimiter.Usage): LimitJson => ({
+  resource: usage.resource,
+  chunksPerSecond: usage.chunksPerSecond,
+  burst: usage.chunksPerSecond === null ? null : usage.burst ?? ResourceLimiter.defaultBurst(usage.chunksPerSecond),
+  inFlight: usage.inFlight,
+  inUse: usage.inUse,
+  waiting: usage.waiting,
+  source: usage.source,
+  updatedAt: new Date(usage.updatedAt).toISOString(),
+  updatedBy: usage.updatedBy,
+  reason: usage.reason
+})
+
+export const limitsText = (rows: ReadonlyArray<LimitJson>, cli: string): string =>
+  rows.length === 0
+    ? "No resources yet: a worker stores the resources its steps name when it starts."
+    : [
+      F.table(
+        ["RESOURCE", "CHUNKS/S", "BURST", "IN FLIGHT", "IN USE", "WAITING", "SET BY", "AT", "REASON"],
+        rows.map((r) => [
+          r.resource,
+          r.chunksPerSecond === null ? "—" : String(r.chunksPerSecond),
+          r.burst === null ? "—" : String(r.burst),
+          r.inFlight === null ? "—" : String(r.inFlight),
+          r.inUse,
+          r.waiting,
+          r.source === "default" ? `code (${r.updatedBy})` : r.updatedBy,
+          r.updatedAt,
+          F.clip(r.reason, 50)
+        ])
+      ),
+      "",
+      `Change one while runs go: \`${cli} limits set <resource> --in-flight 4 --reason "..."\` ` +
+      `(workers pick it up within 5 s; \`${cli} limits history\` shows every change).`
+    ].join("\n")
+
+export const limitChangeJson = (change: ResourceLimiter.Change): LimitChangeJson => ({
+  ...change,
+  at: new Date(change.at).toISOString()
+})
+
+export const limitHistoryText = (rows: ReadonlyArray<LimitChangeJson>): string =>
+  rows.length === 0
+    ? "No limit changes recorded."
+    : F.table(
+      ["AT", "RESOURCE", "ACTOR", "BEFORE", "AFTER", "REASON"],
+      rows.map((c) => [
+        c.at,
+        c.resource,
+        c.actor,
+        c.before === null ? "(created)" : ResourceLimiter.summary(c.before),
+        ResourceLimiter.summary(c.after),
+        F.clip(c.reason, 60)
+      ])
     )
