@@ -4,8 +4,8 @@
  * workers on the in-memory engine whose steps share a capped resource.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Exit, Fiber, Layer, Metric, Schema, TestClock } from "effect"
-import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, Step, Worker } from "../src/index.js"
+import { Clock, Effect, Exit, Fiber, Layer, Metric, Schema, Scope, TestClock } from "effect"
+import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
 import { worstExcess } from "./limitsFixtures.js"
 
@@ -317,6 +317,32 @@ describe("Worker with resource limits (memory engine, TestClock)", () => {
       expect(counter.most).toBe(2)
       expect(sawThrottled).toBe(true)
       expect((yield* limiter.settings).map((u) => [u.resource, u.inFlight, u.inUse])).toEqual([["primary-db", 2, 0]])
+    }).pipe(Effect.provide(Layer.merge(memoryEngine(), ResourceLimiter.layerMemory()))))
+
+  it.scoped("on shutdown, a unit waiting for a permit gives its unit back: no attempt counted, nothing run", () =>
+    Effect.gen(function*() {
+      const counter = { running: 0, most: 0, chunks: 0 }
+      const job = sharedJob(counter, 2)
+      const limiter = yield* ResourceLimiter.ResourceLimiter
+      yield* limiter.declare([{ resource: "primary-db", limit: { inFlight: 1 } }], "test")
+      // Another process holds the only slot for an hour.
+      yield* limiter.acquire(["primary-db"], holder("blocker"), 3_600_000)
+      const scope = yield* Scope.make()
+      yield* Worker.make({ jobs: [job], ...fastWorker, limits: { "primary-db": { inFlight: 1 } } }).pipe(
+        Scope.extend(scope)
+      )
+      const { runId } = yield* Runner.start(job, { label: "drain" })
+      yield* driveUntil(Effect.map(limiter.waits({ runId }), ({ waits }) => waits.length === 4))
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* driveUntil(Effect.sync(() => closing.unsafePoll() !== null))
+      const store = yield* StateStore.StateStore
+      const units = (yield* store.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "partition")
+      expect(units.map((u) => [u.status, u.attempt, u.chunks, u.crashesSinceProgress])).toEqual(
+        Array(4).fill(["pending", 1, 0, 0])
+      )
+      expect(yield* store.listFailures(runId, { limit: 10 })).toEqual([])
+      expect(counter.chunks).toBe(0)
+      expect((yield* limiter.settings)[0]!.inUse).toBe(1)
     }).pipe(Effect.provide(Layer.merge(memoryEngine(), ResourceLimiter.layerMemory()))))
 
   it.scoped("a worker refuses limits it cannot enforce, and bad limits, naming the fix", () =>
