@@ -1,0 +1,225 @@
+/**
+ * Where chunkwise's per-chunk overhead lives: the same chunks copied by the hand-written loop with a
+ * checkpoint row, by the Postgres store's own chunk path driven directly (BEGIN, the chunk's SQL, the
+ * `commit_chunk` call, COMMIT, with no Worker around it), and by the Worker. The gap between the
+ * second and the third is the Worker's per-chunk path; the gap between the first and the second is the
+ * store's. Prints figures; asserts nothing. Run: npx tsx bench/chunk-breakdown.ts (same env as `bench`).
+ */
+import { SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, Logger, LogLevel, Schema } from "effect"
+import { Job, PgStateStore, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
+
+const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
+const ROWS = Number(process.env["ROWS"] ?? 25_000)
+const CHUNK = Number(process.env["CHUNK"] ?? 1000)
+const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 4)
+const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
+const schema = "cw_breakdown"
+
+const copyChunk = (target: string, partition: number, after: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ readonly last: number | null; readonly n: number }>`
+        with c as (
+          select id, v from ${sql(schema)}.items where p = ${partition} and id > ${after} order by id limit ${CHUNK}),
+        ins as (insert into ${sql(schema)}.${sql(target)} (id, v) select id, v * 2 from c)
+        select max(id)::int as last, count(*)::int as n from c`,
+      ([row]) => ({ last: row?.last ?? null, n: row?.n ?? 0 })
+    ))
+
+const forPartitions = <E, R>(body: (p: number) => Effect.Effect<void, E, R>) =>
+  Effect.forEach(Array.from({ length: PARTITIONS }, (_, p) => p), body, { concurrency: CONCURRENCY, discard: true })
+
+/** BEGIN; the chunk; UPDATE of a checkpoint row; COMMIT. */
+const loopWithCheckpoint = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* forPartitions((p) =>
+    Effect.gen(function*() {
+      let after = 0
+      while (true) {
+        const { last } = yield* sql.withTransaction(Effect.gen(function*() {
+          const result = yield* copyChunk("t_loop_ckpt", p, after)
+          yield* sql`update ${sql(schema)}.checkpoints set after_id = ${result.last ?? after}, chunks = chunks + 1
+            where p = ${p}`
+          return result
+        }))
+        if (last === null) return
+        after = last
+      }
+    })
+  )
+})
+
+const job = (label: string) =>
+  Job.make({
+    name: `bench-breakdown-${label}`,
+    params: Schema.Struct({ round: Schema.Number }),
+    partitions: () => Array.from({ length: PARTITIONS }, (_, p) => String(p)),
+    steps: (step) => [
+      step.chunked("copy", {
+        cursor: Schema.Struct({ after: Schema.Number }),
+        start: { after: 0 },
+        chunkSize: CHUNK,
+        transaction: "chunk",
+        process: ({ cursor, partition }) =>
+          Effect.map(
+            copyChunk("t_worker", Number(partition.key), cursor.after),
+            ({ last, n }) => Step.advance(last === null ? Step.done : { after: last }, n)
+          )
+      })
+    ],
+    concurrency: { perWorker: CONCURRENCY }
+  })
+const workerJob = job("worker")
+const storeJob = job("store")
+
+/** The store's chunk path alone: claim each unit, then per chunk one store transaction with commit_chunk. */
+const storeOnly = (round: number) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore.StateStore
+    const { runId } = yield* Runner.start(storeJob, { round })
+    const units = (yield* store.listUnits(runId, { limit: 1000 })).filter((u) => u.kind === "partition")
+    yield* Effect.forEach(units, (unit) =>
+      Effect.gen(function*() {
+        const claim = yield* store.claim({
+          message: { v: 1, job: storeJob.name, runId, unitId: unit.unitId, seq: 1_000_000_000 },
+          workerId: "bench",
+          leaseMs: 60_000,
+          jobConcurrency: undefined
+        })
+        if (claim._tag !== "Claimed") return yield* Effect.die(new Error(`claim: ${JSON.stringify(claim)}`))
+        let after = 0
+        let chunkSeq = 0
+        while (true) {
+          const done = yield* store.transaction(Effect.gen(function*() {
+            const { last, n } = yield* copyChunk("t_store", Number(unit.partitionKey), after)
+            yield* store.commitChunk({
+              lease: claim.lease,
+              from: { stepIndex: 0, chunkSeq },
+              to: last === null
+                ? { stepIndex: 1, chunkSeq: 0, cursor: null }
+                : { stepIndex: 0, chunkSeq: chunkSeq + 1, cursor: { after: last } },
+              unitDone: last === null,
+              items: n,
+              idempotencyKey: `k-${round}-${unit.unitId}-${chunkSeq}`,
+              step: "copy",
+              leaseMs: 60_000
+            })
+            return last
+          }))
+          if (done === null) return
+          after = done
+          chunkSeq += 1
+        }
+      }), { concurrency: CONCURRENCY, discard: true })
+  })
+
+const viaWorker = (round: number) =>
+  Effect.gen(function*() {
+    const { runId } = yield* Runner.start(workerJob, { round })
+    const progress = yield* Runner.awaitTerminal(runId, { pollInterval: "10 millis" })
+    if (progress.run.status !== "succeeded") throw new Error(`bench run ${progress.run.status}`)
+    // Where the run's wall time went, in database time: before the first chunk, between units, after the last.
+    const sql = yield* SqlClient.SqlClient
+    const [t] = yield* sql<Record<string, number>>`
+      with l as (
+        select unit_id, min(committed_at) as first, max(committed_at) as last from ${sql(`${schema}_store`)}.ledger
+        where run_id = ${runId} and step = 'copy' group by unit_id)
+      select
+        (extract(epoch from (select min(first) from l) - r.created_at) * 1000)::float8 as "toFirstChunk",
+        (extract(epoch from r.finished_at - (select max(last) from l)) * 1000)::float8 as "afterLastChunk",
+        (extract(epoch from r.finished_at - r.created_at) * 1000)::float8 as "run",
+        (select (avg(extract(epoch from l.first - u.started_at)) * 1000)::float8 from l
+          join ${
+      sql(`${schema}_store`)
+    }.units u on u.run_id = ${runId} and u.unit_id = l.unit_id) as "claimToFirstChunk"
+      from ${sql(`${schema}_store`)}.runs r where r.run_id = ${runId}`
+    timings.push(t!)
+  })
+const timings: Array<Record<string, number>> = []
+
+const time = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const start = performance.now()
+    yield* effect
+    return performance.now() - start
+  })
+
+const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+
+const program = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`drop schema if exists ${sql(schema)} cascade`
+  yield* sql`create schema ${sql(schema)}`
+  yield* sql`create table ${sql(schema)}.items (p int not null, id int not null, v int not null, primary key (p, id))`
+  yield* sql`insert into ${sql(schema)}.items select p, i, i % 1000 from generate_series(0, ${PARTITIONS - 1}) p,
+    generate_series(1, ${ROWS}) i`
+  yield* sql`analyze ${sql(schema)}.items`
+  for (const t of ["t_loop_ckpt", "t_store", "t_worker"]) {
+    yield* sql`create table ${sql(schema)}.${sql(t)} (id int not null, v int not null)`
+  }
+  yield* sql`create table ${sql(schema)}.checkpoints (p int primary key, after_id int not null, chunks int not null)`
+  yield* Worker.make({ jobs: [workerJob], concurrency: CONCURRENCY })
+  const contenders: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
+    ["loop+ckpt", () => loopWithCheckpoint],
+    ["store path", storeOnly],
+    ["worker", viaWorker]
+  ]
+  const results = new Map<string, Array<number>>(contenders.map(([name]) => [name, []]))
+  for (let round = 0; round < ROUNDS; round++) {
+    yield* sql`truncate ${sql(schema)}.t_loop_ckpt, ${sql(schema)}.t_store, ${sql(schema)}.t_worker`
+    yield* sql`delete from ${sql(schema)}.checkpoints`
+    yield* sql`insert into ${sql(schema)}.checkpoints select p, 0, 0 from generate_series(0, ${PARTITIONS - 1}) p`
+    for (let i = 0; i < contenders.length; i++) {
+      const [name, run] = contenders[(round + i) % contenders.length]!
+      results.get(name)!.push(yield* time(run(round)))
+    }
+  }
+  const chunks = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
+  const base = median(results.get("loop+ckpt")!)
+  console.log(
+    `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${chunks} chunks), ` +
+      `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds`
+  )
+  for (const [name, xs] of results) {
+    const m = median(xs)
+    console.log(
+      `  ${name.padEnd(11)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x loop+ckpt  ` +
+        `${((m / chunks) * CONCURRENCY).toFixed(2)} ms/chunk  [${xs.map((x) => x.toFixed(0)).join(", ")}]`
+    )
+  }
+  for (const t of timings) {
+    console.log(
+      `  worker run (database time): ${Object.entries(t).map(([k, v]) => `${k} ${Number(v).toFixed(0)} ms`).join(", ")}`
+    )
+  }
+  yield* sql`drop schema ${sql(schema)} cascade`
+}).pipe(Effect.scoped)
+
+const dropStore = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) => sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
+)
+
+const Database = PgClient.layer({
+  host: process.env["PGHOST"] ?? "127.0.0.1",
+  port: 5432,
+  username: "postgres",
+  database: process.env["PGDATABASE"] ?? "test",
+  maxConnections: CONCURRENCY + 4
+})
+
+const Engine = Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())
+
+Effect.runPromise(
+  program.pipe(
+    Effect.provide(Engine),
+    Effect.zipRight(dropStore),
+    Effect.provide(Database),
+    Logger.withMinimumLogLevel(LogLevel.Error)
+  ) as Effect.Effect<unknown, unknown, never>
+).catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
