@@ -22,9 +22,24 @@ const credentials = { accessKeyId: "bench", secretAccessKey: Redacted.make("benc
 let queues = 0
 /** SQS requests the emulator served, to report requests per message for each contender. */
 let served = 0
-/** Runs a drain and returns its rate with the SQS requests per message it took. */
-const measured = <E, R>(drain: Effect.Effect<{ readonly rate: number; readonly from: number }, E, R>) =>
-  Effect.map(drain, ({ from, rate }) => ({ rate, perMessage: (served - from) / JOBS }))
+/** The process's CPU time in µs (emulator and contender share the process, as they share the machine). */
+const cpu = () => {
+  const usage = process.cpuUsage()
+  return usage.user + usage.system
+}
+interface Drained {
+  readonly rate: number
+  /** `served` and `cpu()` when the drain began. */
+  readonly from: number
+  readonly cpuFrom: number
+}
+/** Runs a drain and returns its rate with the SQS requests and the CPU time per message it took. */
+const measured = <E, R>(drain: Effect.Effect<Drained, E, R>) =>
+  Effect.map(drain, ({ cpuFrom, from, rate }) => ({
+    rate,
+    perMessage: (served - from) / JOBS,
+    cpuPerMessage: (cpu() - cpuFrom) / JOBS
+  }))
 
 interface Case {
   readonly concurrency: number
@@ -74,6 +89,7 @@ const chunkwise = (endpoint: string, { concurrency, handlerMs }: Case) =>
       const handlers = yield* FiberSet.make()
       const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
       const from = served
+      const cpuFrom = cpu()
       const start = performance.now()
       // The drain ends with the last ack (as sqs-consumer's count does), not with the receive that follows it.
       const drained = yield* Deferred.make<void>()
@@ -105,7 +121,7 @@ const chunkwise = (endpoint: string, { concurrency, handlerMs }: Case) =>
         }
       })
       yield* Effect.raceFirst(loop, Deferred.await(drained))
-      return { rate: JOBS / ((end - start) / 1000), from }
+      return { rate: JOBS / ((end - start) / 1000), from, cpuFrom }
     }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
   })
 
@@ -163,13 +179,14 @@ const sqsConsumer = (endpoint: string, { concurrency, handlerMs }: Case, batch: 
         }))
       for (const consumer of consumers) consumer.on("error", () => {})
       const from = served
+      const cpuFrom = cpu()
       const start = performance.now()
       for (const consumer of consumers) consumer.start()
       await finished
       const rate = JOBS / seconds(start)
       for (const consumer of consumers) consumer.stop({ abort: true })
       client.destroy()
-      return { rate, from }
+      return { rate, from, cpuFrom }
     })
   })
 
@@ -187,10 +204,13 @@ const main = Effect.gen(function*() {
   console.log(`SQS queue throughput: ${JOBS} messages per contender, fauxqs ${endpoint} (draining a backlog)`)
   console.log(`  chunkwise SqsQueue: one receive loop asking for the free slots, a fiber per message, ack per message`)
   console.log(`  sqs-consumer 14: ceil(concurrency / 10) consumers, batchSize 10, waitTimeSeconds 1\n`)
-  const row = (name: string, result: { readonly rate: number; readonly perMessage: number }, base?: number) =>
-    `  ${name.padEnd(36)} ${result.rate.toFixed(0).padStart(7)} jobs/s  ${
-      result.perMessage.toFixed(2)
-    } requests/message` +
+  const row = (
+    name: string,
+    result: { readonly rate: number; readonly perMessage: number; readonly cpuPerMessage: number },
+    base?: number
+  ) =>
+    `  ${name.padEnd(40)} ${result.rate.toFixed(0).padStart(6)} jobs/s  ${result.perMessage.toFixed(2)} req/msg  ` +
+    `${result.cpuPerMessage.toFixed(0).padStart(4)} µs CPU/msg` +
     (base === undefined ? "" : `   chunkwise ${(base / result.rate).toFixed(2)}x`)
   for (const c of cases) {
     const label = `${c.handlerMs === 0 ? "no-op" : `${c.handlerMs} ms`} handler, concurrency ${c.concurrency}`
