@@ -6,50 +6,27 @@
  * store's. Prints figures; asserts nothing. Run: npx tsx bench/chunk-breakdown.ts (same env as `bench`).
  */
 import { SqlClient } from "@effect/sql"
-import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Logger, LogLevel, Schema } from "effect"
 import { Job, PgStateStore, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
+import {
+  CHUNK,
+  CHUNKS,
+  CONCURRENCY,
+  copyChunk,
+  createData,
+  Database,
+  handLoop,
+  median,
+  PARTITIONS,
+  report,
+  resetData,
+  ROUNDS,
+  ROWS,
+  time
+} from "./chunkData.js"
 
-const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
-const ROWS = Number(process.env["ROWS"] ?? 25_000)
-const CHUNK = Number(process.env["CHUNK"] ?? 1000)
-const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 4)
-const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
 const schema = "cw_breakdown"
-
-const copyChunk = (target: string, partition: number, after: number) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    Effect.map(
-      sql<{ readonly last: number | null; readonly n: number }>`
-        with c as (
-          select id, v from ${sql(schema)}.items where p = ${partition} and id > ${after} order by id limit ${CHUNK}),
-        ins as (insert into ${sql(schema)}.${sql(target)} (id, v) select id, v * 2 from c)
-        select max(id)::int as last, count(*)::int as n from c`,
-      ([row]) => ({ last: row?.last ?? null, n: row?.n ?? 0 })
-    ))
-
-const forPartitions = <E, R>(body: (p: number) => Effect.Effect<void, E, R>) =>
-  Effect.forEach(Array.from({ length: PARTITIONS }, (_, p) => p), body, { concurrency: CONCURRENCY, discard: true })
-
-/** BEGIN; the chunk; UPDATE of a checkpoint row; COMMIT. */
-const loopWithCheckpoint = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* forPartitions((p) =>
-    Effect.gen(function*() {
-      let after = 0
-      while (true) {
-        const { last } = yield* sql.withTransaction(Effect.gen(function*() {
-          const result = yield* copyChunk("t_loop_ckpt", p, after)
-          yield* sql`update ${sql(schema)}.checkpoints set after_id = ${result.last ?? after}, chunks = chunks + 1
-            where p = ${p}`
-          return result
-        }))
-        if (last === null) return
-        after = last
-      }
-    })
-  )
-})
+const targets = ["t_loop_ckpt", "t_store", "t_worker"]
 
 const job = (label: string) =>
   Job.make({
@@ -64,7 +41,7 @@ const job = (label: string) =>
         transaction: "chunk",
         process: ({ cursor, partition }) =>
           Effect.map(
-            copyChunk("t_worker", Number(partition.key), cursor.after),
+            copyChunk(schema, "t_worker", Number(partition.key), cursor.after),
             ({ last, n }) => Step.advance(last === null ? Step.done : { after: last }, n)
           )
       })
@@ -93,7 +70,7 @@ const storeOnly = (round: number) =>
         let chunkSeq = 0
         while (true) {
           const done = yield* store.transaction(Effect.gen(function*() {
-            const { last, n } = yield* copyChunk("t_store", Number(unit.partitionKey), after)
+            const { last, n } = yield* copyChunk(schema, "t_store", Number(unit.partitionKey), after)
             yield* store.commitChunk({
               lease: claim.lease,
               from: { stepIndex: 0, chunkSeq },
@@ -139,56 +116,29 @@ const viaWorker = (round: number) =>
   })
 const timings: Array<Record<string, number>> = []
 
-const time = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const start = performance.now()
-    yield* effect
-    return performance.now() - start
-  })
-
-const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
-
 const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  yield* sql`drop schema if exists ${sql(schema)} cascade`
-  yield* sql`create schema ${sql(schema)}`
-  yield* sql`create table ${sql(schema)}.items (p int not null, id int not null, v int not null, primary key (p, id))`
-  yield* sql`insert into ${sql(schema)}.items select p, i, i % 1000 from generate_series(0, ${PARTITIONS - 1}) p,
-    generate_series(1, ${ROWS}) i`
-  yield* sql`analyze ${sql(schema)}.items`
-  for (const t of ["t_loop_ckpt", "t_store", "t_worker"]) {
-    yield* sql`create table ${sql(schema)}.${sql(t)} (id int not null, v int not null)`
-  }
-  yield* sql`create table ${sql(schema)}.checkpoints (p int primary key, after_id int not null, chunks int not null)`
+  yield* createData(schema, targets)
   yield* Worker.make({ jobs: [workerJob], concurrency: CONCURRENCY })
   const contenders: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
-    ["loop+ckpt", () => loopWithCheckpoint],
+    ["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)],
     ["store path", storeOnly],
     ["worker", viaWorker]
   ]
   const results = new Map<string, Array<number>>(contenders.map(([name]) => [name, []]))
   for (let round = 0; round < ROUNDS; round++) {
-    yield* sql`truncate ${sql(schema)}.t_loop_ckpt, ${sql(schema)}.t_store, ${sql(schema)}.t_worker`
-    yield* sql`delete from ${sql(schema)}.checkpoints`
-    yield* sql`insert into ${sql(schema)}.checkpoints select p, 0, 0 from generate_series(0, ${PARTITIONS - 1}) p`
+    yield* resetData(schema, targets)
     for (let i = 0; i < contenders.length; i++) {
       const [name, run] = contenders[(round + i) % contenders.length]!
       results.get(name)!.push(yield* time(run(round)))
     }
   }
-  const chunks = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
   const base = median(results.get("loop+ckpt")!)
   console.log(
-    `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${chunks} chunks), ` +
+    `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds`
   )
-  for (const [name, xs] of results) {
-    const m = median(xs)
-    console.log(
-      `  ${name.padEnd(11)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x loop+ckpt  ` +
-        `${((m / chunks) * CONCURRENCY).toFixed(2)} ms/chunk  [${xs.map((x) => x.toFixed(0)).join(", ")}]`
-    )
-  }
+  for (const [name, xs] of results) report(name, xs, base, "loop+ckpt")
   for (const t of timings) {
     console.log(
       `  worker run (database time): ${Object.entries(t).map(([k, v]) => `${k} ${Number(v).toFixed(0)} ms`).join(", ")}`
@@ -201,14 +151,6 @@ const dropStore = Effect.flatMap(
   SqlClient.SqlClient,
   (sql) => sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
 )
-
-const Database = PgClient.layer({
-  host: process.env["PGHOST"] ?? "127.0.0.1",
-  port: 5432,
-  username: "postgres",
-  database: process.env["PGDATABASE"] ?? "test",
-  maxConnections: CONCURRENCY + 4
-})
 
 const Engine = Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())
 

@@ -1,0 +1,106 @@
+/**
+ * What the chunk benchmarks share: their settings (from the environment), the data set, the chunk's SQL,
+ * the database, and timing. PARTITIONS × ROWS rows in `<schema>.items`; a chunk copies the next CHUNK
+ * rows of one partition into a target table.
+ */
+import { SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Effect } from "effect"
+
+export const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
+export const ROWS = Number(process.env["ROWS"] ?? 25_000)
+export const CHUNK = Number(process.env["CHUNK"] ?? 1000)
+export const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 4)
+export const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
+/** Chunks in a whole copy (each partition ends with one empty chunk). */
+export const CHUNKS = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
+
+/** Copies the CHUNK rows of `partition` after id `after` into `target`; returns the last id copied and the count. */
+export const copyChunk = (schema: string, target: string, partition: number, after: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ readonly last: number | null; readonly n: number }>`
+        with c as (
+          select id, v from ${sql(schema)}.items where p = ${partition} and id > ${after} order by id limit ${CHUNK}),
+        ins as (insert into ${sql(schema)}.${sql(target)} (id, v) select id, v * 2 from c)
+        select max(id)::int as last, count(*)::int as n from c`,
+      ([row]) => ({ last: row?.last ?? null, n: row?.n ?? 0 })
+    ))
+
+/** Creates the schema afresh: the items, one empty table per target, and the checkpoints table. */
+export const createData = (schema: string, targets: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`drop schema if exists ${sql(schema)} cascade`
+    yield* sql`create schema ${sql(schema)}`
+    yield* sql`create table ${sql(schema)}.items (p int not null, id int not null, v int not null, primary key (p, id))`
+    yield* sql`insert into ${sql(schema)}.items select p, i, i % 1000 from generate_series(0, ${PARTITIONS - 1}) p,
+      generate_series(1, ${ROWS}) i`
+    yield* sql`analyze ${sql(schema)}.items`
+    for (const t of targets) yield* sql`create table ${sql(schema)}.${sql(t)} (id int not null, v int not null)`
+    yield* sql`create table ${sql(schema)}.checkpoints (p int primary key, after_id int not null, chunks int not null)`
+  })
+
+/** Empties the targets and resets the checkpoints, before a round. */
+export const resetData = (schema: string, targets: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    for (const t of targets) yield* sql`truncate ${sql(schema)}.${sql(t)}`
+    yield* sql`delete from ${sql(schema)}.checkpoints`
+    yield* sql`insert into ${sql(schema)}.checkpoints select p, 0, 0 from generate_series(0, ${PARTITIONS - 1}) p`
+  })
+
+/** Runs `body` for every partition, CONCURRENCY at a time. */
+export const forPartitions = <E, R>(body: (p: number) => Effect.Effect<void, E, R>) =>
+  Effect.forEach(Array.from({ length: PARTITIONS }, (_, p) => p), body, { concurrency: CONCURRENCY, discard: true })
+
+/** The hand-written loop (D20): BEGIN; the chunk; optionally an UPDATE of a checkpoint row; COMMIT. */
+export const handLoop = (schema: string, target: string, withCheckpoint: boolean) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* forPartitions((p) =>
+      Effect.gen(function*() {
+        let after = 0
+        while (true) {
+          const { last } = yield* sql.withTransaction(Effect.gen(function*() {
+            const result = yield* copyChunk(schema, target, p, after)
+            if (withCheckpoint) {
+              yield* sql`update ${sql(schema)}.checkpoints set after_id = ${result.last ?? after}, chunks = chunks + 1
+                where p = ${p}`
+            }
+            return result
+          }))
+          if (last === null) return
+          after = last
+        }
+      })
+    )
+  })
+
+/** Wall time of `effect` in ms. */
+export const time = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const start = performance.now()
+    yield* effect
+    return performance.now() - start
+  })
+
+export const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+
+/** Prints one contender's median, its ratio to `base` and every round. */
+export const report = (name: string, xs: ReadonlyArray<number>, base: number, baseName: string) => {
+  const m = median(xs)
+  console.log(
+    `  ${name.padEnd(11)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x ${baseName}  ` +
+      `${((m / CHUNKS) * CONCURRENCY).toFixed(2)} ms/chunk  [${xs.map((x) => x.toFixed(0)).join(", ")}]`
+  )
+}
+
+/** The database the benchmarks run on (PGHOST, PGDATABASE), with room for CONCURRENCY + the worker's own. */
+export const Database = PgClient.layer({
+  host: process.env["PGHOST"] ?? "127.0.0.1",
+  port: 5432,
+  username: "postgres",
+  database: process.env["PGDATABASE"] ?? "test",
+  maxConnections: CONCURRENCY + 4
+})
