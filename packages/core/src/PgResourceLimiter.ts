@@ -12,6 +12,9 @@
  * Every statement runs outside any transaction (D4, D16): permits are taken before a chunk's BEGIN and
  * given back after its COMMIT. Give it the same `schema` as `PgStateStore.layer`.
  *
+ * `resource_waits` keeps at most one row per unit (its last wait, current while `until` is ahead of the
+ * clock); rows of finished runs can be deleted at any time. `resource_limit_audit` is the audit log.
+ *
  * @since 0.1.0
  */
 import { SqlClient, type SqlError } from "@effect/sql"
