@@ -631,9 +631,16 @@ export const make = (
         for (const f of list) receipts.forget(f.delivery.receipt)
         return Effect.ignore(changeVisibility("receive", list.map((f) => ({ held: f.held, seconds: 0 }))))
       })
-    const takeStale = (at: number, visibility?: number) => {
-      const stale = buffered.filter((f) => !fresh(f, at) || (visibility !== undefined && f.visibility !== visibility))
-      if (stale.length > 0) buffered = buffered.filter((f) => !stale.includes(f))
+    const none: ReadonlyArray<Fetched> = []
+    /** Takes the prefetched deliveries that may no longer be handed out (this runs on every receive). */
+    const takeStale = (at: number, visibility?: number): ReadonlyArray<Fetched> => {
+      let stale: Array<Fetched> | undefined
+      for (const f of buffered) {
+        if (!fresh(f, at) || (visibility !== undefined && f.visibility !== visibility)) (stale ??= []).push(f)
+      }
+      if (stale === undefined) return none
+      const gone = new Set(stale)
+      buffered = buffered.filter((f) => !gone.has(f))
       return stale
     }
     if (options.prefetch !== false) {
@@ -901,11 +908,22 @@ export const make = (
           return sendEntries("send", queue.url, entries)
         }),
 
-      receive: ({ max, visibilityMs, waitMs }) =>
-        Effect.gen(function*() {
-          const want = Math.floor(max)
-          if (want <= 0) return []
-          const visibility = Math.min(MAX_VISIBILITY_S, toSeconds(visibilityMs))
+      receive: ({ max, visibilityMs, waitMs }) => {
+        const want = Math.floor(max)
+        const visibility = Math.min(MAX_VISIBILITY_S, toSeconds(visibilityMs))
+        // The common case of a busy worker, without an Effect.gen: enough prefetched, all fresh.
+        const served = Effect.suspend(() => {
+          if (want <= 0) return Effect.succeed([])
+          const at = now()
+          if (buffered.length < 2 * want || !buffered.every((f) => fresh(f, at) && f.visibility === visibility)) {
+            return slowReceive
+          }
+          const out = buffered.slice(0, want).map((f) => f.delivery)
+          buffered = buffered.slice(want)
+          lastReceive = now()
+          return Effect.succeed(out)
+        })
+        const slowReceive = Effect.gen(function*() {
           const at = now()
           // "Hot": the previous receive returned moments ago, so the caller is draining a backlog.
           const hot = options.prefetch !== false && at - lastReceive < HOT_MS
@@ -942,7 +960,9 @@ export const make = (
           }
           lastReceive = now()
           return out
-        }),
+        })
+        return served
+      },
 
       ack: (list) =>
         Effect.suspend(() => {
