@@ -42,7 +42,7 @@ describe("worker processes killed at random", () => {
           },
           processes: 3,
           seed: 5,
-          killEvery: "700 millis",
+          killEvery: "300 millis",
           maxKills: 4,
           until: Effect.map(Runner.status(runId), (p) => StateStore.isTerminalRun(p.run.status)),
           timeout: "150 seconds"
