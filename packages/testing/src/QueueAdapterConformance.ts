@@ -90,6 +90,24 @@ export const suite = (name: string, options: Options): void => {
     )
 
     test(
+      "a batch receive hides every message it delivers, and each comes back when its visibility expires",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const bodies = ["b0", "b1", "b2", "b3", "b4"]
+        yield* queue.send(bodies.map((body) => ({ body })))
+        const first = yield* receiveUntil(bodies.length)
+        expect(first.map((d) => d.body).sort()).toEqual(bodies)
+        // Every one is hidden, not only the first of the batch.
+        expect(yield* queue.receive({ max: 10, visibilityMs: visibility, waitMs: 0 })).toEqual([])
+        yield* pass(visibility * 2)
+        const again = yield* receiveUntil(bodies.length)
+        expect(again.map((d) => d.body).sort()).toEqual(bodies)
+        expect(again.every((d) => d.receiveCount === 2)).toBe(true)
+        yield* queue.ack(again.map((d) => d.receipt))
+      })
+    )
+
+    test(
       "release makes a message visible again after its delay",
       Effect.gen(function*() {
         const queue = yield* QueueAdapter.QueueAdapter
