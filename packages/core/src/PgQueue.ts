@@ -7,8 +7,9 @@
  *   `PgClient`, every queue listens on its own connection (`PgClient.listen`), so a waiting receive
  *   wakes as soon as a message is sent from any process. Notifications are only a hint: a waiting
  *   receive still looks again every `pollInterval`, which covers delayed and released messages, other
- *   clients, and a listen connection lost with the server (it is re-opened when a ping sent through
- *   the server does not come back).
+ *   clients, and a listen connection lost with the server (the queue listens again when a ping sent
+ *   through the server does not come back; `PgClient` 0.53 may hand the dead connection back, and then
+ *   wake-ups stay off and receives poll: see the Postgres guide).
  * - Acks are coalesced: acks issued while one is in flight are deleted together in the next
  *   statement (group commit), and each caller still waits for its own.
  * - A receive is one call of the `queue_receive` function, whose plan Postgres keeps per session.
@@ -291,7 +292,8 @@ export const make = (options: Options = {}): Effect.Effect<
  * Listens on `channel` and wakes waiting receives on every notification. The listen connection can be
  * lost silently (a server restart: `PgClient` drops its errors), so every few seconds a ping goes out
  * through the server; when it does not come back, the subscription is closed and opened again (on a
- * new connection). Errors only delay wake-ups: receives keep polling.
+ * new connection), and once a ping comes back through the new one, waiting receives are woken to look
+ * for what was sent in between. Errors only delay wake-ups: receives keep polling.
  */
 const listenLoop = (
   client: Listener,
@@ -311,20 +313,30 @@ const listenLoop = (
       ),
       Fiber.interruptFork
     )
-    // A ping is our own NOTIFY: it comes back only while the listen connection is alive.
-    while (true) {
-      yield* Effect.sleep(PING_EVERY_MS)
+    // A ping is our own NOTIFY: it comes back only while the listen connection is alive (and listening).
+    const pingReturns = Effect.gen(function*() {
       yield* Queue.takeAll(ping)
       yield* sendPing
-      const back = yield* Queue.take(ping).pipe(Effect.timeout(PING_WAIT_MS), Effect.option)
-      if (Option.isNone(back)) return
+      return Option.isSome(yield* Queue.take(ping).pipe(Effect.timeout(PING_WAIT_MS), Effect.option))
+    })
+    // LISTEN runs once the new connection is up, so ping until one comes back (or give up and start over).
+    const listening = yield* Effect.gen(function*() {
+      while (true) {
+        yield* sendPing
+        if (Option.isSome(yield* Queue.take(ping).pipe(Effect.timeout(100), Effect.option))) return
+      }
+    }).pipe(Effect.timeout(PING_EVERY_MS), Effect.option)
+    if (Option.isNone(listening)) return
+    // Listening now: sends made while it was not were never heard, so waiting receives look again.
+    yield* wakeAll
+    while (true) {
+      yield* Effect.sleep(PING_EVERY_MS)
+      if (!(yield* pingReturns)) return
     }
   }).pipe(Effect.scoped)
   return Effect.forever(
     subscription.pipe(
       Effect.catchAllCause((cause) => Effect.logDebug("chunkwise: PgQueue listener restarting", cause)),
-      // Whatever ended it, wake the receives (a send may have gone unheard) and wait a little.
-      Effect.zipRight(wakeAll),
       Effect.zipRight(Effect.sleep(500))
     )
   )
