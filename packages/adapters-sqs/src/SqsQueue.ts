@@ -60,6 +60,9 @@ import { type Held, marginFor, now, Receipts } from "./internal/receipts.js"
 
 // ---- options
 
+/** How throttled, 5xx and network failures are retried (`retry` option). */
+export type { RetryOptions } from "./internal/aws.js"
+
 /** Static AWS credentials. Without them the SDK's default chain applies (env, profile, SSO, container or instance role). */
 export interface Credentials {
   readonly accessKeyId: string
