@@ -301,6 +301,8 @@ const listenLoop = (
   sendPing: Effect.Effect<void, Errors.QueueUnavailable>,
   wakeAll: Effect.Effect<void>
 ) => {
+  /** Subscriptions in a row that never heard their ping: the pause before the next one doubles. */
+  let failures = 0
   const subscription = Effect.gen(function*() {
     const ping = yield* Queue.sliding<void>(1)
     // A daemon interrupted without waiting: closing a subscription on a dead connection must not hang us.
@@ -323,10 +325,14 @@ const listenLoop = (
     const listening = yield* Effect.gen(function*() {
       while (true) {
         yield* sendPing
-        if (Option.isSome(yield* Queue.take(ping).pipe(Effect.timeout(100), Effect.option))) return
+        if (Option.isSome(yield* Queue.take(ping).pipe(Effect.timeout(250), Effect.option))) return
       }
     }).pipe(Effect.timeout(PING_EVERY_MS), Effect.option)
-    if (Option.isNone(listening)) return
+    if (Option.isNone(listening)) {
+      failures += 1
+      return
+    }
+    failures = 0
     // Listening now: sends made while it was not were never heard, so waiting receives look again.
     yield* wakeAll
     while (true) {
@@ -337,7 +343,7 @@ const listenLoop = (
   return Effect.forever(
     subscription.pipe(
       Effect.catchAllCause((cause) => Effect.logDebug("chunkwise: PgQueue listener restarting", cause)),
-      Effect.zipRight(Effect.sleep(500))
+      Effect.zipRight(Effect.suspend(() => Effect.sleep(Math.min(60_000, 500 * 2 ** failures))))
     )
   )
 }
