@@ -21,9 +21,10 @@
  * @since 0.1.0
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Queue, type Scope, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Queue, type Scope, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { base32, digest } from "./internal/hash.js"
+import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrate } from "./PgStateStore.js"
 import type { DeadLetter, Delivery, QueueAdapterShape } from "./QueueAdapter.js"
 import { QueueAdapter } from "./QueueAdapter.js"
@@ -92,11 +93,7 @@ export const make = (options: Options = {}): Effect.Effect<
     const ms = (value: number) => sql`(${value}::float8 * interval '1 millisecond')`
     /** Queue calls never join a chunk transaction: a message must not roll back with a chunk (D4). */
     const op = <A>(operation: string, effect: Effect.Effect<A, SqlError.SqlError>) =>
-      Effect.mapInputContext(
-        Effect.mapError(effect, unavailable(operation)),
-        (context: Context.Context<never>) =>
-          Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<never>
-      )
+      outsideTransaction(Effect.mapError(effect, unavailable(operation)))
 
     const receiveOnce = (max: number, visibilityMs: number) =>
       sql<Row>`

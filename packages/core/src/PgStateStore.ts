@@ -13,8 +13,9 @@
  */
 import { SqlClient, type SqlError, type Statement } from "@effect/sql"
 import { Migrator } from "@effect/sql"
-import { Context, Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option } from "effect"
 import * as Errors from "./Errors.js"
+import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
 import type { JobDefinition } from "./JobDefinition.js"
 import type * as Runbook from "./Runbook.js"
@@ -218,9 +219,7 @@ export const make = (options: Options = {}): Effect.Effect<
     const runs = sql.literal(RUN_COLUMNS)
     const ms = (value: number) => sql`(${value}::float8 * interval '1 millisecond')`
     /** Store writes that must survive a chunk's rollback run outside any transaction (D4). */
-    const detached = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      Effect.mapInputContext(effect, (context: Context.Context<R>) =>
-        Context.omit(SqlClient.TransactionConnection)(context) as Context.Context<R>)
+    const detached = outsideTransaction
     /** A store transaction; a failed COMMIT (a defect in @effect/sql) becomes an ordinary SqlError. */
     const tx = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       client.withTransaction(effect).pipe(
@@ -270,9 +269,7 @@ export const make = (options: Options = {}): Effect.Effect<
       slotsMade.get(job) === total ? Effect.void : Effect.zipRight(
         sql`insert into ${s}.job_slots (job, slot) select ${job}, g from generate_series(1, ${total}::int) g
             on conflict do nothing`,
-        Effect.sync(() =>
-          void slotsMade.set(job, total)
-        )
+        Effect.sync(() => void slotsMade.set(job, total))
       )
 
     /** Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit. */
