@@ -115,15 +115,19 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
       yield* limiter.declare([{ resource: "primary-db", limit: { inFlight: 1 } }], "test")
       const alive = yield* limiter.acquire(["primary-db"], holder("alive"), 3000)
       const waiter = yield* Effect.fork(limiter.acquire(["primary-db"], holder("waiter"), 3000))
+      // (Each step lets the waiter run before time moves on, so its waits are set from the right time.)
+      yield* settle
       // The holder renews (its heartbeat) twice: the waiter still waits past the first expiry.
       for (let i = 0; i < 2; i++) {
         yield* TestClock.adjust("2 seconds")
+        yield* settle
         expect(yield* limiter.renew(alive.slots, 3000)).toEqual(alive.slots)
+        yield* settle
       }
-      yield* settle
       expect(waiter.unsafePoll()).toBeNull()
       // Then it dies: no release, no renewal. Its slot comes back when it expires.
       yield* TestClock.adjust("3500 millis")
+      yield* settle
       const permits = yield* Fiber.join(waiter)
       expect(permits.slots).toHaveLength(1)
       // The dead holder's late release does not free the slot now held by another.
