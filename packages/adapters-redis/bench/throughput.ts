@@ -10,8 +10,10 @@
  * machine is noisy), REDIS_URL (default redis://127.0.0.1:6379),
  * PREFETCH=0 (chunkwise without fetch-next), ONLY=chunkwise|bullmq (one contender, for profiling).
  */
+import { QueueAdapter } from "@chunkwise/core"
+import * as QueueBench from "@chunkwise/testing/QueueBench"
 import { Queue as BullQueue, Worker as BullWorker } from "bullmq"
-import { Effect, FiberSet, Logger, LogLevel, Queue, Redacted } from "effect"
+import { Effect, Logger, LogLevel, Redacted } from "effect"
 import { Redis } from "ioredis"
 import { RedisQueue } from "../src/index.js"
 import { deleteKeys } from "../test/redis.js"
@@ -42,41 +44,13 @@ const chunkwise = (handlerMs: number, concurrency: number) =>
       queue: `q-${Date.now()}`,
       prefetch: PREFETCH
     })
-    for (let i = 0; i < JOBS; i += 1000) {
-      yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
-    }
-    const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
-    const slotFreed = yield* Queue.unbounded<void>()
-    const handlers = yield* FiberSet.make()
-    let done = 0
-    let inflight = 0
-    // The clock stops at the last ack, as BullMQ's stops at its last completion: the loop's final
-    // receive, which waits for more work that will not come, is not the queue's time.
-    let finishedAt = 0
-    const start = performance.now()
-    while (done < JOBS) {
-      if (inflight >= concurrency) {
-        yield* Queue.take(slotFreed)
-        continue
-      }
-      const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
-      for (const delivery of got) {
-        inflight += 1
-        yield* FiberSet.run(
-          handlers,
-          handler.pipe(
-            Effect.zipRight(queue.ack([delivery.receipt])),
-            Effect.ensuring(Effect.suspend(() => {
-              inflight -= 1
-              done += 1
-              if (done === JOBS) finishedAt = performance.now()
-              return Queue.offer(slotFreed, undefined)
-            }))
-          )
-        )
-      }
-    }
-    const rate = JOBS / ((finishedAt - start) / 1000)
+    yield* QueueBench.fill(JOBS).pipe(Effect.provideService(QueueAdapter.QueueAdapter, queue))
+    const ms = yield* QueueBench.drain({
+      messages: JOBS,
+      concurrency,
+      handler: handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
+    }).pipe(Effect.provideService(QueueAdapter.QueueAdapter, queue))
+    const rate = JOBS / (ms / 1000)
     const depth = yield* queue.depth
     if (depth.ready + depth.inFlight + depth.delayed > 0) throw new Error(`chunkwise left ${JSON.stringify(depth)}`)
     return rate

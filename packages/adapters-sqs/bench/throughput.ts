@@ -6,8 +6,8 @@
  * Run: npm run bench -w packages/adapters-sqs   (JOBS=20000 by default; ONLY=chunkwise for profiling)
  */
 import { SQSClient } from "@aws-sdk/client-sqs"
-import { QueueAdapter } from "@chunkwise/core"
-import { Deferred, Effect, FiberSet, Layer, Logger, LogLevel, Queue, Redacted } from "effect"
+import * as QueueBench from "@chunkwise/testing/QueueBench"
+import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
 import { buildApp } from "fauxqs"
 import type { AddressInfo } from "node:net"
 import { Consumer } from "sqs-consumer"
@@ -62,12 +62,7 @@ const filled = (endpoint: string) =>
     const { queueUrl } = yield* Effect.flatMap(SqsQueue.makeClient(connection), (client) =>
       SqsQueue.ensureQueue(client, { name })).pipe(Effect.scoped)
     const options: SqsQueue.Options = { ...connection, queue: queueUrl }
-    yield* Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      for (let i = 0; i < JOBS; i += 1000) {
-        yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
-      }
-    }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
+    yield* QueueBench.fill(JOBS).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
     return { options, queueUrl }
   })
 
@@ -81,47 +76,14 @@ const chunkwise = (endpoint: string, { concurrency, handlerMs }: Case) =>
   Effect.gen(function*() {
     const { options } = yield* filled(endpoint)
     return yield* Effect.gen(function*() {
-      const queue = yield* QueueAdapter.QueueAdapter
-      let done = 0
-      let inflight = 0
-      let end = 0
-      const slotFreed = yield* Queue.sliding<void>(1)
-      const handlers = yield* FiberSet.make()
-      const handler = handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
       const from = served
       const cpuFrom = cpu()
-      const start = performance.now()
-      // The drain ends with the last ack (as sqs-consumer's count does), not with the receive that follows it.
-      const drained = yield* Deferred.make<void>()
-      const loop = Effect.gen(function*() {
-        while (true) {
-          if (inflight >= concurrency) {
-            yield* Queue.take(slotFreed)
-            continue
-          }
-          const got = yield* queue.receive({ max: concurrency - inflight, visibilityMs: 60_000, waitMs: 1000 })
-          for (const delivery of got) {
-            inflight += 1
-            yield* FiberSet.run(
-              handlers,
-              handler.pipe(
-                Effect.zipRight(queue.ack([delivery.receipt])),
-                Effect.ensuring(Effect.suspend(() => {
-                  inflight -= 1
-                  done += 1
-                  if (done === JOBS) {
-                    end = performance.now()
-                    return Deferred.succeed(drained, undefined)
-                  }
-                  return Queue.offer(slotFreed, undefined)
-                }))
-              )
-            )
-          }
-        }
+      const ms = yield* QueueBench.drain({
+        messages: JOBS,
+        concurrency,
+        handler: handlerMs > 0 ? Effect.sleep(handlerMs) : Effect.void
       })
-      yield* Effect.raceFirst(loop, Deferred.await(drained))
-      return { rate: JOBS / ((end - start) / 1000), from, cpuFrom }
+      return { rate: JOBS / (ms / 1000), from, cpuFrom }
     }).pipe(Effect.scoped, Effect.provide(SqsQueue.layer(options)))
   })
 

@@ -3,11 +3,12 @@
  * JOBS no-op jobs at CONCURRENCY, in one run (D20: queues alone, send → receive → ack). Prints jobs per
  * second for draining an enqueued backlog, and the ratios. Run: npm run bench:queue -w packages/core
  */
+import * as QueueBench from "@chunkwise/testing/QueueBench"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, FiberSet, Logger, LogLevel } from "effect"
+import { Effect, Logger, LogLevel } from "effect"
 import { Logger as GraphileLogger, makeWorkerUtils, run } from "graphile-worker"
 import PgBoss from "pg-boss"
-import { PgQueue, QueueAdapter } from "../src/index.js"
+import { PgQueue } from "../src/index.js"
 
 const JOBS = Number(process.env["JOBS"] ?? 20_000)
 const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 16)
@@ -16,38 +17,11 @@ const url = `postgres://postgres@127.0.0.1:5432/${DATABASE}`
 
 const seconds = (start: number) => (performance.now() - start) / 1000
 
-/**
- * chunkwise, received the way the Worker receives: one loop asks for as many messages as it has free
- * slots (CONCURRENCY in all), and each message is handled (here: acked) in its own fiber.
- */
+/** chunkwise, received the way the Worker receives (`QueueBench.drain`: CONCURRENCY slots, a fiber a message). */
 const chunkwise = Effect.gen(function*() {
-  const queue = yield* QueueAdapter.QueueAdapter
-  for (let i = 0; i < JOBS; i += 1000) {
-    yield* queue.send(Array.from({ length: Math.min(1000, JOBS - i) }, (_, j) => ({ body: `{"n":${i + j}}` })))
-  }
-  let done = 0
-  let inflight = 0
-  const handlers = yield* FiberSet.make()
-  const start = performance.now()
-  while (done < JOBS) {
-    const free = CONCURRENCY - inflight
-    if (free <= 0) {
-      yield* Effect.sleep(1)
-      continue
-    }
-    const got = yield* queue.receive({ max: free, visibilityMs: 60_000, waitMs: 100 })
-    for (const delivery of got) {
-      inflight += 1
-      yield* FiberSet.run(
-        handlers,
-        queue.ack([delivery.receipt]).pipe(Effect.ensuring(Effect.sync(() => {
-          inflight -= 1
-          done += 1
-        })))
-      )
-    }
-  }
-  return JOBS / seconds(start)
+  yield* QueueBench.fill(JOBS)
+  const ms = yield* QueueBench.drain({ messages: JOBS, concurrency: CONCURRENCY, handler: Effect.void, waitMs: 100 })
+  return JOBS / (ms / 1000)
 }).pipe(
   Effect.scoped,
   Effect.provide(PgQueue.layer({ schema: "cw_bench_queue", queue: `bench-${Date.now()}`, pollInterval: "20 millis" })),

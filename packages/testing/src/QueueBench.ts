@@ -1,0 +1,84 @@
+/**
+ * Queue benchmarks, consumed the way the chunkwise Worker consumes: one loop receives as many messages
+ * as it has free slots, waits for a slot to free when all are busy, and handles and acks each message
+ * in its own fiber. Every driver's benchmark (Postgres, Redis, SQS) drives its queue with this, so the
+ * figures compare drivers, not consumer loops. Import it as `@chunkwise/testing/QueueBench`: the
+ * package's main entry loads vitest, which a benchmark script does not run under.
+ *
+ * @since 0.1.0
+ */
+import { type Errors, QueueAdapter } from "@chunkwise/core"
+import { Deferred, Effect, FiberSet, Queue } from "effect"
+
+/** Sends `messages` small JSON bodies (`{"n":i}`), 1,000 per call: the backlog a benchmark drains. */
+export const fill = (
+  messages: number
+): Effect.Effect<void, Errors.QueueUnavailable | Errors.MessageRejected, QueueAdapter.QueueAdapter> =>
+  Effect.flatMap(QueueAdapter.QueueAdapter, (queue) =>
+    Effect.forEach(
+      Array.from({ length: Math.ceil(messages / 1000) }, (_, k) => k * 1000),
+      (from) =>
+        queue.send(Array.from({ length: Math.min(1000, messages - from) }, (_, j) => ({ body: `{"n":${from + j}}` }))),
+      { discard: true }
+    ))
+
+/** Options of `drain`. */
+export interface DrainOptions {
+  /** Messages to handle; the drain ends with the ack of the last one. */
+  readonly messages: number
+  /** Messages handled at once. */
+  readonly concurrency: number
+  /** What handling one message costs (e.g. `Effect.sleep(2)`); acked after it. */
+  readonly handler: Effect.Effect<void>
+  /** Long-poll wait of one receive (default 1 s). */
+  readonly waitMs?: number | undefined
+}
+
+/**
+ * Receives, handles and acks `messages` messages; returns the milliseconds from the start to the last
+ * ack (the loop's final receive, waiting for work that will not come, is not the queue's time).
+ */
+export const drain = (
+  options: DrainOptions
+): Effect.Effect<number, Errors.QueueUnavailable, QueueAdapter.QueueAdapter> =>
+  Effect.scoped(Effect.gen(function*() {
+    const queue = yield* QueueAdapter.QueueAdapter
+    const slotFreed = yield* Queue.sliding<void>(1)
+    const handlers = yield* FiberSet.make()
+    const drained = yield* Deferred.make<void>()
+    let inflight = 0
+    let done = 0
+    let end = 0
+    const start = performance.now()
+    const loop = Effect.gen(function*() {
+      while (true) {
+        if (inflight >= options.concurrency) {
+          yield* Queue.take(slotFreed)
+          continue
+        }
+        const got = yield* queue.receive({
+          max: options.concurrency - inflight,
+          visibilityMs: 60_000,
+          waitMs: options.waitMs ?? 1000
+        })
+        for (const delivery of got) {
+          inflight += 1
+          yield* FiberSet.run(
+            handlers,
+            options.handler.pipe(
+              Effect.zipRight(queue.ack([delivery.receipt])),
+              Effect.ensuring(Effect.suspend(() => {
+                inflight -= 1
+                done += 1
+                if (done < options.messages) return Queue.offer(slotFreed, undefined)
+                end = performance.now()
+                return Deferred.succeed(drained, undefined)
+              }))
+            )
+          )
+        }
+      }
+    })
+    yield* Effect.raceFirst(loop, Deferred.await(drained))
+    return end - start
+  }))
