@@ -4,7 +4,7 @@
  * throttled partition waits for.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Logger, LogLevel } from "effect"
+import { Effect, Fiber, Layer, Logger, LogLevel, Schedule } from "effect"
 import * as Cli from "../src/Cli.js"
 import { PgResourceLimiter, PgStateStore, ResourceLimiter, Runner } from "../src/index.js"
 import { exec, makeCli, onPostgres } from "./cliFixtures.js"
@@ -147,7 +147,11 @@ describe("operator CLI: resource limits", () => {
           // Another chunk holds the only slot; p0's chunk waits for it.
           const held = yield* limiter.acquire(["primary-db"], holder(runId, "p1", "p_other"), 60_000)
           const waiting = yield* Effect.fork(limiter.acquire(["primary-db"], holder(runId, "p0", "p_zero"), 60_000))
-          yield* Effect.sleep("300 millis")
+          // Until the store records p0's wait (not a fixed sleep: the fork may take long on a busy machine).
+          yield* limiter.settings.pipe(
+            Effect.repeat({ until: (settings) => settings[0]?.waiting === 1, schedule: Schedule.spaced("10 millis") }),
+            Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("p0's wait was never recorded") })
+          )
           const cli = limitsCli(store, app)
           const status = yield* exec(cli, "status", runId, "--json")
           expect(status.code).toBe(0)
