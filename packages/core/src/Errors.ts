@@ -90,6 +90,18 @@ export class CursorUndecodable extends Schema.TaggedError<CursorUndecodable>()("
   }
 }
 
+/** A split step's `ranges` returned key ranges that do not cover every key exactly once. */
+export class InvalidSplit extends Schema.TaggedError<InvalidSplit>()("InvalidSplit", {
+  step: Schema.String,
+  partition: Schema.String,
+  problem: Schema.String
+}) {
+  override get message() {
+    return `step "${this.step}" split partition "${this.partition}" wrongly: ${this.problem}. Return ranges ` +
+      `that cover every key once, e.g. Step.rangesAt([1000, 2000]) for [null, 1000), [1000, 2000), [2000, null)`
+  }
+}
+
 /** A unit's executions died (no clean release) too many times without progress. */
 export class CrashLoop extends Schema.TaggedError<CrashLoop>()("CrashLoop", {
   crashes: Schema.Number,

@@ -214,7 +214,10 @@ export const make = <
       name: step.name,
       kind: step._tag === "Chunked" ? "chunked" as const : "single" as const,
       mode: step.transaction,
-      cursor: step._tag === "Chunked" ? String(Schema.encodedSchema(step.cursor).ast) : ""
+      cursor: step._tag === "Chunked" ? String(Schema.encodedSchema(step.cursor).ast) : "",
+      ...(step._tag === "Chunked" && step.split !== undefined
+        ? { split: String(Schema.encodedSchema(step.split.range).ast) }
+        : {})
     }))
   }
   const partitions = options.partitions

@@ -1,6 +1,6 @@
 /**
- * The structured definition a run stores (D10): per step its name, kind, transaction mode and cursor
- * schema. A worker whose job definition differs incompatibly from a run's refuses to continue that run
+ * The structured definition a run stores (D10): per step its name, kind, transaction mode, cursor
+ * schema and, for a split step, its encoded range schema. A worker whose job definition differs incompatibly from a run's refuses to continue that run
  * and says what changed. Chunk sizes, limits, retries and runbook text may change freely.
  *
  * @since 0.1.0
@@ -14,7 +14,9 @@ export const StepDefinition = Schema.Struct({
   kind: Schema.Literal("chunked", "single"),
   mode: Schema.Literal("chunk", "none"),
   /** The encoded cursor schema, as text (`""` for single steps). */
-  cursor: Schema.String
+  cursor: Schema.String,
+  /** A split step's encoded range schema, as text; absent when the step does not split. */
+  split: Schema.optional(Schema.String)
 })
 
 /** @since 0.1.0 */
@@ -49,6 +51,9 @@ export const changes = (stored: JobDefinition, current: JobDefinition): Readonly
     }
     if (before.cursor !== step.cursor) {
       out.push(`step "${step.name}" cursor schema was ${before.cursor}, now ${step.cursor}`)
+    }
+    if (before.split !== step.split) {
+      out.push(`step "${step.name}" split key ranges were ${before.split ?? "none"}, now ${step.split ?? "none"}`)
     }
   }
   return out

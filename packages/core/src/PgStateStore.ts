@@ -24,6 +24,7 @@ import type {
   AuditEntry,
   ClaimResult,
   FailureRecord,
+  JoinOutcome,
   Lease,
   RunRecord,
   RunStatus,
@@ -32,7 +33,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "./StateStore.js"
-import { databaseIdentity, plannedUnit, StateStore } from "./StateStore.js"
+import { databaseIdentity, plannedUnit, StateStore, unitStatuses } from "./StateStore.js"
 
 /** Options of the Postgres store. */
 export interface Options {
@@ -60,7 +61,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 6
+const LATEST = 7
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -121,7 +122,8 @@ const UNIT_COLUMNS = `u.run_id as "runId", u.unit_id as "unitId", u.job, u.kind,
   u.enqueue_seq as "enqueueSeq", (extract(epoch from u.enqueued_at) * 1000)::float8 as "enqueuedAt",
   (extract(epoch from u.retry_at) * 1000)::float8 as "retryAt", u.chunks::text as chunks, u.items::text as items,
   (extract(epoch from u.started_at) * 1000)::float8 as "startedAt",
-  (extract(epoch from u.finished_at) * 1000)::float8 as "finishedAt", u.last_error_tag as "lastErrorTag"`
+  (extract(epoch from u.finished_at) * 1000)::float8 as "finishedAt", u.last_error_tag as "lastErrorTag",
+  u.parent_unit_id as "parentUnitId", u.range`
 
 const RUN_COLUMNS = `r.run_id as "runId", r.job, r.run_key as "runKey", r.params, r.definition, r.fingerprint, r.status,
   r.partition_count as "partitionCount", r.failure_budget::text as "failureBudget", r.finalize_seq as "finalizeSeq",
@@ -158,7 +160,9 @@ const toUnit = (row: Row): UnitRecord => ({
   items: num(row["items"]),
   startedAt: numOrNull(row["startedAt"]),
   finishedAt: numOrNull(row["finishedAt"]),
-  lastErrorTag: (row["lastErrorTag"] as string | null) ?? null
+  lastErrorTag: (row["lastErrorTag"] as string | null) ?? null,
+  parentUnitId: (row["parentUnitId"] as string | null) ?? null,
+  range: row["range"] ?? null
 })
 
 const toRun = (row: Row): RunRecord => ({
@@ -281,7 +285,7 @@ export const make = (options: Options = {}): Effect.Effect<
             where run_id = ${runId} and status in ('running', 'failing')
               and not exists (
                 select 1 from ${s}.units
-                where run_id = ${runId} and kind = 'partition' and status in ('pending', 'leased'))
+                where run_id = ${runId} and kind <> 'finalize' and status in ('pending', 'leased', 'waiting'))
             returning run_id, job, finalize_seq)
           insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
           select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
@@ -289,6 +293,56 @@ export const make = (options: Options = {}): Effect.Effect<
           returning unit_id as "unitId"`,
         (rows) => rows.length > 0
       )
+
+    /**
+     * The split barrier (D7's pattern): moves each waiting partition that `which` selects (alias `p`)
+     * and whose current ranges are all terminal on, by one compare-and-set. Run after the ranges'
+     * commits, so the last finisher sees every range; `u.status = 'waiting'` is re-checked under the row
+     * lock, so of two finishers only one moves the partition.
+     */
+    const joinWaiting = (which: Statement.Fragment) =>
+      sql<{ readonly unitId: string; readonly status: UnitStatus }>`
+        with parents as (
+          select p.run_id, p.unit_id, p.generation, p.step_index,
+            jsonb_array_length(r.definition -> 'steps') as steps
+          from ${s}.units p join ${s}.runs r on r.run_id = p.run_id
+          where p.status = 'waiting' and ${which}),
+        ranges as (
+          select p.run_id, p.unit_id,
+            count(*) filter (where c.status not in ('succeeded', 'skipped', 'failed', 'cancelled')) as open,
+            count(*) filter (where c.status = 'failed') as failed,
+            count(*) filter (where c.status = 'cancelled') as cancelled,
+            (array_agg(c.last_error_tag) filter (where c.status = 'failed'))[1] as tag
+          from parents p join ${s}.units c
+            on c.run_id = p.run_id and c.parent_unit_id = p.unit_id and c.generation = p.generation
+          group by p.run_id, p.unit_id),
+        moved as (
+          select p.run_id, p.unit_id,
+            case when k.failed > 0 then 'failed' when k.cancelled > 0 then 'cancelled'
+              when p.step_index + 1 >= p.steps then 'succeeded' else 'pending' end as status,
+            k.tag, k.failed + k.cancelled = 0 as advance
+          from parents p join ranges k on k.run_id = p.run_id and k.unit_id = p.unit_id
+          where k.open = 0)
+        update ${s}.units u set status = m.status,
+          step_index = u.step_index + case when m.advance then 1 else 0 end,
+          chunk_seq = case when m.advance then 0 else u.chunk_seq end,
+          cursor = case when m.advance then null else u.cursor end,
+          attempt = 1, crashes_since_progress = 0, retry_at = null, enqueued_at = null,
+          fencing_token = u.fencing_token + case when m.advance then 0 else 1 end,
+          last_error_tag = case when m.status = 'failed' then m.tag else u.last_error_tag end,
+          finished_at = case when m.status = 'pending' then null else clock_timestamp() end
+        from moved m
+        where u.run_id = m.run_id and u.unit_id = m.unit_id and u.status = 'waiting'
+        returning u.unit_id as "unitId", u.status`
+    /** Cancels the current ranges of the partitions `ids` (an operator moved the partitions themselves). */
+    const cancelRanges = (runId: string, ids: ReadonlyArray<string>) =>
+      sql`
+        update ${s}.units c set status = 'cancelled', fencing_token = c.fencing_token + 1, lease_owner = null,
+          lease_expires_at = null, finished_at = clock_timestamp()
+        from ${s}.units p
+        where p.run_id = ${runId} and p.unit_id in ${sql.in(ids)} and c.run_id = p.run_id
+          and c.parent_unit_id = p.unit_id and c.generation = p.generation
+          and c.status in ('pending', 'leased')`
 
     /** Re-opens a finished (or finalizing) run for another round; cancels its pending finalize unit. */
     const reopen = (runId: string) =>
@@ -439,19 +493,14 @@ export const make = (options: Options = {}): Effect.Effect<
           const rows = yield* op(
             "progress",
             sql<Row>`
-            select status, step_index as "stepIndex", count(*)::text as n, sum(chunks)::text as chunks,
+            select kind, status, step_index as "stepIndex", count(*)::text as n, sum(chunks)::text as chunks,
               sum(items)::text as items
-            from ${s}.units where run_id = ${runId} and kind = 'partition'
-            group by status, step_index`
+            from ${s}.units where run_id = ${runId} and kind <> 'finalize'
+            group by kind, status, step_index`
           )
-          const counts: Record<UnitStatus, number> = {
-            pending: 0,
-            leased: 0,
-            succeeded: 0,
-            failed: 0,
-            skipped: 0,
-            cancelled: 0
-          }
+          const zero = () => Object.fromEntries(unitStatuses.map((status) => [status, 0])) as Record<UnitStatus, number>
+          const counts = zero()
+          const ranges = zero()
           const atStep: Array<number> = run.definition.steps.map(() => 0)
           let chunks = 0
           let items = 0
@@ -459,12 +508,18 @@ export const make = (options: Options = {}): Effect.Effect<
             const status = row["status"] as UnitStatus
             const n = num(row["n"])
             const stepIndex = num(row["stepIndex"])
-            counts[status] += n
-            if ((status === "pending" || status === "leased") && stepIndex < atStep.length) atStep[stepIndex]! += n
             chunks += num(row["chunks"])
             items += num(row["items"])
+            if (row["kind"] === "range") {
+              ranges[status] += n
+              continue
+            }
+            counts[status] += n
+            if ((status === "pending" || status === "leased" || status === "waiting") && stepIndex < atStep.length) {
+              atStep[stepIndex]! += n
+            }
           }
-          return { run, units: counts, atStep, chunks, items }
+          return { run, units: counts, atStep, ranges, chunks, items }
         }),
 
       listUnits: (runId, { limit, status }) =>
@@ -519,7 +574,7 @@ export const make = (options: Options = {}): Effect.Effect<
                 limit ${options.slowest}`,
               sql<Row>`
                 select f.error_tag as "errorTag", f.runbook_id as "runbookId", f.severity,
-                  count(*)::text as failures, count(distinct f.unit_id)::text as partitions,
+                  count(*)::text as failures, count(distinct f.partition_key)::text as partitions,
                   (array_agg(f.message order by f.id desc))[1] as "lastMessage",
                   (extract(epoch from max(f.at)) * 1000)::float8 as "lastAt",
                   (select count(*) from ${s}.units u where u.run_id = ${runId} and u.kind = 'partition'
@@ -808,23 +863,29 @@ export const make = (options: Options = {}): Effect.Effect<
               with ${freeSlot(lease)}
               select status from ${s}.runs where run_id = ${lease.runId} for update`
               const updated = disposition._tag === "RetryLater"
-                ? yield* sql<{ readonly kind: string }>`
+                ? yield* sql<{ readonly kind: string; readonly parent: string | null }>`
                   update ${s}.units set status = 'pending', attempt = attempt + 1, lease_owner = null,
                     lease_expires_at = null, enqueued_at = null, last_error_tag = ${disposition.errorTag},
                     retry_at = clock_timestamp() + ${ms(disposition.delayMs)}
                   where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
                     and lease_owner = ${lease.workerId} and status = 'leased'
-                  returning kind`
-                : yield* sql<{ readonly kind: string }>`
+                  returning kind, parent_unit_id as parent`
+                : yield* sql<{ readonly kind: string; readonly parent: string | null }>`
                   update ${s}.units set status = 'failed', lease_owner = null, lease_expires_at = null,
                     last_error_tag = ${disposition.errorTag}, finished_at = clock_timestamp()
                   where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
                     and lease_owner = ${lease.workerId} and status = 'leased'
-                  returning kind`
+                  returning kind, parent_unit_id as parent`
               if (run === undefined || updated.length === 0) return undefined
-              if (disposition._tag !== "Failed" || updated[0]!.kind !== "partition" || run.status !== "running") {
-                return run.status
-              }
+              if (disposition._tag !== "Failed") return run.status
+              const { kind, parent } = updated[0]!
+              // A range that fails fails its partition at once: the partition is what operators and budgets count.
+              const partitionFailed = parent === null ? kind === "partition" : (yield* sql`
+                update ${s}.units set status = 'failed', fencing_token = fencing_token + 1,
+                  last_error_tag = ${disposition.errorTag}, finished_at = clock_timestamp()
+                where run_id = ${lease.runId} and unit_id = ${parent} and status = 'waiting'
+                returning unit_id`).length > 0
+              if (!partitionFailed || run.status !== "running") return run.status
               const [failing] = yield* sql<{ readonly status: RunStatus }>`
               with counts as (
                 select count(*) as failed from ${s}.units
@@ -839,13 +900,52 @@ export const make = (options: Options = {}): Effect.Effect<
               yield* sql`
               update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1,
                 finished_at = clock_timestamp()
-              where run_id = ${lease.runId} and kind = 'partition' and status = 'pending'`
+              where run_id = ${lease.runId} and kind <> 'finalize' and status = 'pending'`
+              yield* joinWaiting(sql`p.run_id = ${lease.runId}`)
               return failing.status
             }))
           )
           if (result === undefined) return yield* leaseLost(lease, "fenced before the failure was recorded")
           return { runStatus: result }
         })),
+
+      splitUnit: ({ lease, ranges, stepIndex }) =>
+        Effect.gen(function*() {
+          const rows = yield* op(
+            "splitUnit",
+            sql<{ readonly unitId: string }>`
+            with ${freeSlot(lease)}, parent as (
+              update ${s}.units set status = 'waiting', lease_owner = null, lease_expires_at = null
+              where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
+                and lease_owner = ${lease.workerId} and status = 'leased' and lease_expires_at > clock_timestamp()
+                and step_index = ${stepIndex} and chunk_seq = 0
+              returning run_id, unit_id, job, partition_key, generation, step_index)
+            insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight, step_index, generation,
+              parent_unit_id, range)
+            select p.run_id, x.unit_id, p.job, 'range', p.partition_key, x.weight, p.step_index, p.generation,
+              p.unit_id, x.range
+            from parent p, jsonb_to_recordset(${
+              JSON.stringify(ranges.map((r) => ({ unit_id: r.unitId, weight: r.weight, range: r.range })))
+            }::jsonb) as x(unit_id text, weight float8, range jsonb)
+            on conflict do nothing
+            returning unit_id as "unitId"`
+          )
+          if (rows.length === 0) return yield* leaseLost(lease, "fenced, expired or moved before the split")
+        }),
+
+      joinRanges: (runId, parentUnitId) =>
+        op(
+          "joinRanges",
+          Effect.gen(function*() {
+            const [moved] = yield* joinWaiting(sql`p.run_id = ${runId} and p.unit_id = ${parentUnitId}`)
+            if (moved !== undefined) {
+              return (moved.status === "pending" ? "advanced" : moved.status) as JoinOutcome
+            }
+            const [unit] = yield* sql<{ readonly status: UnitStatus }>`
+              select status from ${s}.units where run_id = ${runId} and unit_id = ${parentUnitId}`
+            return unit?.status === "waiting" ? "open" as const : "none" as const
+          })
+        ),
 
       cancelUnit: (lease) =>
         op(
@@ -885,11 +985,12 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "sweep",
           Effect.gen(function*() {
+            yield* joinWaiting(sql`r.status in ('running', 'failing')`)
             const candidates = yield* sql<{ readonly runId: string }>`
             select r.run_id as "runId" from ${s}.runs r
             where r.status in ('running', 'failing')
               and not exists (select 1 from ${s}.units u
-                where u.run_id = r.run_id and u.kind = 'partition' and u.status in ('pending', 'leased'))`
+                where u.run_id = r.run_id and u.kind <> 'finalize' and u.status in ('pending', 'leased', 'waiting'))`
             const done: Array<string> = []
             for (const { runId } of candidates) if (yield* finalizeIfComplete(runId)) done.push(runId)
             return done
@@ -910,7 +1011,7 @@ export const make = (options: Options = {}): Effect.Effect<
               yield* sql`
               update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
                 lease_expires_at = null, finished_at = clock_timestamp()
-              where run_id = ${runId} and status in ('pending', 'leased')`
+              where run_id = ${runId} and status in ('pending', 'leased', 'waiting')`
               yield* sql`
               update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
               where run_id = ${runId}`
@@ -934,6 +1035,29 @@ export const make = (options: Options = {}): Effect.Effect<
             yield* op(
               "retry",
               Effect.gen(function*() {
+                if (selection.fromStep === undefined) {
+                  // Failed at a split step: its ranges that did not succeed run again, the rest stay done,
+                  // and the partition waits for them.
+                  yield* sql`
+                  with split as (
+                    select p.unit_id, p.generation from ${s}.units p
+                    where p.run_id = ${runId} and p.unit_id in ${sql.in(ids)} and exists (
+                      select 1 from ${s}.units c where c.run_id = p.run_id and c.parent_unit_id = p.unit_id
+                        and c.generation = p.generation and c.status <> 'succeeded')),
+                  reopened as (
+                    update ${s}.units c set status = 'pending', fencing_token = c.fencing_token + 1,
+                      lease_owner = null, lease_expires_at = null, attempt = 1, crashes_since_progress = 0,
+                      retry_at = null, enqueued_at = null, finished_at = null, last_error_tag = null
+                    from split
+                    where c.run_id = ${runId} and c.parent_unit_id = split.unit_id
+                      and c.generation = split.generation and c.status in ('failed', 'cancelled'))
+                  update ${s}.units u set status = 'waiting', fencing_token = u.fencing_token + 1, lease_owner = null,
+                    lease_expires_at = null, attempt = 1, crashes_since_progress = 0, retry_at = null,
+                    finished_at = null, last_error_tag = null
+                  from split where u.run_id = ${runId} and u.unit_id = split.unit_id and ${retryable}`
+                } else {
+                  yield* cancelRanges(runId, ids)
+                }
                 // The rows are locked and a live lease can only expire, so this updates exactly `planned`.
                 yield* sql`
                 update ${s}.units u set status = 'pending', fencing_token = fencing_token + 1, lease_owner = null,
@@ -943,7 +1067,7 @@ export const make = (options: Options = {}): Effect.Effect<
                   selection.fromStep === undefined ? sql`` : sql`, step_index = ${selection.fromStep}, cursor = null,
                   chunk_seq = 0, generation = generation + 1`
                 }
-                where u.run_id = ${runId} and u.unit_id in ${sql.in(ids)} and ${retryable}`
+                where u.run_id = ${runId} and u.unit_id in ${sql.in(ids)} and u.status <> 'waiting' and ${retryable}`
                 yield* reopen(runId)
                 yield* audit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) })
               })
@@ -962,6 +1086,7 @@ export const make = (options: Options = {}): Effect.Effect<
             yield* op(
               "skip",
               Effect.gen(function*() {
+                yield* cancelRanges(runId, planned.map((p) => p.unitId))
                 yield* sql`
                 update ${s}.units u set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
                   lease_expires_at = null, finished_at = clock_timestamp()
@@ -985,6 +1110,7 @@ export const make = (options: Options = {}): Effect.Effect<
 const diagnose = (why: Row | undefined, seq: number): ClaimResult => {
   if (why === undefined) return { _tag: "Ack", reason: "unknown-unit" }
   const status = why["status"] as UnitStatus
+  if (status === "waiting") return { _tag: "Ack", reason: "waiting" }
   if (status !== "pending" && status !== "leased") return { _tag: "Ack", reason: "terminal" }
   if (seq < num(why["enqueueSeq"])) return { _tag: "Ack", reason: "stale-message" }
   const runStatus = why["runStatus"] as RunStatus

@@ -188,6 +188,18 @@ export const builtins: ReadonlyArray<Registration> = [
       "or `chunkwise retry <run> --partition <key> --from-step <step>` to restart the step."
     ]
   }),
+  builtin(Errors.InvalidSplit, {
+    title: "A split step returned ranges that miss or repeat keys",
+    severity: "ticket",
+    meaning: "The step's `split.ranges` returned key ranges with a gap, an overlap, an empty range, or keys " +
+      "that do not compare; running them would skip rows or process them twice, so the partition failed " +
+      "before any range ran.",
+    steps: [
+      "Read the problem in `chunkwise failures <run>`: it names the ranges at fault.",
+      "Fix `split.ranges` so the ranges ascend and touch: build them with `Step.rangesAt(points)`.",
+      "Deploy, then `chunkwise retry <run> --partition <key>`."
+    ]
+  }),
   builtin(Errors.CrashLoop, {
     title: "A unit keeps killing its worker",
     severity: "page",

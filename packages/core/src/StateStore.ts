@@ -33,11 +33,28 @@ import type * as Runbook from "./Runbook.js"
 /** A run's lifecycle (D8): `failed | cancelled → running` only through `retry`. */
 export type RunStatus = "enumerating" | "running" | "failing" | "finalizing" | "succeeded" | "failed" | "cancelled"
 
-/** A unit's lifecycle: `pending → leased → pending | succeeded | failed | skipped | cancelled`. */
-export type UnitStatus = "pending" | "leased" | "succeeded" | "failed" | "skipped" | "cancelled"
+/**
+ * A unit's lifecycle: `pending → leased → pending | waiting | succeeded | failed | skipped | cancelled`.
+ * `waiting`: a partition whose split step runs as range units; it moves on when every range is done.
+ */
+export type UnitStatus = "pending" | "leased" | "waiting" | "succeeded" | "failed" | "skipped" | "cancelled"
 
-/** A partition's main unit, or the unit that runs the job's completion hook. */
-export type UnitKind = "partition" | "finalize"
+/** Every unit status, in lifecycle order. */
+export const unitStatuses: ReadonlyArray<UnitStatus> = [
+  "pending",
+  "leased",
+  "waiting",
+  "succeeded",
+  "failed",
+  "skipped",
+  "cancelled"
+]
+
+/**
+ * A partition's main unit; one key range of a split step (it runs that step only, then joins its
+ * partition); or the unit that runs the job's completion hook.
+ */
+export type UnitKind = "partition" | "range" | "finalize"
 
 /** Statuses a run or a unit never leaves without an operator action. */
 export const isTerminalRun = (status: RunStatus): boolean =>
@@ -101,6 +118,10 @@ export interface UnitRecord {
   readonly startedAt: number | null
   readonly finishedAt: number | null
   readonly lastErrorTag: string | null
+  /** A range unit's partition unit; `null` for the others. */
+  readonly parentUnitId: string | null
+  /** A range unit's key range, encoded with the step's key schema (`{ from, to }`); `null` for the others. */
+  readonly range: unknown
 }
 
 /** What a worker holds while it runs a unit. */
@@ -128,6 +149,29 @@ export interface NewUnit {
   readonly weight: number
 }
 
+/** One key range of a split step, as the worker inserts it. */
+export interface NewRange {
+  readonly unitId: string
+  readonly weight: number
+  /** The range, encoded with the step's key schema. */
+  readonly range: unknown
+}
+
+/** A partition unit split at the start of a step into range units (D1). */
+export interface Split {
+  readonly lease: Lease
+  /** The split step; the partition must be at its start (chunk 0). */
+  readonly stepIndex: number
+  readonly ranges: ReadonlyArray<NewRange>
+}
+
+/**
+ * What `joinRanges` did to a waiting partition: `open` while a range is left to run, `advanced` to
+ * its next step, `succeeded` when the split step was its last, `failed` / `cancelled` when a range
+ * ended so, `none` when the partition was not waiting (already joined, or an operator moved it).
+ */
+export type JoinOutcome = "open" | "advanced" | "succeeded" | "failed" | "cancelled" | "none"
+
 /** The answer to a claim. */
 export type ClaimResult =
   | {
@@ -139,7 +183,7 @@ export type ClaimResult =
   /** Nothing to do for this message: acknowledge it. */
   | {
     readonly _tag: "Ack"
-    readonly reason: "terminal" | "stale-message" | "unknown-unit" | "run-not-active" | "not-due"
+    readonly reason: "terminal" | "waiting" | "stale-message" | "unknown-unit" | "run-not-active" | "not-due"
   }
   /** Not now: release the message with this delay. */
   | {
@@ -211,6 +255,8 @@ export interface RunProgress {
   readonly units: Readonly<Record<UnitStatus, number>>
   /** For each step index: partition units currently at it (not terminal). */
   readonly atStep: ReadonlyArray<number>
+  /** Range units of split steps by status (all zero when no step split). */
+  readonly ranges: Readonly<Record<UnitStatus, number>>
   readonly chunks: number
   readonly items: number
 }
@@ -417,6 +463,18 @@ export interface StateStoreShape {
     lease: Lease,
     disposition: FailDisposition
   ) => Effect.Effect<{ readonly runStatus: RunStatus }, Errors.LeaseLost | Errors.StoreUnavailable>
+  /**
+   * Splits a partition unit at the start of a step into range units, in one compare-and-set: the
+   * partition becomes `waiting` (its lease and job slot freed) and the ranges are inserted pending, for
+   * the feeder to send. Fails with `LeaseLost` when the lease or the position no longer match.
+   */
+  readonly splitUnit: (split: Split) => Effect.Effect<void, Errors.LeaseLost | Errors.StoreUnavailable>
+  /**
+   * The split barrier (D7's pattern on the partition): once every range of the waiting partition is
+   * terminal, moves it on by one compare-and-set. Called by each range's finisher after its commit and
+   * by the sweeper, so of two ranges finishing together the later one always sees both.
+   */
+  readonly joinRanges: (runId: string, parentUnitId: string) => Effect.Effect<JoinOutcome, Errors.StoreUnavailable>
   /** Cancels a unit a worker holds because its run is failing or cancelled. */
   readonly cancelUnit: (lease: Lease) => Effect.Effect<void, Errors.StoreUnavailable>
 
@@ -431,7 +489,10 @@ export interface StateStoreShape {
     outcome: "succeeded" | "failed",
     idempotencyKey: string
   ) => Effect.Effect<void, Errors.LeaseLost | Errors.StoreUnavailable>
-  /** Runs `tryFinalize` for runs that a crash left complete but not finalizing; returns their ids. */
+  /**
+   * Repairs what a crash left between a commit and the statement after it: joins waiting partitions
+   * whose ranges are all done, then runs `tryFinalize` for complete runs; returns the finalized run ids.
+   */
   readonly sweep: () => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
 
   /** Operator: cancel a run and every unit not yet terminal (fencing each). */

@@ -10,8 +10,7 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect } from "effect"
-import type { Schema } from "effect"
+import { Duration, Effect, Schema } from "effect"
 import { initialSize, type Sizing } from "./internal/chunkSizer.js"
 import { invalidResourceName } from "./ResourceLimiter.js"
 
@@ -48,9 +47,141 @@ export interface StepContext<P> {
   readonly chunkSeq: number
 }
 
+/** Keys a split step cuts ranges on; they compare as numbers, bigints, strings or dates. */
+export type RangeKey = number | bigint | string | Date
+
+/** A half-open key range `[from, to)` of a split step; `null` is unbounded on that side. */
+export interface Range<K> {
+  readonly from: K | null
+  readonly to: K | null
+}
+
+/** The range of a step that is not split, or of a partition that runs as one unit: every key. */
+export const everything: Range<never> = { from: null, to: null }
+
+/** What a split step's `ranges` receives. */
+export interface SplitContext<P> {
+  readonly job: string
+  readonly runId: string
+  readonly params: P
+  readonly partition: Partition
+  readonly step: string
+}
+
+/**
+ * Lets one partition's chunked step run as several key ranges in parallel, each its own unit with its
+ * own lease and checkpoint; the partition's next step starts once every range is done.
+ */
+export interface SplitOptions<P, K extends RangeKey, KI, R> {
+  /** The key's schema: ranges are stored encoded, so keys must round-trip through JSON. */
+  readonly key: Schema.Schema<K, KI, never>
+  /**
+   * The ranges of a partition, asked once when the partition reaches the step. They must cover every
+   * key exactly once (build them with `Step.rangesAt(points)`); one range runs the partition as one unit.
+   * Each range's chunks start at the step's `start` cursor and must read only keys in `ctx.range`.
+   */
+  ranges(ctx: SplitContext<P>): Effect.Effect<ReadonlyArray<Range<NoInfer<K>>>, unknown, R>
+}
+
+/** At most this many ranges per split: each is a unit row, a lease and a message. */
+export const MAX_RANGES = 1000
+
+/**
+ * Ranges that cover every key, cut at `points` (ascending): `[null, p1), [p1, p2), …, [pn, null)`.
+ * No points: one range, the whole partition.
+ */
+export const rangesAt = <K extends RangeKey>(points: ReadonlyArray<K>): ReadonlyArray<Range<K>> =>
+  Array.from({ length: points.length + 1 }, (_, i) => ({ from: points[i - 1] ?? null, to: points[i] ?? null }))
+
+const comparable = (key: unknown): number | bigint | string | undefined =>
+  key instanceof Date
+    ? Number.isNaN(key.getTime()) ? undefined : key.getTime()
+    : typeof key === "number"
+    ? Number.isNaN(key) ? undefined : key
+    : typeof key === "bigint" || typeof key === "string"
+    ? key
+    : undefined
+
+const showKey = (key: unknown): string =>
+  key === null ? "unbounded" : key instanceof Date ? key.toISOString() : typeof key === "string"
+    ? JSON.stringify(key)
+    : String(key)
+
+const showRange = (range: Range<unknown>): string =>
+  `[${range.from === null ? "null" : showKey(range.from)}, ${range.to === null ? "null" : showKey(range.to)})`
+
+/**
+ * Checks that `ranges` cover every key exactly once: ranges in any order, each `[from, to)` non-empty,
+ * the lowest starting at `null`, each ending where the next starts, the highest ending at `null`.
+ * Returns them in key order, or the problem in words.
+ * @internal
+ */
+export const checkRanges = (
+  ranges: ReadonlyArray<Range<unknown>>
+): { readonly _tag: "Ranges"; readonly ranges: ReadonlyArray<Range<unknown>> } | {
+  readonly _tag: "Problem"
+  readonly problem: string
+} => {
+  const problem = (text: string) => ({ _tag: "Problem", problem: text }) as const
+  if (!Array.isArray(ranges) || ranges.length === 0) {
+    return problem("it returned no ranges; return one range to run the partition whole")
+  }
+  if (ranges.length > MAX_RANGES) return problem(`it returned ${ranges.length} ranges, more than ${MAX_RANGES}`)
+  type End = number | bigint | string | null
+  const keyed: Array<{ readonly range: Range<unknown>; readonly from: End; readonly to: End }> = []
+  let kind: string | undefined
+  for (const range of ranges) {
+    if (typeof range !== "object" || range === null || !("from" in range) || !("to" in range)) {
+      return problem(`${String(range)} is not a range { from, to }`)
+    }
+    const ends: Array<End | undefined> = [range.from, range.to].map((key) => key === null ? null : comparable(key))
+    for (const [i, end] of ends.entries()) {
+      if (end === undefined) {
+        return problem(
+          `range ${showRange(range)} has a key that does not compare (${
+            showKey(i === 0 ? range.from : range.to)
+          }); keys are numbers, bigints, strings or dates, and null for unbounded`
+        )
+      }
+      if (end !== null) {
+        if (kind !== undefined && typeof end !== kind) return problem(`range ${showRange(range)} mixes key types`)
+        kind = typeof end
+      }
+    }
+    const [from, to] = ends as [End, End]
+    if (from !== null && to !== null && !(from < to)) return problem(`range ${showRange(range)} is empty or reversed`)
+    keyed.push({ range, from, to })
+  }
+  keyed.sort((a, b) => (a.from === null ? -1 : b.from === null ? 1 : a.from < b.from ? -1 : a.from > b.from ? 1 : 0))
+  const first = keyed[0]!
+  if (first.from !== null) {
+    return problem(`keys below ${showKey(first.range.from)} are in no range; start the lowest range at null`)
+  }
+  for (let i = 1; i < keyed.length; i++) {
+    const before = keyed[i - 1]!
+    const after = keyed[i]!
+    if (before.to === null || after.from === null || before.to > after.from) {
+      return problem(`ranges ${showRange(before.range)} and ${showRange(after.range)} overlap`)
+    }
+    if (before.to < after.from) {
+      return problem(`keys from ${showKey(before.range.to)} to ${showKey(after.range.from)} are in no range`)
+    }
+  }
+  const last = keyed[keyed.length - 1]!
+  if (last.to !== null) {
+    return problem(`keys from ${showKey(last.range.to)} up are in no range; end the highest range at null`)
+  }
+  return { _tag: "Ranges", ranges: keyed.map((k) => k.range) }
+}
+
 /** What a chunked step's effect receives: the step context plus the cursor and the chunk size. */
-export interface ChunkContext<P, C> extends StepContext<P> {
+export interface ChunkContext<P, C, K = never> extends StepContext<P> {
   readonly cursor: C
+  /**
+   * The key range this unit covers: `Step.everything` unless the step is split. A split step's chunks
+   * must read only keys in it (`from` inclusive, `to` exclusive, `null` unbounded).
+   */
+  readonly range: Range<K>
   /** Items this chunk should take at most (it changes from chunk to chunk when the size adapts). */
   readonly chunkSize: number
   /**
@@ -146,26 +277,41 @@ interface ChunkingOptions {
   readonly chunkTime?: Duration.DurationInput | undefined
 }
 
-/** Options of a chunked step whose `process` does its own set-based work for one chunk. */
-export interface ProcessOptions<P, C, CI, R> extends CommonOptions, ChunkingOptions {
+/** Options every chunked step has: its cursor, and how it may split. */
+interface CursorOptions<P, C, CI, R, K extends RangeKey, KI> {
   /** The cursor's schema: the cursor is stored encoded, so it must round-trip through JSON. */
   readonly cursor: Schema.Schema<C, CI, never>
-  /** Where the step starts. */
+  /** Where the step starts (every range of a split step starts here too). */
   readonly start: NoInfer<C>
+  /** Run each partition's step as key ranges in parallel (see `SplitOptions`). */
+  readonly split?: SplitOptions<P, K, KI, R> | undefined
+}
+
+/** Options of a chunked step whose `process` does its own set-based work for one chunk. */
+export interface ProcessOptions<P, C, CI, R, K extends RangeKey = never, KI = never>
+  extends CommonOptions, ChunkingOptions, CursorOptions<P, C, CI, R, K, KI>
+{
   /** Does one chunk from `ctx.cursor` and returns the next cursor, or `Step.done`. */
-  process(ctx: ChunkContext<P, C>): Effect.Effect<Progress<NoInfer<C>>, unknown, R>
+  process(ctx: ChunkContext<P, C, K>): Effect.Effect<Progress<NoInfer<C>>, unknown, R>
 }
 
 /** Options of a chunked step whose items pass through the framework: `read` a chunk, then `write` it. */
-export interface ReadWriteOptions<P, C, CI, I, R> extends CommonOptions, ChunkingOptions {
-  readonly cursor: Schema.Schema<C, CI, never>
-  readonly start: NoInfer<C>
+export interface ReadWriteOptions<P, C, CI, I, R, K extends RangeKey = never, KI = never>
+  extends CommonOptions, ChunkingOptions, CursorOptions<P, C, CI, R, K, KI>
+{
   /** Reads at most `ctx.chunkSize` items from `ctx.cursor`; `next` is the cursor after them, or `Step.done`. */
   read(
-    ctx: ChunkContext<P, C>
+    ctx: ChunkContext<P, C, K>
   ): Effect.Effect<{ readonly items: ReadonlyArray<I>; readonly next: C | Done }, unknown, R>
   /** Writes the items read; in mode `"chunk"` it commits with the checkpoint. */
-  write(items: ReadonlyArray<I>, ctx: ChunkContext<P, C>): Effect.Effect<void, unknown, R>
+  write(items: ReadonlyArray<I>, ctx: ChunkContext<P, C, K>): Effect.Effect<void, unknown, R>
+}
+
+/** A split step's ranges as the worker uses them: the key type erased, the range schema built. */
+export interface Splitter<P, R> {
+  /** `{ from, to }` with the key schema, each end nullable: how ranges are stored. */
+  readonly range: Schema.Schema<Range<unknown>, unknown, never>
+  ranges(ctx: SplitContext<P>): Effect.Effect<ReadonlyArray<Range<unknown>>, unknown, R>
 }
 
 /** A chunked step. */
@@ -185,8 +331,12 @@ export interface Chunked<P, C, R> {
   readonly idempotencyKey: ((input: KeyInput) => string) | undefined
   /** The resources each chunk loads (validated names, no duplicates). */
   readonly resources: ReadonlyArray<string>
+  /** Set when the step may run as key ranges. */
+  readonly split: Splitter<P, R> | undefined
   /** One chunk: the user's process, or read then write. */
-  runChunk(ctx: ChunkContext<P, C>): Effect.Effect<{ readonly next: C | Done; readonly items: number }, unknown, R>
+  runChunk(
+    ctx: ChunkContext<P, C, any>
+  ): Effect.Effect<{ readonly next: C | Done; readonly items: number }, unknown, R>
 }
 
 /** A single step: one effect. */
@@ -274,14 +424,21 @@ const sizingOf = (name: string, options: ChunkingOptions & CommonOptions): Sizin
  * Give either `process` (the step does its own set-based work for one chunk and returns the next
  * cursor; the fast path for SQL-heavy steps) or `read` + `write`.
  */
-export function chunked<P, C, CI, R>(name: string, options: ProcessOptions<P, C, CI, R>): Chunked<P, C, R>
-export function chunked<P, C, CI, I, R>(name: string, options: ReadWriteOptions<P, C, CI, I, R>): Chunked<P, C, R>
-export function chunked<P, C, CI, I, R>(
+export function chunked<P, C, CI, R, K extends RangeKey = never, KI = never>(
   name: string,
-  options: ProcessOptions<P, C, CI, R> | ReadWriteOptions<P, C, CI, I, R>
+  options: ProcessOptions<P, C, CI, R, K, KI>
+): Chunked<P, C, R>
+export function chunked<P, C, CI, I, R, K extends RangeKey = never, KI = never>(
+  name: string,
+  options: ReadWriteOptions<P, C, CI, I, R, K, KI>
+): Chunked<P, C, R>
+export function chunked<P, C, CI, I, R, K extends RangeKey, KI>(
+  name: string,
+  options: ProcessOptions<P, C, CI, R, K, KI> | ReadWriteOptions<P, C, CI, I, R, K, KI>
 ): Chunked<P, C, R> {
   checkName(name)
   const sizing = sizingOf(name, options)
+  const split = options.split === undefined ? undefined : splitterOf(name, options.split)
   const runChunk: Chunked<P, C, R>["runChunk"] = "process" in options
     ? (ctx) => Effect.map(options.process(ctx), toAdvance)
     : (ctx) =>
@@ -301,7 +458,27 @@ export function chunked<P, C, CI, I, R>(
     timeout: options.timeout,
     idempotencyKey: options.idempotencyKey,
     resources: resourcesOf(name, options.resources),
+    split,
     runChunk
+  }
+}
+
+/** Validates `split`; a bad one fails `Job.make` with the option and the fix. */
+const splitterOf = <P, K extends RangeKey, KI, R>(name: string, split: SplitOptions<P, K, KI, R>): Splitter<P, R> => {
+  if (!Schema.isSchema(split.key) || typeof split.ranges !== "function") {
+    throw new TypeError(
+      `Step "${name}": split needs a key schema and a ranges function, e.g. ` +
+        `split: { key: Schema.Number, ranges: () => Effect.succeed(Step.rangesAt([1000])) }`
+    )
+  }
+  const key = split.key as Schema.Schema<unknown, unknown, never>
+  return {
+    range: Schema.Struct({ from: Schema.NullOr(key), to: Schema.NullOr(key) }) as Schema.Schema<
+      Range<unknown>,
+      unknown,
+      never
+    >,
+    ranges: (ctx) => split.ranges(ctx)
   }
 }
 
@@ -329,12 +506,19 @@ export const single = <P, R>(name: string, options: SingleOptions<P, R>): Single
  * every step's `params` is typed without annotations.
  */
 export interface Builder<P> {
-  chunked<C, CI, R>(name: string, options: ProcessOptions<P, C, CI, R>): Chunked<P, C, R>
-  chunked<C, CI, I, R>(name: string, options: ReadWriteOptions<P, C, CI, I, R>): Chunked<P, C, R>
+  chunked<C, CI, R, K extends RangeKey = never, KI = never>(
+    name: string,
+    options: ProcessOptions<P, C, CI, R, K, KI>
+  ): Chunked<P, C, R>
+  chunked<C, CI, I, R, K extends RangeKey = never, KI = never>(
+    name: string,
+    options: ReadWriteOptions<P, C, CI, I, R, K, KI>
+  ): Chunked<P, C, R>
   single<R>(name: string, options: SingleOptions<P, R>): Single<P, R>
   readonly done: Done
   advance<C>(next: C | Done, items: number): Advance<C>
+  rangesAt<K extends RangeKey>(points: ReadonlyArray<K>): ReadonlyArray<Range<K>>
 }
 
 /** @internal */
-export const builder = <P>(): Builder<P> => ({ chunked, single, done, advance })
+export const builder = <P>(): Builder<P> => ({ chunked, single, done, advance, rangesAt })

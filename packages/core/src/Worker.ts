@@ -417,9 +417,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let chunkSeq = unit.chunkSeq
         let encodedCursor: unknown = unit.cursor
         let attempt = unit.attempt
+        /** A range unit runs its split step only; a partition runs to its last step. */
+        const endStep = unit.kind === "range" ? unit.stepIndex + 1 : job.steps.length
         /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
         let size = { stepIndex: -1, items: 1 }
-        while (stepIndex < job.steps.length) {
+        while (stepIndex < endStep) {
           const step = job.steps[stepIndex]!
           if (size.stepIndex !== stepIndex) {
             size = { stepIndex, items: step._tag === "Chunked" ? step.chunkSize : 1 }
@@ -463,6 +465,32 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               cursor = decoded.right
             }
           }
+          let range: Step.Range<unknown> = Step.everything
+          if (step._tag === "Chunked" && step.split !== undefined) {
+            if (unit.kind === "range") {
+              const decoded = Schema.decodeUnknownEither(step.split.range)(unit.range)
+              if (decoded._tag === "Left") {
+                return yield* failWith(
+                  job,
+                  claimed,
+                  new Errors.CursorUndecodable({
+                    step: step.name,
+                    cursor: JSON.stringify(unit.range),
+                    details: `the stored key range does not decode: ${decoded.left.message}`
+                  }),
+                  step.name
+                )
+              }
+              range = decoded.right
+            } else if (chunkSeq === 0 && encodedCursor === null) {
+              const split = yield* splitAt(job, claimed, entry, step.name, step.split, stepIndex, attempt, params)
+              if (split._tag === "end") return split.ending
+              if (split.value === "split") {
+                yield* kickFeeder
+                return "ack" as Ending
+              }
+            }
+          }
           const keyInput: Step.KeyInput = {
             job: job.name,
             runId: lease.runId,
@@ -493,7 +521,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   workerId
                 }
                 if (Option.isNone(yield* takePermits(step.resources, holder, entry))) return Option.none()
-                const ctx: Step.ChunkContext<unknown, unknown> = {
+                const ctx: Step.ChunkContext<unknown, unknown, unknown> = {
                   job: job.name,
                   runId: lease.runId,
                   params,
@@ -505,6 +533,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   fencingToken: lease.fencingToken,
                   chunkSeq,
                   cursor,
+                  range,
                   chunkSize: size.items,
                   deadline: step._tag === "Chunked" && step.chunkTimeMs !== undefined
                     ? (yield* Clock.currentTimeMillis) + step.chunkTimeMs
@@ -537,7 +566,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       lease,
                       from,
                       to,
-                      unitDone: stepDone && stepIndex + 1 === job.steps.length,
+                      unitDone: stepDone && stepIndex + 1 === endStep,
                       items: progress.items,
                       idempotencyKey,
                       step: step.name,
@@ -595,7 +624,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           chunkSeq = to.chunkSeq
           encodedCursor = to.cursor
           attempt = 1
-          if (stepIndex < job.steps.length && stopsWork(runStatus)) {
+          if (stepIndex < endStep && stopsWork(runStatus)) {
             yield* store.cancelUnit(lease)
             return "ack" as Ending
           }
@@ -604,6 +633,54 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         return "ack" as Ending
       }).pipe(Effect.onExit((exit) => endStepSpan(stepSpan, exit)))
     }
+
+    /**
+     * Asks a split step for the partition's key ranges at the step's start and, when there are several,
+     * splits the unit into range units (one store call) and gives it up: the feeder sends the ranges.
+     * `whole`: one range, the partition runs the step itself. Ranges that miss or repeat keys fail the
+     * partition with `InvalidSplit` before anything runs.
+     */
+    const splitAt = (
+      job: Job.Any,
+      { lease, unit }: Claimed,
+      entry: Active,
+      stepName: string,
+      splitter: Step.Splitter<unknown, unknown>,
+      stepIndex: number,
+      firstAttempt: number,
+      params: unknown
+    ) =>
+      withRetries(job, unit, entry, firstAttempt, { step: stepName, cursor: null }, () =>
+        Effect.gen(function*() {
+          const partition = { key: unit.partitionKey, weight: unit.weight }
+          const invalid = (problem: string) =>
+            new Errors.InvalidSplit({ step: stepName, partition: partition.key, problem })
+          const asked = yield* splitter.ranges({ job: job.name, runId: lease.runId, params, partition, step: stepName })
+          const checked = Step.checkRanges(asked)
+          if (checked._tag === "Problem") return yield* invalid(checked.problem)
+          if (checked.ranges.length === 1) return "whole" as const
+          const encoded = yield* Effect.forEach(checked.ranges, (range) =>
+            Schema.encode(splitter.range)(range).pipe(
+              Effect.mapError((error) => invalid(`a range does not encode with the key schema: ${error.message}`)),
+              Effect.filterOrFail(
+                (value) => JSON.stringify(value).length <= 1024,
+                () => invalid("a range is longer than 1 KiB encoded; split on a shorter key")
+              )
+            ))
+          yield* store.splitUnit({
+            lease,
+            stepIndex,
+            ranges: encoded.map((range, i) => ({
+              unitId: `${unit.unitId}~${stepIndex}.${unit.generation}.${i}`,
+              weight: unit.weight / encoded.length,
+              range
+            }))
+          })
+          yield* Effect.logDebug("chunkwise: partition split into ranges").pipe(
+            Effect.annotateLogs({ job: job.name, runId: lease.runId, partition: partition.key, ranges: encoded.length })
+          )
+          return "split" as const
+        }).pipe(provideJobContext))
 
     const runFinalize = (
       job: Job.Any,
@@ -795,6 +872,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         yield* probe.at("before-ack", infoOf(claim.lease, job.name, "", 0, 0))
         if (ending === "ack") {
           yield* queue.ack([delivery.receipt])
+          // A range that ended lets its partition move on once it was the last (the split barrier).
+          if (claim.unit.parentUnitId !== null) yield* store.joinRanges(message.runId, claim.unit.parentUnitId)
           const finalized = yield* store.tryFinalize(message.runId)
           if (finalized) {
             yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))

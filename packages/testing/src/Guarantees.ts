@@ -18,7 +18,10 @@ export const exactlyOnceCommits = (trial: Trial<unknown>): void => {
   if (trial.duplicateCommits.length > 0) fail("exactly-once commits", trial.duplicateCommits)
 }
 
-/** No two executions of one partition's effects overlapped in time, on any workers. */
+/**
+ * No two executions of one unit's effects overlapped in time, on any workers: a partition, or one key
+ * range of a split step (the ranges of a partition run in parallel by design, each under its own lease).
+ */
 export const noConcurrentExecution = (trial: Trial<unknown>): void => {
   const byPartition = new Map<string, Array<Execution>>()
   for (const e of trial.executions) byPartition.set(e.partition, [...(byPartition.get(e.partition) ?? []), e])

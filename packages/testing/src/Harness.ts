@@ -265,7 +265,15 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
             cut,
             faults,
             rng: state.rng,
-            onClaim: (unit) => state.partitions.set(unit.unitId, unit.kind === "finalize" ? "" : unit.partitionKey),
+            onClaim: (unit) =>
+              state.partitions.set(
+                unit.unitId,
+                unit.kind === "finalize"
+                  ? ""
+                  : unit.kind === "range"
+                  ? `${unit.partitionKey} range ${unit.unitId.slice(unit.unitId.lastIndexOf(".") + 1)}`
+                  : unit.partitionKey
+              ),
             finishing,
             onCompleted: () => state.completions += 1,
             onInjected: (fault) => record(workerId, fault, { partition: "", step: "", chunkSeq: 0 })

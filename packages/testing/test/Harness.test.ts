@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { Engine, Fault, Guarantees, Harness } from "../src/index.js"
-import { counting, observeCounts } from "./jobs.js"
+import { counting, observeCounts, splitting } from "./jobs.js"
 
 const engine = Engine.memory()
 
@@ -90,6 +90,57 @@ describe("Harness on the in-memory engine", () => {
         }
       }),
     120_000
+  )
+
+  it.effect(
+    "a split partition's ranges run in parallel, each once, and its next step starts once they are all done",
+    () =>
+      Effect.gen(function*() {
+        const trial = yield* Harness.run({
+          engine,
+          job: splitting({ partitions: 3, items: 12, chunkSize: 2, rangeSize: 4 }),
+          params: { label: "split" },
+          workers: 2,
+          observe: observeCounts
+        })
+        expect(trial.status).toBe("succeeded")
+        Guarantees.all(trial)
+        const { applied, completions, summaries } = Harness.observedOrThrow(trial)
+        expect(Object.keys(applied)).toHaveLength(36)
+        expect(Object.values(applied).every((n) => n === 1)).toBe(true)
+        expect(summaries).toEqual({ p0: 1, p1: 1, p2: 1 })
+        expect(completions).toEqual({ run: 1 })
+        // Every range ran as its own unit (3 per partition), and the summary of a partition started only
+        // after the last chunk of its last range ended.
+        const ranges = new Set(trial.executions.filter((e) => e.step === "apply").map((e) => e.partition))
+        expect(ranges.size).toBe(9)
+        for (const key of ["p0", "p1", "p2"]) {
+          const summary = trial.executions.find((e) => e.step === "summarise" && e.partition === key)!
+          const lastApply = Math.max(
+            ...trial.executions.filter((e) => e.partition.startsWith(`${key} range`)).map((e) => e.end)
+          )
+          expect(summary.start).toBeGreaterThan(lastApply)
+        }
+      }),
+    60_000
+  )
+
+  it.effect(
+    "explores every crash point of a split run: zero divergences (the barrier is repaired after a crash)",
+    () =>
+      Effect.gen(function*() {
+        const report = yield* Harness.explore({
+          engine,
+          job: splitting({ partitions: 2, items: 4, chunkSize: 2, rangeSize: 2, splitAbove: 0 }),
+          params: { label: "explore-split" },
+          observe: observeCounts,
+          kinds: ["kill", "interrupt"]
+        })
+        console.log(Harness.format(report))
+        expect(report.sites.length).toBeGreaterThan(15)
+        Harness.assertNoDivergence(report)
+      }),
+    180_000
   )
 
   it.effect("a zombie cannot commit: its chunk is redone by the worker that took over, once", () =>

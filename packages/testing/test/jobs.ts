@@ -45,6 +45,59 @@ export const counting = (options: {
     onComplete: (ctx) => ctx.outcome === "succeeded" ? bump("completions", "run") : Effect.void
   })
 
+/**
+ * Like `counting`, but the apply step splits every partition with more than `splitAbove` items into
+ * ranges of `rangeSize` item indexes; each range applies its items only.
+ */
+export const splitting = (options: {
+  readonly partitions: number
+  readonly items: number
+  readonly chunkSize: number
+  readonly rangeSize: number
+  readonly splitAbove?: number
+}) =>
+  Job.make({
+    name: "splitting",
+    params: Schema.Struct({ label: Schema.String }),
+    partitions: () => Array.from({ length: options.partitions }, (_, i) => ({ key: `p${i}`, weight: i + 1 })),
+    steps: (step) => [
+      step.chunked("apply", {
+        cursor: Schema.Struct({ next: Schema.Number }),
+        start: { next: 0 },
+        chunkSize: options.chunkSize,
+        transaction: "chunk",
+        split: {
+          key: Schema.Number,
+          ranges: () =>
+            Effect.succeed(
+              options.items > (options.splitAbove ?? 0)
+                ? Step.rangesAt(
+                  Array.from(
+                    { length: Math.ceil(options.items / options.rangeSize) - 1 },
+                    (_, i) => (i + 1) * options.rangeSize
+                  )
+                )
+                : [Step.everything]
+            )
+        },
+        process: (ctx) =>
+          Effect.gen(function*() {
+            const from = Math.max(ctx.cursor.next, ctx.range.from ?? 0)
+            const to = Math.min(ctx.range.to ?? options.items, options.items, from + ctx.chunkSize)
+            for (let i = from; i < to; i++) yield* bump("applied", `${ctx.partition.key}-${i}`)
+            const last = Math.min(ctx.range.to ?? options.items, options.items)
+            return Step.advance(to >= last ? Step.done : { next: to }, to - from)
+          })
+      }),
+      step.single("summarise", {
+        transaction: "chunk",
+        run: (ctx) => bump("summaries", ctx.partition.key)
+      })
+    ],
+    concurrency: { perWorker: 3 },
+    onComplete: (ctx) => ctx.outcome === "succeeded" ? bump("completions", "run") : Effect.void
+  })
+
 /** What a counting job leaves behind: how many times each item, summary and completion was applied. */
 export const observeCounts = Effect.flatMap(MemoryDatabase.MemoryDatabase, (db) =>
   Effect.all({

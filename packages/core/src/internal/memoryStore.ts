@@ -8,6 +8,7 @@ import type {
   ClaimResult,
   FailureGroup,
   FailureRecord,
+  JoinOutcome,
   Lease,
   RunRecord,
   RunStatus,
@@ -16,13 +17,13 @@ import type {
   UnitRecord,
   UnitStatus
 } from "../StateStore.js"
-import { isTerminalRun, isTerminalUnit, plannedUnit } from "../StateStore.js"
+import { isTerminalRun, isTerminalUnit, plannedUnit, unitStatuses } from "../StateStore.js"
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 type Run = Mutable<RunRecord>
 type Unit = Mutable<UnitRecord>
 
-const UNIT_STATUSES: ReadonlyArray<UnitStatus> = ["pending", "leased", "succeeded", "failed", "skipped", "cancelled"]
+const zeroCounts = () => Object.fromEntries(unitStatuses.map((s) => [s, 0])) as Record<UnitStatus, number>
 
 /**
  * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
@@ -74,9 +75,8 @@ export const make = Effect.sync(() => {
     new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
   const newUnit = (
     run: Run,
-    fields: Pick<UnitRecord, "unitId" | "kind" | "partitionKey" | "weight">
+    fields: Pick<UnitRecord, "unitId" | "kind" | "partitionKey" | "weight"> & Partial<UnitRecord>
   ): Unit => ({
-    ...fields,
     runId: run.runId,
     job: run.job,
     status: "pending",
@@ -96,18 +96,66 @@ export const make = Effect.sync(() => {
     items: 0,
     startedAt: null,
     finishedAt: null,
-    lastErrorTag: null
+    lastErrorTag: null,
+    parentUnitId: null,
+    range: null,
+    ...fields
   })
   const partitionsOf = (runId: string) => [...unitsOf(runId).values()].filter((u) => u.kind === "partition")
+  /** The ranges of a partition's current split (its generation's). */
+  const rangesOf = (parent: Unit) =>
+    [...unitsOf(parent.runId).values()].filter((u) =>
+      u.parentUnitId === parent.unitId && u.generation === parent.generation
+    )
 
   const finalizeIfComplete = (run: Run, at: number): boolean => {
     if (run.status !== "running" && run.status !== "failing") return false
-    if (partitionsOf(run.runId).some((u) => !isTerminalUnit(u.status))) return false
+    for (const unit of unitsOf(run.runId).values()) {
+      if (unit.kind !== "finalize" && !isTerminalUnit(unit.status)) return false
+    }
     run.status = "finalizing"
     run.updatedAt = at
     const unitId = `finalize-${run.finalizeSeq}`
     unitsOf(run.runId).set(unitId, newUnit(run, { unitId, kind: "finalize", partitionKey: "", weight: 0 }))
     return true
+  }
+
+  /** The split barrier on one waiting partition: see `StateStoreShape.joinRanges`. */
+  const join = (run: Run, parent: Unit, at: number): JoinOutcome => {
+    if (parent.status !== "waiting") return "none"
+    const ranges = rangesOf(parent)
+    if (ranges.some((u) => !isTerminalUnit(u.status))) return "open"
+    const failed = ranges.find((u) => u.status === "failed")
+    if (failed !== undefined) {
+      fence(parent, "failed", at)
+      parent.lastErrorTag = failed.lastErrorTag
+      return "failed"
+    }
+    if (ranges.some((u) => u.status === "cancelled")) {
+      fence(parent, "cancelled", at)
+      return "cancelled"
+    }
+    parent.stepIndex += 1
+    parent.chunkSeq = 0
+    parent.cursor = null
+    parent.attempt = 1
+    parent.crashesSinceProgress = 0
+    if (parent.stepIndex >= run.definition.steps.length) {
+      parent.status = "succeeded"
+      parent.finishedAt = at
+      return "succeeded"
+    }
+    parent.status = "pending"
+    parent.enqueuedAt = null
+    parent.retryAt = null
+    return "advanced"
+  }
+  const joinAll = (run: Run, at: number) => {
+    for (const unit of partitionsOf(run.runId)) if (unit.status === "waiting") join(run, unit, at)
+  }
+  /** Stops a partition's current ranges (an operator moved the partition itself). */
+  const cancelRanges = (parent: Unit, at: number) => {
+    for (const range of rangesOf(parent)) if (!isTerminalUnit(range.status)) fence(range, "cancelled", at)
   }
 
   const select = (run: Run, selection: Selection, applies: (unit: Unit) => boolean) =>
@@ -194,17 +242,23 @@ export const make = Effect.sync(() => {
 
     progress: (runId) =>
       Effect.map(findRun(runId), (run) => {
-        const counts = Object.fromEntries(UNIT_STATUSES.map((s) => [s, 0])) as Record<UnitStatus, number>
+        const counts = zeroCounts()
+        const ranges = zeroCounts()
         const atStep: Array<number> = run.definition.steps.map(() => 0)
         let chunks = 0
         let items = 0
-        for (const unit of partitionsOf(runId)) {
-          counts[unit.status] += 1
-          if (!isTerminalUnit(unit.status) && unit.stepIndex < atStep.length) atStep[unit.stepIndex] += 1
+        for (const unit of unitsOf(runId).values()) {
+          if (unit.kind === "finalize") continue
           chunks += unit.chunks
           items += unit.items
+          if (unit.kind === "range") {
+            ranges[unit.status] += 1
+            continue
+          }
+          counts[unit.status] += 1
+          if (!isTerminalUnit(unit.status) && unit.stepIndex < atStep.length) atStep[unit.stepIndex] += 1
         }
-        return { run: snapshotRun(run), units: counts, atStep, chunks, items }
+        return { run: snapshotRun(run), units: counts, atStep, ranges, chunks, items }
       }),
 
     listUnits: (runId, { limit, status }) =>
@@ -262,7 +316,7 @@ export const make = Effect.sync(() => {
             keys: new Set<string>()
           }
           group.failures += 1
-          group.keys.add(f.unitId)
+          group.keys.add(f.partitionKey)
           group.lastMessage = f.message
           group.lastAt = f.at
           groups.set(key, group)
@@ -343,6 +397,7 @@ export const make = Effect.sync(() => {
         const unit = units.get(message.runId)?.get(message.unitId)
         if (run === undefined || unit === undefined) return { _tag: "Ack", reason: "unknown-unit" }
         if (isTerminalUnit(unit.status)) return { _tag: "Ack", reason: "terminal" }
+        if (unit.status === "waiting") return { _tag: "Ack", reason: "waiting" }
         if (message.seq < unit.enqueueSeq) return { _tag: "Ack", reason: "stale-message" }
         const active = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
         if (!active) return { _tag: "Ack", reason: "run-not-active" }
@@ -460,17 +515,66 @@ export const make = Effect.sync(() => {
         }
         unit.status = "failed"
         unit.finishedAt = at
-        if (unit.kind === "partition" && run.status === "running") {
+        // A range that fails fails its partition at once: the partition is what operators and budgets count.
+        const parent = unit.parentUnitId === null ? undefined : unitsOf(run.runId).get(unit.parentUnitId)
+        if (parent !== undefined && parent.status === "waiting") {
+          fence(parent, "failed", at)
+          parent.lastErrorTag = disposition.errorTag
+        }
+        if ((unit.kind === "partition" || parent !== undefined) && run.status === "running") {
           const failed = partitionsOf(run.runId).filter((u) => u.status === "failed").length
           if (failed > run.failureBudget) {
             run.status = "failing"
             run.reason = `failure budget exceeded: ${failed} of ${run.partitionCount} partitions failed ` +
               `(the budget allows ${run.failureBudget})`
             run.updatedAt = at
-            for (const other of partitionsOf(run.runId)) if (other.status === "pending") fence(other, "cancelled", at)
+            for (const other of unitsOf(run.runId).values()) {
+              if (other.kind !== "finalize" && other.status === "pending") fence(other, "cancelled", at)
+            }
+            joinAll(run, at)
           }
         }
         return Effect.succeed({ runStatus: run.status })
+      }),
+
+    splitUnit: ({ lease, ranges, stepIndex }) =>
+      Effect.flatMap(now, (at) => {
+        const run = runs.get(lease.runId)
+        const parent = units.get(lease.runId)?.get(lease.unitId)
+        if (!holds(parent, lease) || run === undefined || !liveLease(parent, at)) {
+          return Effect.fail(leaseLost(lease, "fenced or expired before the split"))
+        }
+        if (parent.stepIndex !== stepIndex || parent.chunkSeq !== 0) {
+          return Effect.fail(leaseLost(lease, "the partition moved before the split"))
+        }
+        parent.status = "waiting"
+        parent.leaseOwner = null
+        parent.leaseExpiresAt = null
+        const map = unitsOf(run.runId)
+        for (const range of ranges) {
+          if (map.has(range.unitId)) continue
+          map.set(
+            range.unitId,
+            newUnit(run, {
+              unitId: range.unitId,
+              kind: "range",
+              partitionKey: parent.partitionKey,
+              weight: range.weight,
+              stepIndex,
+              generation: parent.generation,
+              parentUnitId: parent.unitId,
+              range: range.range
+            })
+          )
+        }
+        return Effect.void
+      }),
+
+    joinRanges: (runId, parentUnitId) =>
+      Effect.map(now, (at) => {
+        const run = runs.get(runId)
+        const parent = units.get(runId)?.get(parentUnitId)
+        return run === undefined || parent === undefined ? "none" : join(run, parent, at)
       }),
 
     cancelUnit: (lease) =>
@@ -512,7 +616,11 @@ export const make = Effect.sync(() => {
         })),
 
     sweep: () =>
-      Effect.map(now, (at) => [...runs.values()].filter((run) => finalizeIfComplete(run, at)).map((run) => run.runId)),
+      Effect.map(now, (at) =>
+        [...runs.values()].filter((run) => {
+          if (run.status === "running" || run.status === "failing") joinAll(run, at)
+          return finalizeIfComplete(run, at)
+        }).map((run) => run.runId)),
 
     cancelRun: (runId, actor) =>
       Effect.flatMap(now, (at) =>
@@ -537,6 +645,25 @@ export const make = Effect.sync(() => {
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) {
           const unit = unitsOf(runId).get(p.unitId)!
+          const ranges = rangesOf(unit)
+          if (selection.fromStep === undefined && ranges.some((r) => r.status !== "succeeded")) {
+            // Failed at a split step: its ranges that did not succeed run again, the rest stay done.
+            fence(unit, "waiting", at)
+            unit.finishedAt = null
+            unit.lastErrorTag = null
+            for (const range of ranges) {
+              if (range.status !== "failed" && range.status !== "cancelled") continue
+              fence(range, "pending", at)
+              range.attempt = 1
+              range.crashesSinceProgress = 0
+              range.retryAt = null
+              range.enqueuedAt = null
+              range.finishedAt = null
+              range.lastErrorTag = null
+            }
+            continue
+          }
+          cancelRanges(unit, at)
           fence(unit, "pending", at)
           unit.attempt = 1
           unit.crashesSinceProgress = 0
@@ -565,7 +692,11 @@ export const make = Effect.sync(() => {
           plannedUnit(u, selection)
         )
         if (selection.dryRun || planned.length === 0) return planned
-        for (const p of planned) fence(unitsOf(runId).get(p.unitId)!, "skipped", at)
+        for (const p of planned) {
+          const unit = unitsOf(runId).get(p.unitId)!
+          cancelRanges(unit, at)
+          fence(unit, "skipped", at)
+        }
         if (run.status === "failed") reopen(run, at)
         recordAudit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) }, at)
         finalizeIfComplete(run, at)

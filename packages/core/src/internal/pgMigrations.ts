@@ -312,5 +312,16 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         after    jsonb not null
       )`
     yield* sql`create index resource_limit_audit_resource on ${s}.resource_limit_audit (resource, id)`
+  }),
+  "7_range_units": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Range-split partitions (D1): a range unit names its partition unit and carries its encoded key
+    // range; the partition waits in status 'waiting' until the split barrier moves it on (D7).
+    yield* sql`alter table ${s}.units add column parent_unit_id text, add column range jsonb`
+    yield* sql`
+      create index units_ranges on ${s}.units (run_id, parent_unit_id, generation)
+      where parent_unit_id is not null`
+    yield* sql`create index units_waiting on ${s}.units (run_id) where status = 'waiting'`
   })
 })
