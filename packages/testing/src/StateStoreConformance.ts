@@ -337,6 +337,149 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       })
     )
 
+    /**
+     * Claims the partition `unitId` (with `message`, or a fed one) and splits it at step 0 into `n`
+     * ranges; returns their unit ids and the messages the feeder hands out next, by unit id.
+     */
+    const splitInto = (runId: string, unitId: string, n: number, message?: Message.WorkMessage) =>
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { lease } = yield* claimed(message ?? (yield* messageFor(runId, unitId)), "w1")
+        const ranges = Array.from({ length: n }, (_, i) => ({
+          unitId: `${unitId}~0.0.${i}`,
+          weight: 1,
+          range: { from: i === 0 ? null : i * 10, to: i === n - 1 ? null : (i + 1) * 10 }
+        }))
+        yield* store.splitUnit({ lease, stepIndex: 0, ranges })
+        return { lease, rangeIds: ranges.map((r) => r.unitId), messages: yield* messagesOf(runId) }
+      })
+
+    /** Claims a range and commits its only chunk, which ends it (a range runs its split step only). */
+    const finishRange = (message: Message.WorkMessage) =>
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const rangeId = message.unitId
+        const { lease, unit } = yield* claimed(message, "w2")
+        expect(unit).toMatchObject({ kind: "range", stepIndex: 0 })
+        yield* store.commitChunk({
+          lease,
+          from: { stepIndex: 0, chunkSeq: 0 },
+          to: { stepIndex: 1, chunkSeq: 0, cursor: null },
+          unitDone: true,
+          items: 5,
+          idempotencyKey: `key-${rangeId}`,
+          step: "first",
+          leaseMs
+        })
+      })
+
+    test(
+      "split: the partition waits while its ranges run as units; the barrier moves it on once, after the last",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4, 1])
+        const partition = unitIds[0]!
+        const stale = yield* messageFor(runId, partition)
+        const { lease, messages, rangeIds } = yield* splitInto(runId, partition, 3, stale)
+        const waiting = yield* unitOf(runId, partition)
+        expect(waiting).toMatchObject({ status: "waiting", leaseOwner: null, stepIndex: 0 })
+        expect(yield* claim(stale, "w9")).toEqual({ _tag: "Ack", reason: "waiting" })
+        // The split was a compare-and-set: the same lease cannot split again.
+        expect(yield* Effect.flip(store.splitUnit({ lease, stepIndex: 0, ranges: [] }))).toBeInstanceOf(
+          Errors.LeaseLost
+        )
+        const ranges = (yield* store.listUnits(runId, { limit: 100 })).filter((u) => u.kind === "range")
+        expect(ranges.map((u) => [u.unitId, u.parentUnitId, u.partitionKey, u.status])).toEqual(
+          rangeIds.map((id) => [id, partition, "k0", "pending"])
+        )
+        expect(ranges[1]!.range).toEqual({ from: 10, to: 20 })
+        yield* finishRange(messages.get(rangeIds[0]!)!)
+        yield* finishRange(messages.get(rangeIds[1]!)!)
+        expect(yield* store.joinRanges(runId, partition)).toBe("open")
+        expect(yield* store.tryFinalize(runId)).toBe(false)
+        yield* finishRange(messages.get(rangeIds[2]!)!)
+        const joins = yield* Effect.all(Array.from({ length: 6 }, () => store.joinRanges(runId, partition)), {
+          concurrency: "unbounded"
+        })
+        expect(joins.filter((j) => j === "advanced")).toHaveLength(1)
+        expect(joins.filter((j) => j !== "advanced").every((j) => j === "none")).toBe(true)
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "pending", stepIndex: 1, chunkSeq: 0 })
+        const progress = yield* store.progress(runId)
+        expect(progress.ranges).toMatchObject({ succeeded: 3, pending: 0, leased: 0 })
+        expect(progress.units).toMatchObject({ pending: 2, waiting: 0 })
+        expect(progress.chunks).toBe(3)
+        expect(progress.items).toBe(15)
+      })
+    )
+
+    test(
+      "split: a failed range fails its partition at once; retry reruns only that range and the partition waits again",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4])
+        const partition = unitIds[0]!
+        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const bad = yield* claimed(messages.get(rangeIds[0]!)!, "w2")
+        yield* store.failUnit(bad.lease, { _tag: "Failed", errorTag: "BadRecord" })
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "failed", lastErrorTag: "BadRecord" })
+        yield* finishRange(messages.get(rangeIds[1]!)!)
+        expect(yield* store.joinRanges(runId, partition)).toBe("none")
+        const plan = yield* store.retry(runId, { dryRun: false }, operator)
+        expect(plan.map((p) => p.partitionKey)).toEqual(["k0"])
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "waiting", stepIndex: 0 })
+        expect(yield* unitOf(runId, rangeIds[0]!)).toMatchObject({ status: "pending", attempt: 1 })
+        expect(yield* unitOf(runId, rangeIds[1]!)).toMatchObject({ status: "succeeded" })
+        yield* finishRange(yield* messageFor(runId, rangeIds[0]!))
+        expect(yield* store.joinRanges(runId, partition)).toBe("advanced")
+        // The committed range was not redone: one ledger row each.
+        expect(yield* store.ledger(runId, rangeIds[1]!)).toEqual([`key-${rangeIds[1]!}`])
+      })
+    )
+
+    test(
+      "split: the sweeper joins a partition whose last range committed but crashed before the barrier",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4])
+        const { messages, rangeIds } = yield* splitInto(runId, unitIds[0]!, 2)
+        for (const id of rangeIds) yield* finishRange(messages.get(id)!)
+        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("waiting")
+        yield* store.sweep()
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "pending", stepIndex: 1 })
+      })
+    )
+
+    test(
+      "split: skipping or cancelling a waiting partition cancels its unfinished ranges",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4, 3])
+        const fed = yield* messagesOf(runId)
+        const first = yield* splitInto(runId, unitIds[0]!, 2, fed.get(unitIds[0]!))
+        const running = yield* claimed(first.messages.get(first.rangeIds[0]!)!, "w2")
+        yield* store.skip(runId, { partitions: ["k0"], dryRun: false }, operator)
+        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("skipped")
+        expect((yield* unitOf(runId, first.rangeIds[0]!)).status).toBe("cancelled")
+        expect((yield* unitOf(runId, first.rangeIds[1]!)).status).toBe("cancelled")
+        // The range's worker is fenced: its next commit is refused.
+        const refused = yield* Effect.flip(store.commitChunk({
+          lease: running.lease,
+          from: { stepIndex: 0, chunkSeq: 0 },
+          to: { stepIndex: 1, chunkSeq: 0, cursor: null },
+          unitDone: true,
+          items: 1,
+          idempotencyKey: "late",
+          step: "first",
+          leaseMs
+        }))
+        expect(refused).toBeInstanceOf(Errors.LeaseLost)
+        const second = yield* splitInto(runId, unitIds[1]!, 2, fed.get(unitIds[1]!))
+        yield* store.cancelRun(runId, operator)
+        expect((yield* unitOf(runId, unitIds[1]!)).status).toBe("cancelled")
+        expect((yield* unitOf(runId, second.rangeIds[0]!)).status).toBe("cancelled")
+      })
+    )
+
     test(
       "operator actions: a dry run changes nothing, the real action does the same, and is audited with who and why",
       Effect.gen(function*() {
