@@ -1,4 +1,5 @@
 import { Chaos } from "@chunkwise/testing"
+import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -58,6 +59,42 @@ describe("several worker processes on one database", () => {
         Effect.provide(pgEngineWithPgQueue(store))
       )
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))), 120_000)
+
+  it.live(
+    "split partitions run their ranges across processes, each item once and each summary once, with one killed",
+    () =>
+      Effect.gen(function*() {
+        const store = freshSchema("cw_store")
+        const app = freshSchema("cw_app")
+        yield* withSchemas(store, app)
+        const env = { CW_STORE: store, CW_APP: app, CW_PARTITIONS: "4", CW_SIZE: "40", CW_SPLIT: "4" }
+        const job = pgJob(app, { partitions: 4, size: 40, chunkSize: 2, chunkDelay: 20, summarise: true, split: 4 })
+        yield* Effect.gen(function*() {
+          const { runId } = yield* Runner.start(job, { label: "split" })
+          const children = yield* Effect.acquireRelease(
+            Effect.sync(() => ["w1", "w2", "w3"].map((id) => startWorker({ ...env, CW_WORKER: id }))),
+            (cs) => Effect.sync(() => cs.forEach((c) => c.kill("SIGKILL")))
+          )
+          yield* Effect.sleep("1500 millis")
+          children[0]!.kill("SIGKILL")
+          const progress = yield* awaitRun(runId, 90)
+          expect(progress.run.status).toBe("succeeded")
+          expect(progress.ranges).toMatchObject({ succeeded: 16, failed: 0, cancelled: 0 })
+          expect(progress.units).toMatchObject({ succeeded: 4, waiting: 0 })
+          expect(yield* applied(app)).toEqual(expectedApplied(4, 40))
+          const sql = yield* SqlClient.SqlClient
+          const summaries = yield* sql<{ readonly partition: string; readonly count: number }>`
+            select partition, count from ${sql(app)}.summaries order by partition`
+          expect(summaries.map((r) => [r.partition, r.count])).toEqual([["p0", 1], ["p1", 1], ["p2", 1], ["p3", 1]])
+          // Every range committed its own chunks: 5 per range, none twice.
+          const [ledger] = yield* sql<{ readonly n: number; readonly keys: number }>`
+            select count(*)::int as n, count(distinct idempotency_key)::int as keys
+            from ${sql(store)}.ledger where unit_id like '%~%'`
+          expect(ledger).toEqual({ n: 80, keys: 80 })
+        }).pipe(Effect.scoped, Effect.provide(pgEngineWithPgQueue(store)))
+      }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))),
+    120_000
+  )
 
   it.live(
     "survive a chaos run: workers SIGKILLed at random and restarted, every row applied exactly once",

@@ -73,6 +73,8 @@ export const pgJob = (appSchema: string, options: {
   readonly executions?: Array<string>
   /** Adds a second step: a single upsert per partition into `summaries`, in the same mode. */
   readonly summarise?: boolean
+  /** Splits each partition's apply step into this many ranges of item indexes. */
+  readonly split?: number
 }) =>
   Job.make({
     name: "pg-test-job",
@@ -84,18 +86,30 @@ export const pgJob = (appSchema: string, options: {
         start: { next: 0 },
         chunkSize: options.chunkSize ?? 4,
         transaction: options.mode ?? "chunk",
-        process: ({ attempt, chunkSize, chunkSeq, cursor, partition }) =>
+        split: options.split === undefined ? undefined : {
+          key: Schema.Number,
+          ranges: () =>
+            Effect.succeed(Step.rangesAt(
+              Array.from(
+                { length: options.split! - 1 },
+                (_, i) => Math.round((i + 1) * options.size / options.split!)
+              )
+            ))
+        },
+        process: ({ attempt, chunkSeq, chunkSize, cursor, partition, range }) =>
           Effect.gen(function*() {
             const sql = yield* SqlClient.SqlClient
             options.executions?.push(`${partition.key}/${chunkSeq}/${attempt}`)
             const base = Number(partition.key.slice(1)) * 1000
-            const end = Math.min(cursor.next + chunkSize, options.size)
+            const from = Math.max(cursor.next, range.from ?? 0)
+            const last = Math.min(range.to ?? options.size, options.size)
+            const end = Math.min(from + chunkSize, last)
             yield* sql`
               insert into ${sql(appSchema)}.applied (item, count)
-              select g, 1 from generate_series(${base + cursor.next}::int, ${base + end - 1}::int) g
+              select g, 1 from generate_series(${base + from}::int, ${base + end - 1}::int) g
               on conflict (item) do update set count = applied.count + 1`
             if (options.chunkDelay !== undefined) yield* Effect.sleep(options.chunkDelay)
-            return Step.advance(end >= options.size ? Step.done : { next: end }, end - cursor.next)
+            return Step.advance(end >= last ? Step.done : { next: end }, end - from)
           })
       }),
       ...(options.summarise === true ?
