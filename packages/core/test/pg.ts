@@ -74,7 +74,7 @@ export const pgJob = (appSchema: string, options: {
   /** Adds a second step: a single upsert per partition into `summaries`, in the same mode. */
   readonly summarise?: boolean
   /** Splits each partition's apply step into this many ranges of item indexes. */
-  readonly split?: number
+  readonly split?: number | undefined
 }) =>
   Job.make({
     name: "pg-test-job",
