@@ -568,7 +568,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
           // The units cancel stops: every unit not yet terminal (the same rule as the store's cancelRun).
           const live: ReadonlyArray<UnitRecord> = isTerminalRun(run.status)
             ? []
-            : yield* store.listUnits(run.runId, { status: ["pending", "leased"], limit: 1_000_000 })
+            : yield* store.listUnits(run.runId, { status: ["pending", "leased", "waiting"], limit: 1_000_000 })
           if (!args.dryRun) yield* Runner.cancel(run.runId, { actor: who, reason: why ?? "" })
           return {
             action: "cancel" as const,

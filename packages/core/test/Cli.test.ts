@@ -107,6 +107,7 @@ describe("operator CLI on a real Postgres store", () => {
           expect(Object.keys(status).sort()).toEqual([
             "failures",
             "partitions",
+            "ranges",
             "run",
             "slowest",
             "steps",
@@ -115,6 +116,7 @@ describe("operator CLI on a real Postgres store", () => {
           ])
           expect(status.run).toMatchObject({ runId, job: "cli-job", status: "failed", reason: "2 partition(s) failed" })
           expect(status.partitions).toMatchObject({ total: 4, succeeded: 2, failed: 2, pending: 0, leased: 0 })
+          expect(status.ranges).toMatchObject({ total: 0 })
           // load: a and c did 3 chunks each, b one before its bad chunk, d none; publish ran for a and c.
           expect(status.steps).toEqual([
             { name: "load", index: 0, done: 2, active: 0, failed: 2, chunks: 7 },

@@ -37,13 +37,16 @@ export interface StatusJson {
     /** Failed partitions allowed before the run fails fast; null when the job sets no budget. */
     readonly failureBudget: number | null
   }
+  /** Partitions by status; `waiting`: split into ranges that are still running. */
   readonly partitions: Readonly<Record<UnitStatus, number>> & { readonly total: number }
+  /** The key ranges of split steps by status (`total` 0 when nothing split). */
+  readonly ranges: Readonly<Record<UnitStatus, number>> & { readonly total: number }
   readonly steps: ReadonlyArray<{
     readonly name: string
     readonly index: number
     /** Partitions past this step. */
     readonly done: number
-    /** Partitions at this step, pending or running. */
+    /** Partitions at this step, pending, running or waiting for their ranges. */
     readonly active: number
     /** Partitions failed at this step. */
     readonly failed: number
@@ -230,6 +233,7 @@ export const status = (
       failureBudget: run.failureBudget >= Number.MAX_SAFE_INTEGER ? null : run.failureBudget
     },
     partitions: { ...progress.units, total },
+    ranges: { ...progress.ranges, total: Object.values(progress.ranges).reduce((n, c) => n + c, 0) },
     steps: run.definition.steps.map((step, index) => {
       let done = 0
       let active = 0
@@ -237,7 +241,7 @@ export const status = (
       for (const cell of report.cells) {
         if (cell.stepIndex > index) done += cell.units
         else if (cell.stepIndex === index) {
-          if (cell.status === "pending" || cell.status === "leased") active += cell.units
+          if (cell.status === "pending" || cell.status === "leased" || cell.status === "waiting") active += cell.units
           if (cell.status === "failed") failed += cell.units
         }
       }
@@ -363,7 +367,14 @@ export const statusText = (view: StatusJson, cli: string): string => {
     "",
     `partitions  ${F.bar(p.succeeded + p.failed + p.skipped + p.cancelled, p.total)} total ${F.count(p.total)} · ` +
     `succeeded ${F.count(p.succeeded)} · failed ${F.count(p.failed)} · running ${F.count(p.leased)} · ` +
-    `pending ${F.count(p.pending)} · skipped ${F.count(p.skipped)} · cancelled ${F.count(p.cancelled)}`,
+    `pending ${F.count(p.pending)} · skipped ${F.count(p.skipped)} · cancelled ${F.count(p.cancelled)}` +
+    (p.waiting > 0 ? ` · waiting for ranges ${F.count(p.waiting)}` : ""),
+    ...(view.ranges.total === 0 ? [] : [
+      `ranges      ${F.bar(view.ranges.succeeded + view.ranges.failed + view.ranges.cancelled, view.ranges.total)} ` +
+      `total ${F.count(view.ranges.total)} · succeeded ${F.count(view.ranges.succeeded)} · ` +
+      `failed ${F.count(view.ranges.failed)} · running ${F.count(view.ranges.leased)} · ` +
+      `pending ${F.count(view.ranges.pending)} · cancelled ${F.count(view.ranges.cancelled)}`
+    ]),
     `throughput  ${F.count(t.chunks)} chunks · ${F.count(t.items)} items · ${F.rate(t.chunksPerSecond)} chunks/s ` +
     `(${run.finishedAt === null ? `last ${F.duration(t.windowMs)}` : "average"}) · ETA ${F.duration(t.etaMs)}`,
     "",
