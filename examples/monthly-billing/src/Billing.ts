@@ -49,6 +49,39 @@ export const billableCompanies = (schema: string, month: string) =>
     return rows
   })
 
+/** A range of days, `[from, to)` as `YYYY-MM-DD`, `null` unbounded: one unit of a split company. */
+export interface DayRange {
+  readonly from: string | null
+  readonly to: string | null
+}
+
+/**
+ * The days that cut a company's records of the month into `parts` ranges of about equal size (the
+ * record dates at the 1/parts, 2/parts, ... fractions, without repeats), ascending. A company's records
+ * of one day stay in one range, so a range is never smaller than a day.
+ */
+export const splitDays = (options: {
+  readonly schema: string
+  readonly month: string
+  readonly company: string
+  readonly parts: number
+}) =>
+  Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const { first, next } = monthBounds(options.month)
+    const fractions = Array.from({ length: options.parts - 1 }, (_, i) => (i + 1) / options.parts)
+    if (fractions.length === 0) return []
+    const rows = yield* sql<{ readonly day: string }>`
+      select distinct d::text as day from unnest((
+        select percentile_disc(${fractions}::float8[]) within group (order by worked_on)
+        from ${sql(options.schema)}.work_records
+        where company_id = ${options.company}::bigint and worked_on >= ${first}::date and worked_on < ${next}::date
+      )) as d
+      where d > ${first}::date
+      order by 1`
+    return rows.map((r) => r.day)
+  })
+
 /** What one chunk did. */
 export interface ChunkResult {
   /** The cursor after this chunk, or `undefined` when the company's month is done. */
@@ -84,13 +117,19 @@ export const billChunk = (options: {
   readonly company: string
   readonly cursor: Cursor
   readonly limit: number
+  /** The days this unit bills, when the company's month is split (default: the whole month). */
+  readonly days?: DayRange | undefined
 }) =>
   Effect.gen(function*() {
     const { company, cursor, limit, month, schema } = options
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const s = sql(schema)
-    const { first, next } = monthBounds(month)
-    // Before the month's first record: start at (first day, id 0), so the range scan starts there.
+    const bounds = monthBounds(month)
+    const dayFrom = options.days?.from ?? bounds.first
+    const dayTo = options.days?.to ?? bounds.next
+    const first = dayFrom > bounds.first ? dayFrom : bounds.first
+    const next = dayTo < bounds.next ? dayTo : bounds.next
+    // Before the range's first record: start at (first day, id 0), so the range scan starts there.
     const from = cursor.workedOn < first
       ? { workedOn: first, afterId: "0" }
       : { workedOn: cursor.workedOn, afterId: String(cursor.afterId) }
@@ -111,12 +150,12 @@ export const billChunk = (options: {
         where co.active and b.status = 'approved' and b.invoiced_month is null
       ), lines as (
         insert into ${s}.invoice_lines (billing_month, work_record_id, company_id, wage_yen, transport_yen, fee_yen)
-        select ${first}::date, id, ${company}::bigint, wage, transport_yen, (wage * fee_rate_bp + 5000) / 10000
+        select ${bounds.first}::date, id, ${company}::bigint, wage, transport_yen, (wage * fee_rate_bp + 5000) / 10000
         from billable
         on conflict do nothing
         returning work_record_id, wage_yen, transport_yen, fee_yen
       ), marked as (
-        update ${s}.work_records w set invoiced_month = ${first}::date
+        update ${s}.work_records w set invoiced_month = ${bounds.first}::date
         from billable b where w.id = b.id
         returning 1
       ), sums as (
@@ -125,7 +164,7 @@ export const billChunk = (options: {
         from lines
       ), draft as (
         insert into ${s}.invoice_drafts as d (company_id, billing_month, line_count, wages_yen, transport_yen, fee_yen)
-        select ${company}::bigint, ${first}::date, n, wages, transport, fee from sums where n > 0
+        select ${company}::bigint, ${bounds.first}::date, n, wages, transport, fee from sums where n > 0
         on conflict (company_id, billing_month) do update set
           line_count = d.line_count + excluded.line_count,
           wages_yen = d.wages_yen + excluded.wages_yen,

@@ -11,6 +11,7 @@
  * | `CHUNKWISE_SCHEMA` | `chunkwise` | the schema of the chunkwise store (and the Postgres queue) |
  * | `BILLING_CONCURRENCY` | `4` | companies one worker bills at once |
  * | `BILLING_CHUNK_SIZE` | `1000` | work records per chunk |
+ * | `BILLING_SPLIT_RECORDS` | `50000` | a company with more records is billed as ranges of days in parallel |
  * | `BILLING_MAX_CONNECTIONS` | concurrency + 4 | the worker's connection pool |
  *
  * @since 0.1.0
@@ -37,6 +38,7 @@ export interface Settings {
   readonly storeSchema: string
   readonly concurrency: number
   readonly chunkSize: number
+  readonly splitRecords: number
   readonly maxConnections: number
 }
 
@@ -59,6 +61,7 @@ export const settings: Config.Config<Settings> = Config.all({
   storeSchema: Config.string("CHUNKWISE_SCHEMA").pipe(Config.withDefault("chunkwise")),
   concurrency: positive("BILLING_CONCURRENCY", 4),
   chunkSize: positive("BILLING_CHUNK_SIZE", 1000),
+  splitRecords: positive("BILLING_SPLIT_RECORDS", 50_000),
   maxConnections: Config.option(positiveInteger("BILLING_MAX_CONNECTIONS"))
 }).pipe(Config.map((c) => ({
   ...c,
@@ -123,7 +126,12 @@ export const queue = (
 
 /** The job as these settings configure it. */
 export const job = (s: Settings): Job.Job<{ readonly month: string }, SqlClient.SqlClient> =>
-  MonthlyBilling.make({ schema: s.billingSchema, chunkSize: s.chunkSize, perWorker: s.concurrency })
+  MonthlyBilling.make({
+    schema: s.billingSchema,
+    chunkSize: s.chunkSize,
+    perWorker: s.concurrency,
+    splitRecords: s.splitRecords
+  })
 
 /** Where the settings point, for people (the URL's password is never shown). */
 export const describe = (s: Settings, embedded?: Embedded.Embedded) => {

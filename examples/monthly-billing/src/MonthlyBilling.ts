@@ -4,7 +4,9 @@
  *
  * 1. `bill-records` (chunked, mode `chunk`): a chunk of the company's records of the month becomes
  *    invoice lines, the records are marked billed and the invoice draft grows, in one set-based
- *    statement that commits with the checkpoint: exactly once, whatever crashes.
+ *    statement that commits with the checkpoint: exactly once, whatever crashes. A company with more
+ *    than `splitRecords` records is split into ranges of days billed in parallel, so the largest
+ *    company does not become the run's tail.
  * 2. `issue-invoice` (single, mode `chunk`): the invoice from the draft.
  * 3. `notify` (single, mode `none`): the outbox row (`ON CONFLICT DO NOTHING`) and the mail, keyed by
  *    the step's idempotency key.
@@ -27,6 +29,11 @@ export interface Options {
   readonly chunkSize?: number | undefined
   /** Companies one worker bills at once (default 4). */
   readonly perWorker?: number | undefined
+  /**
+   * Split a company with more records than this into ranges of days of about this many records, each
+   * billed as its own unit in parallel (default 50,000; `Infinity` never splits).
+   */
+  readonly splitRecords?: number | undefined
 }
 
 /** The job's name, as `start` and the CLI know it. */
@@ -35,6 +42,12 @@ export const name = "monthly-billing"
 /** Makes the job over the billing tables in `options.schema`. */
 export const make = (options: Options = {}) => {
   const schema = options.schema ?? "billing"
+  const splitRecords = options.splitRecords ?? 50_000
+  if (!(splitRecords >= 1)) {
+    throw new TypeError(
+      `MonthlyBilling.make: splitRecords must be at least 1 (got ${splitRecords}); Infinity never splits`
+    )
+  }
   return Job.make({
     name,
     params: Params,
@@ -49,9 +62,31 @@ export const make = (options: Options = {}) => {
         start: Billing.startCursor,
         chunkSize: options.chunkSize ?? 1000,
         transaction: "chunk",
-        process: ({ chunkSize, cursor, params, partition }) =>
+        split: {
+          key: Schema.String,
+          ranges: ({ params, partition }) =>
+            partition.weight <= splitRecords
+              ? Effect.succeed([Step.everything])
+              : Effect.map(
+                Billing.splitDays({
+                  schema,
+                  month: params.month,
+                  company: partition.key,
+                  parts: Math.min(64, Math.ceil(partition.weight / splitRecords))
+                }),
+                Step.rangesAt
+              )
+        },
+        process: ({ chunkSize, cursor, params, partition, range }) =>
           Effect.map(
-            Billing.billChunk({ schema, month: params.month, company: partition.key, cursor, limit: chunkSize }),
+            Billing.billChunk({
+              schema,
+              month: params.month,
+              company: partition.key,
+              cursor,
+              limit: chunkSize,
+              days: range
+            }),
             ({ billed, next }) => Step.advance(next ?? Step.done, billed)
           )
       }),

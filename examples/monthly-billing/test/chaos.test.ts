@@ -24,7 +24,8 @@ describe("worker processes killed at random", () => {
       const store = freshSchema("mb_store")
       yield* withBilling(app, store)
       yield* Seed.seed({ schema: app, month, companies: 30, records: 6000, seed: 3 })
-      const job = MonthlyBilling.make({ schema: app, chunkSize: 25 })
+      // The largest companies are billed as ranges of days, so kills land in ranges and barriers too.
+      const job = MonthlyBilling.make({ schema: app, chunkSize: 25, splitRecords: 400 })
       yield* Effect.gen(function*() {
         const { runId } = yield* Runner.start(job, { month })
         const report = yield* Chaos.run({
@@ -37,6 +38,7 @@ describe("worker processes killed at random", () => {
               CHUNKWISE_SCHEMA: store,
               CHUNKWISE_QUEUE: "postgres",
               BILLING_CHUNK_SIZE: "25",
+              BILLING_SPLIT_RECORDS: "400",
               BILLING_CONCURRENCY: "2"
             }
           },
@@ -48,7 +50,9 @@ describe("worker processes killed at random", () => {
           timeout: "150 seconds"
         })
         expect(report.kills.length).toBeGreaterThan(0)
-        expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+        const progress = yield* Runner.status(runId)
+        expect(progress.run.status).toBe("succeeded")
+        expect(progress.ranges.succeeded).toBeGreaterThan(1)
         expect((yield* Expected.verify(app, month)).problems).toEqual([])
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         const [mails] = yield* sql<{ readonly invoices: number; readonly mails: number; readonly keys: number }>`

@@ -98,27 +98,32 @@ describe("monthly billing on Postgres", () => {
     90_000
   )
 
-  it.live("two workers at once give the same result as one", () =>
-    Effect.gen(function*() {
-      const one = freshSchema("mb_one")
-      const two = freshSchema("mb_two")
-      const storeOne = freshSchema("mb_store")
-      const storeTwo = freshSchema("mb_store")
-      yield* withBilling(one, storeOne)
-      yield* withBilling(two, storeTwo)
-      for (const schema of [one, two]) {
-        yield* Seed.seed({ schema, month, companies: 20, records: 3000, seed: 11 })
-      }
-      const a = yield* bill(MonthlyBilling.make({ schema: one, chunkSize: 40 }), { workers: 1 }).pipe(
-        Effect.provide(engine(storeOne))
-      )
-      const b = yield* bill(MonthlyBilling.make({ schema: two, chunkSize: 40 }), { workers: 2 }).pipe(
-        Effect.provide(engine(storeTwo))
-      )
-      expect([a.run.status, b.run.status]).toEqual(["succeeded", "succeeded"])
-      expect(yield* content(two)).toEqual(yield* content(one))
-      expect((yield* Expected.verify(two, month)).problems).toEqual([])
-    }).pipe(Effect.scoped, Effect.provide(pgClient())), 90_000)
+  it.live(
+    "two workers billing the largest companies as ranges of days give the same result as one billing them whole",
+    () =>
+      Effect.gen(function*() {
+        const one = freshSchema("mb_one")
+        const two = freshSchema("mb_two")
+        const storeOne = freshSchema("mb_store")
+        const storeTwo = freshSchema("mb_store")
+        yield* withBilling(one, storeOne)
+        yield* withBilling(two, storeTwo)
+        for (const schema of [one, two]) {
+          yield* Seed.seed({ schema, month, companies: 20, records: 3000, seed: 11 })
+        }
+        const a = yield* bill(MonthlyBilling.make({ schema: one, chunkSize: 40 }), { workers: 1 }).pipe(
+          Effect.provide(engine(storeOne))
+        )
+        const b = yield* bill(MonthlyBilling.make({ schema: two, chunkSize: 40, splitRecords: 150 }), { workers: 2 })
+          .pipe(Effect.provide(engine(storeTwo)))
+        expect([a.run.status, b.run.status]).toEqual(["succeeded", "succeeded"])
+        expect(a.ranges.succeeded).toBe(0)
+        expect(b.ranges.succeeded).toBeGreaterThanOrEqual(4)
+        expect(yield* content(two)).toEqual(yield* content(one))
+        expect((yield* Expected.verify(two, month)).problems).toEqual([])
+      }).pipe(Effect.scoped, Effect.provide(pgClient())),
+    90_000
+  )
 
   it.live(
     "a company deactivated mid-run fails alone with its runbook, and is billed after a retry",
