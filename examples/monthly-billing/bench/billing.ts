@@ -8,6 +8,8 @@
  *               1,000 records, one transaction per chunk with a checkpoint row (a resumable loop by hand);
  * - chunkwise:  the job at worker concurrency 1, 2, 4, 8 in this process (Postgres store, in-memory
  *               queue), and as two worker processes (`billing worker`, concurrency 4 each, Postgres queue).
+ * - makespan:   the job at concurrency 4 and 8 with the largest companies billed whole and split into
+ *               ranges of days, against the ideal (the units' total busy time / concurrency).
  *
  * Then the peak RSS of one worker process (concurrency 4) billing RECORDS and RSS_RECORDS records.
  * Every contender's result is checked against the rules (`Expected.verify`). Prints figures; asserts
@@ -15,8 +17,8 @@
  *
  * Run: npm run bench -w examples/monthly-billing
  * Knobs: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), COMPANIES (2000), RECORDS
- * (1000000), RSS_RECORDS (4000000; 0 skips), CONCURRENCIES (1,2,4,8), LOOP_CONCURRENCY (4), ONLY
- * (comma-separated contender names).
+ * (1000000), RSS_RECORDS (4000000; 0 skips), CONCURRENCIES (1,2,4,8), LOOP_CONCURRENCY (4),
+ * SPLIT_CONCURRENCIES (4,8), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes).
  */
 import { PgQueue, PgStateStore, QueueAdapter, Runner, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
@@ -37,6 +39,8 @@ const RECORDS = Number(process.env["RECORDS"] ?? 1_000_000)
 const RSS_RECORDS = Number(process.env["RSS_RECORDS"] ?? 4_000_000)
 const CONCURRENCIES = (process.env["CONCURRENCIES"] ?? "1,2,4,8").split(",").map(Number)
 const LOOP_CONCURRENCY = Number(process.env["LOOP_CONCURRENCY"] ?? 4)
+const SPLIT_CONCURRENCIES = (process.env["SPLIT_CONCURRENCIES"] ?? "4,8").split(",").map(Number)
+const SPLIT_RECORDS = Number(process.env["SPLIT_RECORDS"] ?? 50_000)
 const ONLY = process.env["ONLY"]?.split(",")
 const MONTH = "2026-10"
 const CHUNK = 1000
@@ -214,15 +218,43 @@ const handLoop = (schema: string) =>
       }), { concurrency: LOOP_CONCURRENCY, discard: true })
   })
 
-/** chunkwise in this process: Postgres store, in-memory queue. */
-const chunkwise = (schema: string, concurrency: number) =>
+/** How busy the units of a run were, from the store: the sum of their busy times and the longest one. */
+interface Busy {
+  readonly workSeconds: number
+  readonly longestSeconds: number
+  readonly ranges: number
+}
+
+/**
+ * A unit is busy from its first claim to its end; a split company's own unit only after its last range
+ * ended (before that it waits while its ranges work).
+ */
+const busy = (storeSchema: string) =>
   Effect.gen(function*() {
-    const job = MonthlyBilling.make({ schema, perWorker: concurrency })
-    yield* Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(storeSchema)
+    const [row] = yield* sql<Busy>`
+      with u as (select * from ${s}.units where kind <> 'finalize'),
+      joined as (select parent_unit_id, max(finished_at) as at from u where kind = 'range' group by parent_unit_id),
+      spans as (
+        select extract(epoch from (u.finished_at - coalesce(j.at, u.started_at)))::float8 as seconds, u.kind
+        from u left join joined j on j.parent_unit_id = u.unit_id)
+      select coalesce(sum(seconds), 0)::float8 as "workSeconds", coalesce(max(seconds), 0)::float8 as "longestSeconds",
+        (count(*) filter (where kind = 'range'))::int as ranges
+      from spans`
+    return row!
+  })
+
+/** chunkwise in this process: Postgres store, in-memory queue; `splitRecords` as the job's option. */
+const chunkwise = (schema: string, concurrency: number, splitRecords?: number) =>
+  Effect.gen(function*() {
+    const job = MonthlyBilling.make({ schema, perWorker: concurrency, splitRecords })
+    return yield* Effect.gen(function*() {
       yield* Worker.make({ jobs: [job], concurrency, pollInterval: "20 millis", feedInterval: "100 millis" })
       const { runId } = yield* Runner.start(job, { month: MONTH })
       const progress = yield* Runner.awaitTerminal(runId, { pollInterval: "100 millis" })
       if (progress.run.status !== "succeeded") yield* log(`  run ended ${progress.run.status}`)
+      return yield* busy(`${schema}_cw`)
     }).pipe(
       Effect.scoped,
       Effect.provide(Layer.merge(PgStateStore.layer({ schema: `${schema}_cw` }), QueueAdapter.layerMemory()))
@@ -308,7 +340,7 @@ interface Figure {
   readonly note?: string
 }
 
-const timed = <E, R>(name: string, schema: string, effect: Effect.Effect<unknown, E, R>) =>
+const timed = <A, E, R>(name: string, schema: string, effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     yield* prepare(schema)
     const started = Date.now()
@@ -356,6 +388,37 @@ const main = Effect.gen(function*() {
   yield* add("floor", "mb_bench_floor", floor("mb_bench_floor"))
   yield* add(`hand loop x${LOOP_CONCURRENCY}`, "mb_bench_loop", handLoop("mb_bench_loop"))
   for (const c of CONCURRENCIES) yield* add(`chunkwise x${c}`, `mb_bench_cw${c}`, chunkwise(`mb_bench_cw${c}`, c))
+  // Makespan with and without range splits: the run's time against the ideal (the units' total busy
+  // time spread evenly over the concurrency), and the longest unit (the tail).
+  const makespans: Array<{ readonly name: string; readonly seconds: number; readonly busy: Busy; readonly c: number }> =
+    []
+  for (const c of SPLIT_CONCURRENCIES) {
+    for (const [label, splitRecords] of [["whole", Infinity], ["split", SPLIT_RECORDS]] as const) {
+      const name = `makespan x${c} ${label}`
+      if (!wanted(name)) continue
+      const f = yield* timed(name, `mb_bench_ms${c}${label}`, chunkwise(`mb_bench_ms${c}${label}`, c, splitRecords))
+      makespans.push({ name, seconds: f.seconds, busy: f.out, c })
+    }
+  }
+  if (makespans.length > 0) {
+    yield* log(
+      `\nmakespan with and without range splits (companies over ${SPLIT_RECORDS.toLocaleString("en-US")} records ` +
+        `split into ranges of days); ideal = units' busy time / concurrency`
+    )
+    yield* log(
+      `  ${"contender".padEnd(26)} ${"seconds".padStart(8)} ${"ideal".padStart(8)} ${"/ideal".padStart(8)} ${
+        "longest".padStart(8)
+      } ${"ranges".padStart(7)}`
+    )
+    for (const m of makespans) {
+      const ideal = m.busy.workSeconds / m.c
+      yield* log(
+        `  ${m.name.padEnd(26)} ${m.seconds.toFixed(1).padStart(8)} ${ideal.toFixed(1).padStart(8)} ${
+          (m.seconds / ideal).toFixed(2).padStart(8)
+        } ${m.busy.longestSeconds.toFixed(1).padStart(8)} ${String(m.busy.ranges).padStart(7)}`
+      )
+    }
+  }
   if (wanted("chunkwise 2 processes")) {
     const schema = "mb_bench_procs"
     yield* prepare(schema)
