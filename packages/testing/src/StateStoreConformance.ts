@@ -437,6 +437,35 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "split: retry from the step starts a new split generation; the old ranges are cancelled and keep their keys",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4])
+        const partition = unitIds[0]!
+        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        yield* finishRange(messages.get(rangeIds[0]!)!)
+        const bad = yield* claimed(messages.get(rangeIds[1]!)!, "w2")
+        yield* store.failUnit(bad.lease, { _tag: "Failed", errorTag: "BadRecord" })
+        const plan = yield* store.retry(runId, { fromStep: 0, dryRun: false }, operator)
+        expect(plan).toMatchObject([{ partitionKey: "k0", fromStepIndex: 0, generation: 1 }])
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "pending", stepIndex: 0, generation: 1 })
+        // The old generation's ranges stay as they ended (terminal), and do not hold the partition back.
+        expect((yield* unitOf(runId, rangeIds[0]!)).status).toBe("succeeded")
+        expect((yield* unitOf(runId, rangeIds[1]!)).status).toBe("failed")
+        const { lease } = yield* claimed(yield* messageFor(runId, partition), "w1")
+        const fresh = [0, 1].map((i) => ({
+          unitId: `${partition}~0.1.${i}`,
+          weight: 2,
+          range: { from: null, to: null }
+        }))
+        yield* store.splitUnit({ lease, stepIndex: 0, ranges: fresh })
+        const next = yield* messagesOf(runId)
+        for (const range of fresh) yield* finishRange(next.get(range.unitId)!)
+        expect(yield* store.joinRanges(runId, partition)).toBe("advanced")
+      })
+    )
+
+    test(
       "split: the sweeper joins a partition whose last range committed but crashed before the barrier",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
