@@ -23,21 +23,10 @@
  * @since 0.1.0
  */
 import { Errors, QueueAdapter } from "@chunkwise/core"
-import {
-  Clock,
-  Config,
-  ConfigError,
-  Duration,
-  Effect,
-  Either,
-  Layer,
-  Redacted,
-  Runtime,
-  Schema,
-  type Scope
-} from "effect"
+import { Clock, Config, ConfigError, Duration, Effect, Layer, Redacted, Schema, type Scope } from "effect"
 import { Redis } from "ioredis"
 import { randomUUID } from "node:crypto"
+import * as Connection from "./internal/connection.js"
 import * as Scripts from "./internal/scripts.js"
 
 /** What a queue is, on a client it is given. */
@@ -82,7 +71,7 @@ export const defaults = {
   maxMessageBytes: 262_144,
   blockInterval: Duration.seconds(1),
   prefetch: true,
-  connectionName: "chunkwise"
+  connectionName: Connection.defaultConnectionName
 } as const
 
 /** Visibility is capped here: a delivery is expired once its pending-list idle time reaches it. */
@@ -121,77 +110,38 @@ export const keys = (options: Pick<QueueOptions, "prefix" | "queue"> = {}): Keys
 }
 
 /**
- * What is wrong with a Redis URL, naming the setting, or `undefined` when it is fine. The URL itself
- * is never repeated: it may hold a password.
- */
-const urlProblem = (url: string, setting: string): string | undefined => {
-  const fix = "set it to redis://[[user]:password@]host[:port][/db], or rediss://… for TLS"
-  let parsed: URL
-  try {
-    parsed = new URL(url)
-  } catch {
-    return `${setting} is not a URL; ${fix}`
-  }
-  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
-    return `${setting} has the scheme "${parsed.protocol}", not redis: or rediss:; ${fix}`
-  }
-  if (parsed.hostname === "") return `${setting} names no host; ${fix}`
-  if (parsed.pathname !== "" && parsed.pathname !== "/" && !/^\/\d+$/.test(parsed.pathname)) {
-    return `${setting} has the path "${parsed.pathname}", but a Redis URL's path is a database number; ${fix}`
-  }
-  return undefined
-}
-
-const configName = (name: string) => `CHUNKWISE_REDIS_${name}`
-
-/**
  * The options read from the environment: `CHUNKWISE_REDIS_URL` (required, redacted),
  * `CHUNKWISE_REDIS_PASSWORD` (redacted), `CHUNKWISE_REDIS_PREFIX`, `CHUNKWISE_REDIS_QUEUE`,
  * `CHUNKWISE_REDIS_MAX_RECEIVES`, `CHUNKWISE_REDIS_MAX_MESSAGE_BYTES`, `CHUNKWISE_REDIS_BLOCK_INTERVAL`
  * (a duration such as `1 second`), `CHUNKWISE_REDIS_PREFETCH` and `CHUNKWISE_REDIS_CONNECTION_NAME`, with the `defaults`.
  */
 export const config: Config.Config<Options> = Config.all({
-  url: Config.redacted(configName("URL")).pipe(
-    Config.mapOrFail((url) => {
-      const problem = urlProblem(Redacted.value(url), configName("URL"))
-      return problem === undefined
-        ? Either.right(url)
-        : Either.left(ConfigError.InvalidData([configName("URL")], problem))
-    }),
-    Config.withDescription("the Redis URL: redis://[[user]:password@]host[:port][/db] or rediss://…")
-  ),
-  password: Config.redacted(configName("PASSWORD")).pipe(
-    Config.withDefault(undefined),
-    Config.withDescription("the Redis password, when it is not in the URL")
-  ),
-  prefix: Config.string(configName("PREFIX")).pipe(
+  ...Connection.config,
+  prefix: Config.string(Connection.configName("PREFIX")).pipe(
     Config.withDefault(defaults.prefix),
     Config.withDescription("starts every key of the queue")
   ),
-  queue: Config.string(configName("QUEUE")).pipe(
+  queue: Config.string(Connection.configName("QUEUE")).pipe(
     Config.withDefault(defaults.queue),
     Config.withDescription("the queue's name")
   ),
-  maxReceives: Config.integer(configName("MAX_RECEIVES")).pipe(
+  maxReceives: Config.integer(Connection.configName("MAX_RECEIVES")).pipe(
     Config.withDefault(defaults.maxReceives),
     Config.withDescription("dead-letter a message on its next receive after this many")
   ),
-  maxMessageBytes: Config.integer(configName("MAX_MESSAGE_BYTES")).pipe(
+  maxMessageBytes: Config.integer(Connection.configName("MAX_MESSAGE_BYTES")).pipe(
     Config.withDefault(defaults.maxMessageBytes),
     Config.withDescription("largest body in bytes")
   ),
-  blockInterval: Config.duration(configName("BLOCK_INTERVAL")).pipe(
+  blockInterval: Config.duration(Connection.configName("BLOCK_INTERVAL")).pipe(
     Config.withDefault(defaults.blockInterval),
     Config.withDescription("longest single blocking wait of a receive")
   ),
-  prefetch: Config.boolean(configName("PREFETCH")).pipe(
+  prefetch: Config.boolean(Connection.configName("PREFETCH")).pipe(
     Config.withDefault(defaults.prefetch),
     Config.withDescription("acks fetch the next messages for the following receive")
   ),
-  connectionName: Config.string(configName("CONNECTION_NAME")).pipe(
-    Config.withDefault(defaults.connectionName),
-    Config.withDescription("the name the connections show in CLIENT LIST")
-  )
+  connectionName: Connection.config.connectionName
 })
 
 const invalid = (message: string) => new Errors.ConfigurationError({ message: `RedisQueue: ${message}` })
@@ -239,17 +189,6 @@ const settingsOf = (options: QueueOptions): Effect.Effect<Settings, Errors.Confi
     prefetch: options.prefetch ?? defaults.prefetch
   })
 }
-
-/** A vendor error without what ioredis attaches to it: the failed command's arguments (an AUTH's password). */
-const scrub = (cause: unknown): unknown => {
-  if (!(cause instanceof Error) || !("command" in cause)) return cause
-  const copy = new Error(cause.message)
-  copy.name = cause.name
-  if (cause.stack !== undefined) copy.stack = cause.stack
-  return copy
-}
-
-const messageOf = (cause: unknown) => cause instanceof Error ? cause.message : String(cause)
 
 const parseReceipt = (receipt: string): readonly [string, string] | undefined => {
   const match = /^(\d+-\d+)#(\d+)$/.exec(receipt)
@@ -311,39 +250,6 @@ const fieldsOf = (flat: ReadonlyArray<string>): Record<string, string> => {
   return out
 }
 
-/**
- * Acquires a client of the queue's own, and disconnects it when the scope closes (after a QUIT that
- * lets its last replies arrive, when `graceful` and connected). Its connection errors are logged
- * through Effect (ioredis would print them to stderr), by message only: ioredis attaches the failed
- * command's arguments to them, an AUTH's password among them. `lastError` is the latest one.
- */
-const ownClient = (open: () => Redis, role: string, graceful: boolean) =>
-  Effect.gen(function*() {
-    const runtime = yield* Effect.runtime<never>()
-    let lastError: string | undefined
-    const listener = (error: Error) => {
-      lastError = error.message
-      Runtime.runFork(runtime)(
-        Effect.logWarning(`chunkwise: Redis ${role} connection: ${error.message}`).pipe(
-          Effect.annotateLogs({ package: "@chunkwise/adapters-redis" })
-        )
-      )
-    }
-    const client = yield* Effect.acquireRelease(
-      Effect.sync(() => open().on("error", listener)),
-      (client) =>
-        (graceful && client.status === "ready"
-          ? Effect.ignore(Effect.timeout(Effect.promise(() => client.quit()), "2 seconds"))
-          : Effect.void).pipe(
-            Effect.ensuring(Effect.sync(() => {
-              client.disconnect()
-              client.off("error", listener)
-            }))
-          )
-    )
-    return { client, lastError: () => lastError }
-  })
-
 const minVersion = [6, 2] as const
 
 /**
@@ -362,8 +268,8 @@ export const makeFromClient = (
     const unavailable = (operation: string) => (cause: unknown) =>
       new Errors.QueueUnavailable({
         operation,
-        message: `Redis ${operation} on queue "${queue}" failed: ${messageOf(cause)}`,
-        cause: scrub(cause)
+        message: `Redis ${operation} on queue "${queue}" failed: ${Connection.messageOf(cause)}`,
+        cause: Connection.scrub(cause)
       })
     const call = <A>(operation: string, run: () => Promise<A>): Effect.Effect<A, Errors.QueueUnavailable> =>
       Effect.tryPromise({ try: run, catch: unavailable(operation) })
@@ -371,7 +277,7 @@ export const makeFromClient = (
     const version = yield* call("connect", () => client.info("server")).pipe(
       Effect.map((info) => /redis_version:(\d+)\.(\d+)/.exec(info)),
       // An ACL may deny INFO; then the first command that needs 6.2 says so.
-      Effect.catchIf((error) => messageOf(error.cause).startsWith("NOPERM"), () => Effect.succeed(null))
+      Effect.catchIf((error) => Connection.messageOf(error.cause).startsWith("NOPERM"), () => Effect.succeed(null))
     )
     if (version !== null) {
       const [major, minor] = [Number(version[1]), Number(version[2])]
@@ -379,13 +285,17 @@ export const makeFromClient = (
         return yield* invalid(`Redis ${major}.${minor} is too old: the queue needs Redis 6.2 or newer (XAUTOCLAIM)`)
       }
     }
-    const script = Scripts.define(client)
+    const script = Scripts.define(client, Scripts.queue)
     yield* call("create the consumer group", () => client.xgroup("CREATE", k.stream, group, "0", "MKSTREAM")).pipe(
-      Effect.catchIf((error) => messageOf(error.cause).startsWith("BUSYGROUP"), () => Effect.void)
+      Effect.catchIf((error) => Connection.messageOf(error.cause).startsWith("BUSYGROUP"), () => Effect.void)
     )
 
     // Blocking waits hold their connection, so they get their own.
-    const { client: blocker } = yield* ownClient(() => client.duplicate({ lazyConnect: false }), "blocking", false)
+    const { client: blocker } = yield* Connection.ownClient(
+      () => client.duplicate({ lazyConnect: false }),
+      "blocking",
+      false
+    )
 
     /**
      * One blocking read at a time per queue, shared by every receive that waits: it resolves when an
@@ -632,47 +542,22 @@ export const makeFromClient = (
     return shape
   })
 
-/** Opens a client for the options, connected, and quits it when the scope closes. */
-const connect = (
-  options: Options
-): Effect.Effect<Redis, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
-  Effect.gen(function*() {
-    const problem = urlProblem(Redacted.value(options.url), "url")
-    if (problem !== undefined) return yield* invalid(problem)
-    const connectionName = options.connectionName ?? defaults.connectionName
-    if (connectionName === "" || /\s/.test(connectionName)) {
-      return yield* invalid(`connectionName must be a non-empty name without spaces (got "${connectionName}")`)
-    }
-    const { client, lastError } = yield* ownClient(
-      () =>
-        new Redis(Redacted.value(options.url), {
-          lazyConnect: true,
-          connectionName,
-          ...(options.password === undefined ? {} : { password: Redacted.value(options.password) })
-        }),
-      "command",
-      true
-    )
-    yield* Effect.tryPromise({
-      try: () => client.connect(),
-      catch: (cause) =>
-        new Errors.QueueUnavailable({
-          operation: "connect",
-          // ioredis rejects with "Connection is closed."; the reason came as an error event.
-          message: `cannot connect to Redis for queue "${options.queue ?? defaults.queue}": ${
-            lastError() ?? messageOf(cause)
-          }`,
-          cause: scrub(cause)
-        })
-    })
-    return client
-  })
-
 /** Makes the queue with its own connections to `options.url`; they close with the scope. */
 export const make = (
   options: Options
 ): Effect.Effect<QueueAdapter.QueueAdapterShape, Errors.ConfigurationError | Errors.QueueUnavailable, Scope.Scope> =>
-  Effect.flatMap(connect(options), (client) => makeFromClient(client, options))
+  Effect.flatMap(
+    Connection.connect(options, {
+      invalid,
+      unavailable: (message, cause) =>
+        new Errors.QueueUnavailable({
+          operation: "connect",
+          message: `cannot connect to Redis for queue "${options.queue ?? defaults.queue}": ${message}`,
+          cause
+        })
+    }),
+    (client) => makeFromClient(client, options)
+  )
 
 /** The Redis queue as a layer, with its own connections to `options.url`. */
 export const layer = (

@@ -1,12 +1,15 @@
 /**
- * The queue's Lua scripts: one per file in `src/lua`, each documenting its KEYS and ARGV, defined on a
+ * The package's Lua scripts: one per file in `src/lua`, each documenting its KEYS and ARGV, defined on a
  * client with `defineCommand` (EVALSHA, falling back to EVAL once after a script cache flush).
  */
 import type { Redis } from "ioredis"
 import { readFileSync } from "node:fs"
 
-/** Every script, with how many of its arguments are keys. */
-export const scripts = {
+/** A module's scripts (file names without `.lua`), with how many keys each takes (`"any"`: as many as given). */
+export type Table = Readonly<Record<string, number | "any">>
+
+/** The queue's scripts. */
+export const queue = {
   receive: 4,
   ack: 1,
   extend: 1,
@@ -15,10 +18,7 @@ export const scripts = {
   "send-delayed": 1,
   depth: 3,
   redrive: 2
-} as const
-
-/** A script's file name, without `.lua`. */
-export type Name = keyof typeof scripts
+} as const satisfies Table
 
 type Arg = string | number
 
@@ -39,39 +39,41 @@ const read = (file: string): string => {
   }
 }
 
-let sources: Record<Name, string> | undefined
+const sources = new Map<string, string>()
 
-/** The scripts' sources, with `-- @include <name>` lines replaced by `src/lua/include/<name>.lua`. */
-const load = (): Record<Name, string> => {
-  if (sources === undefined) {
-    const loaded: Partial<Record<Name, string>> = {}
-    for (const name of Object.keys(scripts) as Array<Name>) {
-      loaded[name] = read(`${name}.lua`).replace(
-        /^-- @include ([\w-]+)$/gm,
-        (_, include: string) => read(`include/${include}.lua`)
-      )
-    }
-    sources = loaded as Record<Name, string>
+/** A script's source, with `-- @include <name>` lines replaced by `src/lua/include/<name>.lua`. */
+const load = (name: string): string => {
+  let source = sources.get(name)
+  if (source === undefined) {
+    source = read(`${name}.lua`).replace(
+      /^-- @include ([\w-]+)$/gm,
+      (_, include: string) => read(`include/${include}.lua`)
+    )
+    sources.set(name, source)
   }
-  return sources
+  return source
 }
 
-const command = (name: Name) => `chunkwise_${name.replaceAll("-", "_")}`
+const command = (name: string) => `chunkwise_${name.replaceAll("-", "_")}`
 
 /**
- * Defines every script on `client` (the names start with `chunkwise_`, so they do not clash with a
- * service's own commands on a shared client) and returns a caller for them.
+ * Defines every script of `table` on `client` (the names start with `chunkwise_`, so they do not clash
+ * with a service's own commands on a shared client) and returns a caller for them.
  */
-export const define = (
-  client: Redis
-): (name: Name, keys: ReadonlyArray<string>, args: ReadonlyArray<Arg>) => Promise<unknown> => {
-  const source = load()
-  for (const name of Object.keys(scripts) as Array<Name>) {
-    client.defineCommand(command(name), { numberOfKeys: scripts[name], lua: source[name] })
+export const define = <T extends Table>(
+  client: Redis,
+  table: T
+): (name: keyof T & string, keys: ReadonlyArray<string>, args: ReadonlyArray<Arg>) => Promise<unknown> => {
+  for (const name of Object.keys(table)) {
+    const keys = table[name]!
+    // Without numberOfKeys, ioredis takes the key count as the first argument of each call.
+    client.defineCommand(command(name), { ...(keys === "any" ? {} : { numberOfKeys: keys }), lua: load(name) })
   }
   const commands = client as unknown as Record<string, Invoke>
   return (name, keys, args) => {
-    if (keys.length !== scripts[name]) throw new Error(`script ${name} takes ${scripts[name]} keys, got ${keys.length}`)
+    const count = table[name]!
+    if (count === "any") return commands[command(name)]!.call(client, keys.length, ...keys, ...args)
+    if (keys.length !== count) throw new Error(`script ${name} takes ${count} keys, got ${keys.length}`)
     return commands[command(name)]!.call(client, ...keys, ...args)
   }
 }
