@@ -386,6 +386,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         "ack" as Ending
       )
 
+    /** Fails the unit: its stored cursor (or key range) no longer decodes with the step's schema. */
+    const failUndecodable = (job: Job.Any, claimed: Claimed, step: string, stored: unknown, details: string) =>
+      failWith(job, claimed, new Errors.CursorUndecodable({ step, cursor: JSON.stringify(stored), details }), step)
+
     const runPartition = (
       job: Job.Any,
       claimed: Claimed,
@@ -451,16 +455,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             else {
               const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
               if (decoded._tag === "Left") {
-                return yield* failWith(
-                  job,
-                  claimed,
-                  new Errors.CursorUndecodable({
-                    step: step.name,
-                    cursor: JSON.stringify(encodedCursor),
-                    details: decoded.left.message
-                  }),
-                  step.name
-                )
+                return yield* failUndecodable(job, claimed, step.name, encodedCursor, decoded.left.message)
               }
               cursor = decoded.right
             }
@@ -470,16 +465,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             if (unit.kind === "range") {
               const decoded = Schema.decodeUnknownEither(step.split.range)(unit.range)
               if (decoded._tag === "Left") {
-                return yield* failWith(
-                  job,
-                  claimed,
-                  new Errors.CursorUndecodable({
-                    step: step.name,
-                    cursor: JSON.stringify(unit.range),
-                    details: `the stored key range does not decode: ${decoded.left.message}`
-                  }),
-                  step.name
-                )
+                const details = `the stored key range does not decode: ${decoded.left.message}`
+                return yield* failUndecodable(job, claimed, step.name, unit.range, details)
               }
               range = decoded.right
             } else if (chunkSeq === 0 && encodedCursor === null) {

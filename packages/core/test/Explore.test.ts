@@ -84,83 +84,47 @@ describe("explore on Postgres", () => {
     240_000
   )
 
-  it.live(
-    "guarantees hold on Postgres under a random schedule of kills, zombies and lost replies",
-    () =>
-      Effect.gen(function*() {
-        const store = freshSchema("cw_store")
-        const app = freshSchema("cw_app")
-        yield* withSchemas(store, app)
-        const engine = Engine.postgres({ schema: store, queue: "postgres" })
-        const job = pgJob(app, { partitions: 3, size: 6, chunkSize: 2, summarise: true })
-        let injected = 0
-        for (const seed of [1, 2, 3]) {
-          const trial = yield* Harness.run({
-            engine,
-            job,
-            params: { label: "random" },
-            workers: 2,
-            seed,
-            trial: seed,
-            faults: [
-              Fault.random({ rate: 0.15, max: 3 }),
-              Fault.duplicateDelivery(0.2),
-              Fault.storeErrors({ rate: 0.1, replyLost: true, operations: ["transaction"] })
-            ],
-            reset: reset(app),
-            observe: observe(app)
-          })
-          injected += trial.injections.length
-          expect(trial.status, `seed ${seed}`).toBe("succeeded")
-          Guarantees.all(trial)
-          expect(Harness.observedOrThrow(trial), `seed ${seed}`).toEqual({
-            applied: expectedApplied(3, 6),
-            summaries: { p0: 1, p1: 1, p2: 1 },
-            completions: 1
-          })
-        }
-        expect(injected).toBeGreaterThan(0)
-      }).pipe(Effect.scoped, Effect.provide(Layer.merge(Layer.orDie(pgClient()), quiet))),
-    240_000
-  )
-
-  it.live(
-    "split partitions keep the guarantees on Postgres under random kills, zombies and lost replies",
-    () =>
-      Effect.gen(function*() {
-        const store = freshSchema("cw_store")
-        const app = freshSchema("cw_app")
-        yield* withSchemas(store, app)
-        const engine = Engine.postgres({ schema: store, queue: "postgres" })
-        const job = pgJob(app, { partitions: 3, size: 6, chunkSize: 2, summarise: true, split: 3 })
-        let injected = 0
-        for (const seed of [1, 2, 3]) {
-          const trial = yield* Harness.run({
-            engine,
-            job,
-            params: { label: "random-split" },
-            workers: 2,
-            seed,
-            trial: seed,
-            faults: [
-              Fault.random({ rate: 0.15, max: 3 }),
-              Fault.duplicateDelivery(0.2),
-              Fault.storeErrors({ rate: 0.1, replyLost: true, operations: ["transaction"] })
-            ],
-            reset: reset(app),
-            observe: observe(app)
-          })
-          injected += trial.injections.length
-          expect(trial.status, `seed ${seed}`).toBe("succeeded")
-          Guarantees.all(trial)
-          expect(Harness.observedOrThrow(trial), `seed ${seed}`).toEqual({
-            applied: expectedApplied(3, 6),
-            summaries: { p0: 1, p1: 1, p2: 1 },
-            completions: 1
-          })
-        }
-        expect(injected).toBeGreaterThan(0)
-      }).pipe(Effect.scoped, Effect.provide(Layer.merge(Layer.orDie(pgClient()), quiet))),
-    240_000
-  )
+  for (const split of [undefined, 3]) {
+    it.live(
+      `guarantees hold on Postgres under a random schedule of kills, zombies and lost replies${
+        split === undefined ? "" : `, partitions split into ${split} ranges`
+      }`,
+      () =>
+        Effect.gen(function*() {
+          const store = freshSchema("cw_store")
+          const app = freshSchema("cw_app")
+          yield* withSchemas(store, app)
+          const engine = Engine.postgres({ schema: store, queue: "postgres" })
+          const job = pgJob(app, { partitions: 3, size: 6, chunkSize: 2, summarise: true, split })
+          let injected = 0
+          for (const seed of [1, 2, 3]) {
+            const trial = yield* Harness.run({
+              engine,
+              job,
+              params: { label: `random-${split ?? "whole"}` },
+              workers: 2,
+              seed,
+              trial: seed,
+              faults: [
+                Fault.random({ rate: 0.15, max: 3 }),
+                Fault.duplicateDelivery(0.2),
+                Fault.storeErrors({ rate: 0.1, replyLost: true, operations: ["transaction"] })
+              ],
+              reset: reset(app),
+              observe: observe(app)
+            })
+            injected += trial.injections.length
+            expect(trial.status, `seed ${seed}`).toBe("succeeded")
+            Guarantees.all(trial)
+            expect(Harness.observedOrThrow(trial), `seed ${seed}`).toEqual({
+              applied: expectedApplied(3, 6),
+              summaries: { p0: 1, p1: 1, p2: 1 },
+              completions: 1
+            })
+          }
+          expect(injected).toBeGreaterThan(0)
+        }).pipe(Effect.scoped, Effect.provide(Layer.merge(Layer.orDie(pgClient()), quiet))),
+      240_000
+    )
+  }
 })

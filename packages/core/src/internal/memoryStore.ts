@@ -652,25 +652,12 @@ export const make = Effect.sync(() => {
             unit.finishedAt = null
             unit.lastErrorTag = null
             for (const range of ranges) {
-              if (range.status !== "failed" && range.status !== "cancelled") continue
-              fence(range, "pending", at)
-              range.attempt = 1
-              range.crashesSinceProgress = 0
-              range.retryAt = null
-              range.enqueuedAt = null
-              range.finishedAt = null
-              range.lastErrorTag = null
+              if (range.status === "failed" || range.status === "cancelled") reopenUnit(range, at)
             }
             continue
           }
           cancelRanges(unit, at)
-          fence(unit, "pending", at)
-          unit.attempt = 1
-          unit.crashesSinceProgress = 0
-          unit.retryAt = null
-          unit.enqueuedAt = null
-          unit.finishedAt = null
-          unit.lastErrorTag = null
+          reopenUnit(unit, at)
           if (selection.fromStep !== undefined) {
             unit.stepIndex = selection.fromStep
             unit.cursor = null
@@ -702,6 +689,17 @@ export const make = Effect.sync(() => {
         finalizeIfComplete(run, at)
         return planned
       })
+  }
+
+  /** An operator's retry of one unit: pending again (fenced), with a fresh attempt count. */
+  const reopenUnit = (unit: Unit, at: number) => {
+    fence(unit, "pending", at)
+    unit.attempt = 1
+    unit.crashesSinceProgress = 0
+    unit.retryAt = null
+    unit.enqueuedAt = null
+    unit.finishedAt = null
+    unit.lastErrorTag = null
   }
 
   /** A run that had ended (or was finalizing) goes back to running; its next finalize is a new round. */
