@@ -20,6 +20,15 @@ export const queue = {
   redrive: 2
 } as const satisfies Table
 
+/** The resource limiter's scripts. */
+export const limiter = {
+  "limiter-reserve": 2,
+  "limiter-claim": 3,
+  "limiter-renew": 1,
+  "limiter-write": 4,
+  "limiter-read": "any"
+} as const satisfies Table
+
 type Arg = string | number
 
 type Invoke = (...args: ReadonlyArray<Arg>) => Promise<unknown>
