@@ -33,12 +33,10 @@
  * Outside the contract: fairness between waiters (tokens go in reservation order, slots to whoever
  * polls first), and items per second (limit chunks; with a fixed chunk size that bounds items).
  *
- * Adding a driver (e.g. Redis, in its adapter package): implement `Store` and build the service with
- * `make(store)`. On Redis, `reserve` maps onto `@effect/experimental`'s `RateLimiter.consume` with
- * `onExceeded: "delay"` and the fixed-window algorithm over its Redis store (its token bucket reads the
- * worker's clock, D18), `claim`/`release`/`renew` onto a sorted set scored by expiry in one Lua script
- * each (`redis.call('TIME')`), and the settings (`declare`, `settings`, `set`, `history`) may stay on the
- * Postgres driver, whose tables hold the audit log.
+ * Adding a driver: implement `Store`, build the service with `make(store)`, and run
+ * `ResourceLimiterConformance` from `@chunkwise/testing` against it. `RedisResourceLimiter` in
+ * `@chunkwise/adapters-redis` is one: one Lua script per operation on Redis `TIME` (D18; its module
+ * doc says why `@effect/experimental`'s RateLimiter did not fit).
  *
  * @since 0.1.0
  */

@@ -3,13 +3,14 @@
  * processes. Measured by what the database saw (each chunk's interval on its clock, inside the chunk
  * transaction) and by the grants the limiter reported on that clock, never by wall-clock assertions.
  */
+import { ResourceLimiterConformance } from "@chunkwise/testing"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { type Context, type Duration, Effect, Layer, Logger, LogLevel, type Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { PgResourceLimiter, PgStateStore, ResourceLimiter, Runner, type StateStore, Worker } from "../src/index.js"
-import { createLimitTables, grants, limitedJob, overlaps, workerStack, worstExcess } from "./limitsFixtures.js"
+import { createLimitTables, grants, limitedJob, overlaps, workerStack } from "./limitsFixtures.js"
 import { awaitRun, freshSchema, liveWorker, pgClient, withSchemas } from "./pg.js"
 
 /** The store and limiter an operator (or the runner) uses, on the test's own pool. */
@@ -96,7 +97,8 @@ describe("PgResourceLimiter on real Postgres", () => {
           expect(granted).toHaveLength(48)
           // Demand was far above the rate: most chunks waited for their token.
           expect(granted.filter((g) => g.waitedMs > 0).length).toBeGreaterThan(30)
-          expect(worstExcess(granted.map((g) => g.grantedAt), rate, burst)).toBeLessThanOrEqual(tolerance)
+          expect(ResourceLimiterConformance.worstExcess(granted.map((g) => g.grantedAt), rate, burst))
+            .toBeLessThanOrEqual(tolerance)
           // What the database saw: by each chunk's start, at most burst + rate × (time since the bucket was
           // made, full) chunks had started; a chunk never starts before its token is due.
           const sql = yield* SqlClient.SqlClient
@@ -282,7 +284,8 @@ describe("resource limits across two worker processes", () => {
           expect(most(rows)).toBeLessThanOrEqual(2)
           const granted = yield* grants(app)
           expect(granted).toHaveLength(48)
-          expect(worstExcess(granted.map((g) => g.grantedAt), rate, burst)).toBeLessThanOrEqual(tolerance)
+          expect(ResourceLimiterConformance.worstExcess(granted.map((g) => g.grantedAt), rate, burst))
+            .toBeLessThanOrEqual(tolerance)
           for (const child of children) child.kill("SIGTERM")
           expect(yield* Effect.forEach(children, exited)).toEqual([0, 0])
         })

@@ -3,11 +3,11 @@
  * expiring permits, cached limits that follow an operator's change, the audit log, bad settings; and
  * workers on the in-memory engine whose steps share a capped resource.
  */
+import { ResourceLimiterConformance } from "@chunkwise/testing"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Effect, Exit, Fiber, Layer, Metric, Schema, Scope, TestClock } from "effect"
 import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
-import { worstExcess } from "./limitsFixtures.js"
 
 const holder = (unit: string): ResourceLimiter.Holder => ({
   runId: "run_1",
@@ -69,7 +69,7 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
         900,
         1000
       ])
-      expect(worstExcess(started, 10, 2)).toBeLessThanOrEqual(1e-9)
+      expect(ResourceLimiterConformance.worstExcess(started, 10, 2)).toBeLessThanOrEqual(1e-9)
       expect((yield* limiter.waits({})).waits).toEqual([])
       const seconds = yield* Metric.value(rateSeconds)
       expect(seconds.count - before.count).toBeCloseTo(0.1 + 0.2 + 0.3 + 0.4 + 0.5 + 0.6 + 0.7 + 0.8 + 0.9 + 1.0, 6)

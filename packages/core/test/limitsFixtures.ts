@@ -102,18 +102,3 @@ export const grants = (app: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql<{ readonly grantedAt: number; readonly waitedMs: number }>`
       select granted_at as "grantedAt", waited_ms as "waitedMs" from ${sql(app)}.grants order by granted_at`)
-
-/**
- * The worst excess of permits over `rate × length + burst` across every window [a, b] of the sorted
- * times (ms): at most 0 when the limit held. `slack` absorbs float rounding.
- */
-export const worstExcess = (times: ReadonlyArray<number>, rate: number, burst: number): number => {
-  const sorted = [...times].sort((a, b) => a - b)
-  let worst = -Infinity
-  for (let i = 0; i < sorted.length; i++) {
-    for (let j = i; j < sorted.length; j++) {
-      worst = Math.max(worst, j - i + 1 - (rate * (sorted[j]! - sorted[i]!)) / 1000 - burst)
-    }
-  }
-  return worst
-}

@@ -247,7 +247,8 @@ export const suite = (name: string, options: Options): void => {
           ["primary at 95% CPU", { chunksPerSecond: 40 }, { chunksPerSecond: 40, inFlight: 4 }]
         ])
         expect(history[2]!.actor).toBe("ops")
-        expect(history[2]!.at).toBe(set.updatedAt)
+        // The audit row and the setting are written by one operation (drivers may read their clock twice).
+        expect(Math.abs(history[2]!.at - set.updatedAt)).toBeLessThan(1000)
         expect((yield* a.history({ resource: "primary-db", limit: 1 })).map((c) => c.reason)).toEqual([
           "primary at 95% CPU"
         ])
