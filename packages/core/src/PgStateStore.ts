@@ -33,7 +33,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "./StateStore.js"
-import { databaseIdentity, plannedUnit, StateStore, unitStatuses } from "./StateStore.js"
+import { databaseIdentity, emptyCounts, plannedUnit, StateStore } from "./StateStore.js"
 
 /** Options of the Postgres store. */
 export interface Options {
@@ -498,9 +498,8 @@ export const make = (options: Options = {}): Effect.Effect<
             from ${s}.units where run_id = ${runId} and kind <> 'finalize'
             group by kind, status, step_index`
           )
-          const zero = () => Object.fromEntries(unitStatuses.map((status) => [status, 0])) as Record<UnitStatus, number>
-          const counts = zero()
-          const ranges = zero()
+          const counts = emptyCounts()
+          const ranges = emptyCounts()
           const atStep: Array<number> = run.definition.steps.map(() => 0)
           let chunks = 0
           let items = 0

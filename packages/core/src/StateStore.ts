@@ -50,6 +50,10 @@ export const unitStatuses: ReadonlyArray<UnitStatus> = [
   "cancelled"
 ]
 
+/** A count per unit status, all zero: what progress counts start from. */
+export const emptyCounts = (): Record<UnitStatus, number> =>
+  Object.fromEntries(unitStatuses.map((status) => [status, 0])) as Record<UnitStatus, number>
+
 /**
  * A partition's main unit; one key range of a split step (it runs that step only, then joins its
  * partition); or the unit that runs the job's completion hook.

@@ -470,7 +470,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               }
               range = decoded.right
             } else if (chunkSeq === 0 && encodedCursor === null) {
-              const split = yield* splitAt(job, claimed, entry, step.name, step.split, stepIndex, attempt, params)
+              const split = yield* splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
+                job: job.name,
+                runId: lease.runId,
+                params,
+                partition,
+                step: step.name
+              })
               if (split._tag === "end") return split.ending
               if (split.value === "split") {
                 yield* kickFeeder
@@ -631,19 +637,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       job: Job.Any,
       { lease, unit }: Claimed,
       entry: Active,
-      stepName: string,
       splitter: Step.Splitter<unknown, unknown>,
       stepIndex: number,
       firstAttempt: number,
-      params: unknown
+      ctx: Step.SplitContext<unknown>
     ) =>
-      withRetries(job, unit, entry, firstAttempt, { step: stepName, cursor: null }, () =>
+      withRetries(job, unit, entry, firstAttempt, { step: ctx.step, cursor: null }, () =>
         Effect.gen(function*() {
-          const partition = { key: unit.partitionKey, weight: unit.weight }
           const invalid = (problem: string) =>
-            new Errors.InvalidSplit({ step: stepName, partition: partition.key, problem })
-          const asked = yield* splitter.ranges({ job: job.name, runId: lease.runId, params, partition, step: stepName })
-          const checked = Step.checkRanges(asked)
+            new Errors.InvalidSplit({ step: ctx.step, partition: ctx.partition.key, problem })
+          const checked = Step.checkRanges(yield* splitter.ranges(ctx))
           if (checked._tag === "Problem") return yield* invalid(checked.problem)
           if (checked.ranges.length === 1) return "whole" as const
           const encoded = yield* Effect.forEach(checked.ranges, (range) =>
@@ -664,7 +667,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             }))
           })
           yield* Effect.logDebug("chunkwise: partition split into ranges").pipe(
-            Effect.annotateLogs({ job: job.name, runId: lease.runId, partition: partition.key, ranges: encoded.length })
+            Effect.annotateLogs({
+              job: job.name,
+              runId: lease.runId,
+              partition: ctx.partition.key,
+              ranges: encoded.length
+            })
           )
           return "split" as const
         }).pipe(provideJobContext))

@@ -29,6 +29,7 @@ export interface Hit {
 /** One execution of a step's effect (a chunk, a single step) from start to end. */
 export interface Execution {
   readonly worker: string
+  /** The partition key; for a range unit of a split step, `<key> range {"from":…,"to":…}`. */
   readonly partition: string
   readonly step: string
   readonly chunkSeq: number
@@ -271,7 +272,7 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
                 unit.kind === "finalize"
                   ? ""
                   : unit.kind === "range"
-                  ? `${unit.partitionKey} range ${unit.unitId.slice(unit.unitId.lastIndexOf(".") + 1)}`
+                  ? `${unit.partitionKey} range ${JSON.stringify(unit.range)}`
                   : unit.partitionKey
               ),
             finishing,

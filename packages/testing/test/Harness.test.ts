@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { Engine, Fault, Guarantees, Harness } from "../src/index.js"
-import { counting, observeCounts, splitting } from "./jobs.js"
+import { counting, observeCounts } from "./jobs.js"
 
 const engine = Engine.memory()
 
@@ -98,7 +98,7 @@ describe("Harness on the in-memory engine", () => {
       Effect.gen(function*() {
         const trial = yield* Harness.run({
           engine,
-          job: splitting({ partitions: 3, items: 12, chunkSize: 2, rangeSize: 4 }),
+          job: counting({ partitions: 3, items: 12, chunkSize: 2, mode: "chunk", rangeSize: 4 }),
           params: { label: "split" },
           workers: 2,
           observe: observeCounts
@@ -131,7 +131,7 @@ describe("Harness on the in-memory engine", () => {
       Effect.gen(function*() {
         const report = yield* Harness.explore({
           engine,
-          job: splitting({ partitions: 2, items: 4, chunkSize: 2, rangeSize: 2, splitAbove: 0 }),
+          job: counting({ partitions: 2, items: 4, chunkSize: 2, mode: "chunk", rangeSize: 2 }),
           params: { label: "explore-split" },
           observe: observeCounts,
           kinds: ["kill", "interrupt"]

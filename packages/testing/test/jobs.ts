@@ -12,12 +12,17 @@ const bump = (table: string, key: string) =>
       Effect.flatMap(db.get(table, key), (seen) => db.put(table, key, Option.getOrElse(seen, () => 0) as number + 1))
   )
 
-/** `partitions` partitions × `items` items, applied `chunkSize` at a time, then a summary per partition. */
+/**
+ * `partitions` partitions × `items` items, applied `chunkSize` at a time, then a summary per partition.
+ * With `rangeSize`, the apply step splits every partition into ranges of that many item indexes; each
+ * range applies its items only.
+ */
 export const counting = (options: {
   readonly partitions: number
   readonly items: number
   readonly chunkSize: number
   readonly mode: "chunk" | "none"
+  readonly rangeSize?: number
 }) =>
   Job.make({
     name: `counting-${options.mode}`,
@@ -29,11 +34,23 @@ export const counting = (options: {
         start: { next: 0 },
         chunkSize: options.chunkSize,
         transaction: options.mode,
+        split: options.rangeSize === undefined ? undefined : {
+          key: Schema.Number,
+          ranges: () =>
+            Effect.succeed(Step.rangesAt(
+              Array.from(
+                { length: Math.ceil(options.items / options.rangeSize!) - 1 },
+                (_, i) => (i + 1) * options.rangeSize!
+              )
+            ))
+        },
         process: (ctx) =>
           Effect.gen(function*() {
-            const end = Math.min(ctx.cursor.next + ctx.chunkSize, options.items)
-            for (let i = ctx.cursor.next; i < end; i++) yield* bump("applied", `${ctx.partition.key}-${i}`)
-            return Step.advance(end >= options.items ? Step.done : { next: end }, end - ctx.cursor.next)
+            const from = Math.max(ctx.cursor.next, ctx.range.from ?? 0)
+            const last = Math.min(ctx.range.to ?? options.items, options.items)
+            const end = Math.min(from + ctx.chunkSize, last)
+            for (let i = from; i < end; i++) yield* bump("applied", `${ctx.partition.key}-${i}`)
+            return Step.advance(end >= last ? Step.done : { next: end }, end - from)
           })
       }),
       step.single("summarise", {
@@ -42,59 +59,6 @@ export const counting = (options: {
       })
     ],
     concurrency: { perWorker: 2 },
-    onComplete: (ctx) => ctx.outcome === "succeeded" ? bump("completions", "run") : Effect.void
-  })
-
-/**
- * Like `counting`, but the apply step splits every partition with more than `splitAbove` items into
- * ranges of `rangeSize` item indexes; each range applies its items only.
- */
-export const splitting = (options: {
-  readonly partitions: number
-  readonly items: number
-  readonly chunkSize: number
-  readonly rangeSize: number
-  readonly splitAbove?: number
-}) =>
-  Job.make({
-    name: "splitting",
-    params: Schema.Struct({ label: Schema.String }),
-    partitions: () => Array.from({ length: options.partitions }, (_, i) => ({ key: `p${i}`, weight: i + 1 })),
-    steps: (step) => [
-      step.chunked("apply", {
-        cursor: Schema.Struct({ next: Schema.Number }),
-        start: { next: 0 },
-        chunkSize: options.chunkSize,
-        transaction: "chunk",
-        split: {
-          key: Schema.Number,
-          ranges: () =>
-            Effect.succeed(
-              options.items > (options.splitAbove ?? 0)
-                ? Step.rangesAt(
-                  Array.from(
-                    { length: Math.ceil(options.items / options.rangeSize) - 1 },
-                    (_, i) => (i + 1) * options.rangeSize
-                  )
-                )
-                : [Step.everything]
-            )
-        },
-        process: (ctx) =>
-          Effect.gen(function*() {
-            const from = Math.max(ctx.cursor.next, ctx.range.from ?? 0)
-            const to = Math.min(ctx.range.to ?? options.items, options.items, from + ctx.chunkSize)
-            for (let i = from; i < to; i++) yield* bump("applied", `${ctx.partition.key}-${i}`)
-            const last = Math.min(ctx.range.to ?? options.items, options.items)
-            return Step.advance(to >= last ? Step.done : { next: to }, to - from)
-          })
-      }),
-      step.single("summarise", {
-        transaction: "chunk",
-        run: (ctx) => bump("summaries", ctx.partition.key)
-      })
-    ],
-    concurrency: { perWorker: 3 },
     onComplete: (ctx) => ctx.outcome === "succeeded" ? bump("completions", "run") : Effect.void
   })
 

@@ -17,13 +17,11 @@ import type {
   UnitRecord,
   UnitStatus
 } from "../StateStore.js"
-import { isTerminalRun, isTerminalUnit, plannedUnit, unitStatuses } from "../StateStore.js"
+import { emptyCounts, isTerminalRun, isTerminalUnit, plannedUnit } from "../StateStore.js"
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 type Run = Mutable<RunRecord>
 type Unit = Mutable<UnitRecord>
-
-const zeroCounts = () => Object.fromEntries(unitStatuses.map((s) => [s, 0])) as Record<UnitStatus, number>
 
 /**
  * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
@@ -242,8 +240,8 @@ export const make = Effect.sync(() => {
 
     progress: (runId) =>
       Effect.map(findRun(runId), (run) => {
-        const counts = zeroCounts()
-        const ranges = zeroCounts()
+        const counts = emptyCounts()
+        const ranges = emptyCounts()
         const atStep: Array<number> = run.definition.steps.map(() => 0)
         let chunks = 0
         let items = 0
@@ -517,11 +515,12 @@ export const make = Effect.sync(() => {
         unit.finishedAt = at
         // A range that fails fails its partition at once: the partition is what operators and budgets count.
         const parent = unit.parentUnitId === null ? undefined : unitsOf(run.runId).get(unit.parentUnitId)
-        if (parent !== undefined && parent.status === "waiting") {
+        const partitionFailed = parent === undefined ? unit.kind === "partition" : parent.status === "waiting"
+        if (parent !== undefined && partitionFailed) {
           fence(parent, "failed", at)
           parent.lastErrorTag = disposition.errorTag
         }
-        if ((unit.kind === "partition" || parent !== undefined) && run.status === "running") {
+        if (partitionFailed && run.status === "running") {
           const failed = partitionsOf(run.runId).filter((u) => u.status === "failed").length
           if (failed > run.failureBudget) {
             run.status = "failing"
