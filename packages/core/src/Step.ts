@@ -144,8 +144,10 @@ export const checkRanges = (
         )
       }
       if (end !== null) {
-        if (kind !== undefined && typeof end !== kind) return problem(`range ${showRange(range)} mixes key types`)
-        kind = typeof end
+        // Dates compare by their time, so keep them apart from numbers by their own kind.
+        const endKind = (i === 0 ? range.from : range.to) instanceof Date ? "date" : typeof end
+        if (kind !== undefined && endKind !== kind) return problem(`range ${showRange(range)} mixes key types`)
+        kind = endKind
       }
     }
     const [from, to] = ends as [End, End]

@@ -75,6 +75,9 @@ describe("range-split partitions", () => {
       /\[5, 5\) is empty or reversed/
     )
     expect(problem([{ from: null, to: 5 }, { from: 5, to: "x" }, { from: "x", to: null }])).toMatch(/mixes key types/)
+    expect(problem([{ from: null, to: 5 }, { from: 5, to: new Date(10) }, { from: new Date(10), to: null }])).toMatch(
+      /mixes key types/
+    )
     expect(problem([{ from: null, to: Number.NaN }, { from: Number.NaN, to: null }])).toMatch(/does not compare/)
     expect(problem(Array.from({ length: Step.MAX_RANGES + 1 }, () => Step.everything))).toMatch(/more than 1000/)
   })
