@@ -3,6 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Schema, type Scope } from "effect"
 import pg from "pg"
 import { Job, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { migrations } from "../src/internal/pgMigrations.js"
 import {
   applied,
   awaitRun,
@@ -280,7 +281,9 @@ describe("PgStateStore on real Postgres", () => {
       const sql = yield* SqlClient.SqlClient
       yield* Effect.all(Array.from({ length: 6 }, () => PgStateStore.migrate({ schema })), { concurrency: "unbounded" })
       const rows = yield* sql`select migration_id from ${sql(schema)}.chunkwise_migrations`
-      expect(rows).toEqual([1, 2, 3, 4, 5, 6, 7].map((migration_id) => ({ migration_id })))
+      const known = Object.keys(migrations(schema)).map((name) => ({ migration_id: Number.parseInt(name) }))
+      expect(rows).toEqual(known)
+      expect(known.length).toBeGreaterThanOrEqual(8)
       yield* sql`insert into ${sql(schema)}.chunkwise_migrations (migration_id, name) values (99, 'future')`
       const error = yield* Effect.flip(PgStateStore.migrate({ schema }))
       expect(error.message).toContain("newer than this code knows")

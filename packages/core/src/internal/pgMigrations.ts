@@ -323,5 +323,69 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
       create index units_ranges on ${s}.units (run_id, parent_unit_id, generation)
       where parent_unit_id is not null`
     yield* sql`create index units_waiting on ${s}.units (run_id) where status = 'waiting'`
+  }),
+  "8_quarantine": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Item-level skips (D17): the ledger keeps each chunk's item count, so a skip budget in percent has
+    // its denominator per step; commit_chunk as in 4, plus the count.
+    yield* sql`alter table ${s}.ledger add column items bigint not null default 0`
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit and fencing_token = p_token and lease_owner = p_worker
+          and status = 'leased' and lease_expires_at > clock_timestamp()
+          and step_index = p_from_step and chunk_seq = p_from_seq;
+        if not found then
+          return null;
+        end if;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+        values (p_run, p_unit, p_key, p_step, p_from_seq, p_items)
+        on conflict do nothing;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
+    // Items a chunk set aside, one row per (run, step, partition, item id): the item encoded with the
+    // step's item schema, the error and its runbook, and the chunk's start cursor and key range so that
+    // an operator's re-run can hand the item to the step's write as it first saw it.
+    yield* sql`
+      create table ${s}.quarantine (
+        run_id         text not null references ${s}.runs (run_id) on delete cascade,
+        step           text not null,
+        partition_key  text not null,
+        item_id        text not null,
+        unit_id        text not null,
+        item           jsonb not null,
+        cursor         jsonb,
+        range          jsonb,
+        error_tag      text not null,
+        message        text not null,
+        runbook_id     text not null,
+        status         text not null default 'quarantined',
+        attempts       integer not null default 1,
+        quarantined_at timestamptz not null default clock_timestamp(),
+        updated_at     timestamptz not null default clock_timestamp(),
+        primary key (run_id, step, partition_key, item_id)
+      )`
+    yield* sql`create index quarantine_status on ${s}.quarantine (run_id, status)`
   })
 })
