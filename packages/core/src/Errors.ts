@@ -102,6 +102,40 @@ export class InvalidSplit extends Schema.TaggedError<InvalidSplit>()("InvalidSpl
   }
 }
 
+/** A chunk set aside more items than a skip budget allows: the chunk rolled back and the partition failed. */
+export class SkipBudgetExceeded extends Schema.TaggedError<SkipBudgetExceeded>()("SkipBudgetExceeded", {
+  step: Schema.String,
+  partition: Schema.String,
+  /** `partition`: the step's budget for one partition; `run`: the job's budget for the whole run. */
+  scope: Schema.Literal("partition", "run"),
+  /** Items set aside with this chunk's, in the scope. */
+  skipped: Schema.Number,
+  /** Items the budget allows now (a percentage turned into a count of the items handled so far). */
+  allowed: Schema.Number,
+  /** The budget as declared, e.g. `10` or `"0.5%"`. */
+  budget: Schema.String,
+  /** Ids of the items this chunk would have set aside (at most 10) and the first one's error. */
+  items: Schema.Array(Schema.String),
+  error: Schema.String
+}) {
+  override get message() {
+    return `step "${this.step}" of partition "${this.partition}" would set aside ${this.skipped} items in the ` +
+      `${this.scope}, over its skip budget of ${this.budget} (${this.allowed} now); this chunk's items: ` +
+      `${this.items.join(", ")}; first error: ${this.error}`
+  }
+}
+
+/** A quarantined item could not be written again: its step no longer sets items aside, or it no longer decodes. */
+export class ItemNotRerun extends Schema.TaggedError<ItemNotRerun>()("ItemNotRerun", {
+  step: Schema.String,
+  item: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `quarantined item ${this.item} of step "${this.step}" was not written again: ${this.reason}`
+  }
+}
+
 /** A unit's executions died (no clean release) too many times without progress. */
 export class CrashLoop extends Schema.TaggedError<CrashLoop>()("CrashLoop", {
   crashes: Schema.Number,

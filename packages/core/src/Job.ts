@@ -8,6 +8,7 @@ import { Effect, Either, ParseResult, Schema, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { canonicalJson, stableId } from "./internal/hash.js"
 import * as JobDefinition from "./JobDefinition.js"
+import * as Quarantine from "./Quarantine.js"
 import * as Runbook from "./Runbook.js"
 import * as Step from "./Step.js"
 
@@ -61,6 +62,12 @@ export interface Options<P, PI, Steps extends ReadonlyArray<Step.Step<P, any>>, 
   } | undefined
   /** Past this many failed partitions (a count, or a percentage like `"1%"`) the run fails fast. Default: no limit. */
   readonly failureBudget?: FailureBudget | undefined
+  /**
+   * Items the whole run may set aside (steps with `skip`): a count, or a percentage of the items the
+   * run has handled so far. A chunk that would go over it fails its partition. Default: only the
+   * steps' own budgets.
+   */
+  readonly skipBudget?: { readonly items: Quarantine.Budget } | undefined
   /** Runs once per terminal outcome (succeeded or failed; not on cancel), as its own fenced unit. */
   readonly onComplete?: ((ctx: CompletionContext<P>) => Effect.Effect<void, unknown, RC>) | undefined
   /** A unit whose workers die this many times without progress fails with `CrashLoop` (default 3). */
@@ -78,6 +85,8 @@ export interface Job<P, R> {
   readonly runbooks: ReadonlyMap<string, Runbook.Runbook>
   readonly concurrency: { readonly perWorker: number; readonly total: number | undefined }
   readonly failureBudget: FailureBudget | undefined
+  /** Items the run may set aside, across its partitions and steps. */
+  readonly skipBudget: Quarantine.Limit | undefined
   readonly onComplete: ((ctx: CompletionContext<P>) => Effect.Effect<void, unknown, R>) | undefined
   readonly maxCrashes: number
   readonly definition: JobDefinition.JobDefinition
@@ -190,6 +199,9 @@ export const make = <
   positiveInt(name, "concurrency.total", options.concurrency?.total)
   positiveInt(name, "maxCrashes", options.maxCrashes)
   if (options.failureBudget !== undefined) budgetOf(name, options.failureBudget)
+  const skipBudget = options.skipBudget === undefined
+    ? undefined
+    : Quarantine.limitOf(`Job "${name}": skipBudget.items`, options.skipBudget.items)
 
   const runbooks = new Map<string, Runbook.Runbook>()
   const ids = new Set<string>()
@@ -206,6 +218,17 @@ export const make = <
     if (ids.has(runbook.id)) fail(name, `runbook id "${runbook.id}" is used twice`)
     runbooks.set(runbook.tag, runbook)
     ids.add(runbook.id)
+  }
+  for (const step of steps) {
+    for (const tag of step._tag === "Chunked" ? step.skip?.tags ?? [] : []) {
+      if (!(options.errors ?? []).some((r) => r.runbook.tag === tag)) {
+        fail(
+          name,
+          `step "${step.name}" sets aside items that fail with "${tag}", which is not in errors; register it ` +
+            `with Runbook.make so each quarantined item carries its runbook`
+        )
+      }
+    }
   }
 
   const definition: JobDefinition.JobDefinition = {
@@ -235,6 +258,7 @@ export const make = <
     runbooks,
     concurrency: { perWorker: options.concurrency?.perWorker ?? 4, total: options.concurrency?.total },
     failureBudget: options.failureBudget,
+    skipBudget,
     onComplete: options.onComplete as Job<P, R>["onComplete"],
     maxCrashes: options.maxCrashes ?? 3,
     definition,

@@ -9,8 +9,12 @@
  */
 import { Context, Effect, FiberRef, Option } from "effect"
 
-/** Pending writes of one chunk transaction: `undefined` value = delete. */
+/**
+ * Pending writes of one chunk transaction: `undefined` value = delete. A probe's write set (a savepoint
+ * that is always rolled back, D17) has the chunk's as `parent`: it reads through to it and is dropped.
+ */
 export class WriteSet {
+  constructor(readonly parent?: WriteSet | undefined) {}
   readonly writes = new Map<string, Map<string, unknown>>()
   set(table: string, key: string, value: unknown) {
     let rows = this.writes.get(table)
@@ -24,7 +28,11 @@ export class WriteSet {
     const rows = this.writes.get(table)
     return rows !== undefined && rows.has(key)
       ? { found: true, value: rows.get(key) }
-      : { found: false, value: undefined }
+      : this.parent?.lookup(table, key) ?? { found: false, value: undefined }
+  }
+  /** This set's writes to `table` over its parents', oldest first. */
+  pending(table: string): ReadonlyArray<readonly [string, unknown]> {
+    return [...(this.parent?.pending(table) ?? []), ...(this.writes.get(table) ?? [])]
   }
 }
 
@@ -91,7 +99,7 @@ export const make = (): MemoryDatabaseShape => {
     rows: (name) =>
       Effect.map(FiberRef.get(currentWriteSet), (writeSet) => {
         const merged = new Map(table(name))
-        for (const [key, value] of writeSet?.writes.get(name) ?? []) {
+        for (const [key, value] of writeSet?.pending(name) ?? []) {
           if (value === undefined) merged.delete(key)
           else merged.set(key, value)
         }

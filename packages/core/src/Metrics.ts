@@ -15,6 +15,12 @@ export const items = Metric.counter("chunkwise_items_total", {
   incremental: true
 })
 
+/** Items set aside (quarantined) by chunks and by re-runs, by job, step and error tag. */
+export const itemsQuarantined = Metric.counter("chunkwise_items_quarantined_total", {
+  description: "Items set aside into the quarantine",
+  incremental: true
+})
+
 /** Failures, by error tag. */
 export const failures = Metric.counter("chunkwise_failures_total", {
   description: "Step failures by error tag",

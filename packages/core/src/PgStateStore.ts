@@ -18,10 +18,12 @@ import * as Errors from "./Errors.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
 import type { JobDefinition } from "./JobDefinition.js"
+import * as Quarantine from "./Quarantine.js"
 import type * as Runbook from "./Runbook.js"
 import type {
   Actor,
   AuditEntry,
+  ChunkCommit,
   ClaimResult,
   FailureRecord,
   JoinOutcome,
@@ -345,6 +347,105 @@ export const make = (options: Options = {}): Effect.Effect<
           and c.status in ('pending', 'leased')`
 
     /** Re-opens a finished (or finalizing) run for another round; cancels its pending finalize unit. */
+    /**
+     * A chunk's quarantine changes, after its compare-and-set in the same transaction (D17): items set
+     * aside are upserted, a re-run's resolved ones marked, then the budgets are checked with this chunk
+     * counted. Chunks that set items aside take a lock per run first, so two of them never both pass a
+     * budget that only one fits in.
+     */
+    const recordQuarantine = (commit: ChunkCommit, change: NonNullable<ChunkCommit["quarantine"]>) =>
+      Effect.gen(function*() {
+        const { lease, step } = commit
+        if (change.budgets !== undefined && change.items.length > 0) {
+          yield* sql`select pg_advisory_xact_lock(hashtextextended(${`chunkwise.quarantine:${schema}:${lease.runId}`}, 0))`
+        }
+        if (change.items.length > 0) {
+          yield* sql`
+            insert into ${s}.quarantine (run_id, step, partition_key, item_id, unit_id, item, cursor, range, error_tag,
+              message, runbook_id)
+            select u.run_id, ${step}, u.partition_key, x.item_id, u.unit_id, coalesce(x.item, 'null'::jsonb),
+              ${change.cursor === null ? null : JSON.stringify(change.cursor)}::jsonb,
+              ${
+            change.range === null ? null : JSON.stringify(change.range)
+          }::jsonb, x.error_tag, x.message, x.runbook_id
+            from ${s}.units u, jsonb_to_recordset(${
+            JSON.stringify(change.items.map((i) => ({
+              item_id: i.itemId,
+              item: i.item,
+              error_tag: i.errorTag,
+              message: i.message,
+              runbook_id: i.runbookId
+            })))
+          }::jsonb) as x(item_id text, item jsonb, error_tag text, message text, runbook_id text)
+            where u.run_id = ${lease.runId} and u.unit_id = ${lease.unitId}
+            on conflict (run_id, step, partition_key, item_id) do update set status = 'quarantined',
+              attempts = ${s}.quarantine.attempts + 1, item = excluded.item, error_tag = excluded.error_tag,
+              message = excluded.message, runbook_id = excluded.runbook_id, updated_at = clock_timestamp()`
+        }
+        if (change.resolved !== undefined && change.resolved.length > 0) {
+          yield* sql`
+            update ${s}.quarantine q set status = 'resolved', updated_at = clock_timestamp()
+            from ${s}.units u
+            where u.run_id = ${lease.runId} and u.unit_id = ${lease.unitId} and q.run_id = u.run_id
+              and q.step = ${step} and q.partition_key = u.partition_key and q.item_id in ${sql.in(change.resolved)}
+              and q.status = 'retry'`
+        }
+        if (change.budgets === undefined || change.items.length === 0) return
+        const [counts] = yield* sql<Row>`
+          with me as (
+            select partition_key, coalesce(parent_unit_id, unit_id) as partition_unit from ${s}.units
+            where run_id = ${lease.runId} and unit_id = ${lease.unitId})
+          select
+            (select count(*) from ${s}.quarantine q, me where q.run_id = ${lease.runId} and q.step = ${step}
+              and q.partition_key = me.partition_key and q.status in ('quarantined', 'retry'))::text as "partitionSkipped",
+            (select coalesce(sum(l.items), 0) from ${s}.ledger l, me where l.run_id = ${lease.runId} and l.step = ${step}
+              and l.unit_id in (select unit_id from ${s}.units where run_id = ${lease.runId}
+                and (unit_id = me.partition_unit or parent_unit_id = me.partition_unit)))::text as "partitionHandled",
+            (select count(*) from ${s}.quarantine where run_id = ${lease.runId}
+              and status in ('quarantined', 'retry'))::text as "runSkipped",
+            (select coalesce(sum(items), 0) from ${s}.units where run_id = ${lease.runId})::text as "runHandled",
+            (select partition_key from me) as "partitionKey"`
+        const checks = [
+          {
+            scope: "partition" as const,
+            limit: change.budgets.partition,
+            skipped: num(counts!["partitionSkipped"]),
+            handled: num(counts!["partitionHandled"])
+          },
+          ...(change.budgets.run === undefined ? [] : [{
+            scope: "run" as const,
+            limit: change.budgets.run,
+            skipped: num(counts!["runSkipped"]),
+            handled: num(counts!["runHandled"])
+          }])
+        ]
+        for (const check of checks) {
+          const allowed = Quarantine.allowed(check.limit, check.handled)
+          if (check.skipped > allowed) {
+            return yield* Quarantine.budgetExceeded({
+              ...check,
+              allowed,
+              step,
+              partition: counts!["partitionKey"] as string,
+              items: change.items
+            })
+          }
+        }
+      })
+
+    /** The SQL condition of a quarantine filter on `q`. */
+    const quarantineFilter = (filter: Quarantine.Filter) =>
+      sql.and([
+        sql`true`,
+        ...(filter.step === undefined ? [] : [sql`q.step = ${filter.step}`]),
+        ...(filter.partitions === undefined ? [] : [
+          filter.partitions.length === 0 ? sql`false` : sql`q.partition_key in ${sql.in(filter.partitions)}`
+        ]),
+        ...(filter.status === undefined ? [] : [
+          filter.status.length === 0 ? sql`false` : sql`q.status in ${sql.in(filter.status)}`
+        ])
+      ])
+
     const reopen = (runId: string) =>
       Effect.gen(function*() {
         yield* sql`
@@ -406,6 +507,15 @@ export const make = (options: Options = {}): Effect.Effect<
           )
         )
       },
+
+      probe: (effect) =>
+        Effect.gen(function*() {
+          yield* op("probe", sql`savepoint chunkwise_probe`)
+          const exit = yield* Effect.exit(effect)
+          yield* op("probe", sql`rollback to savepoint chunkwise_probe`)
+          yield* op("probe", sql`release savepoint chunkwise_probe`)
+          return exit
+        }),
 
       transaction: (effect) =>
         client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(
@@ -513,12 +623,19 @@ export const make = (options: Options = {}): Effect.Effect<
               ranges[status] += n
               continue
             }
+            if (row["kind"] === "items") continue
             counts[status] += n
             if ((status === "pending" || status === "leased" || status === "waiting") && stepIndex < atStep.length) {
               atStep[stepIndex]! += n
             }
           }
-          return { run, units: counts, atStep, ranges, chunks, items }
+          const held = Quarantine.emptyCounts()
+          const quarantined = yield* op(
+            "progress",
+            sql<Row>`select status, count(*)::text as n from ${s}.quarantine where run_id = ${runId} group by status`
+          )
+          for (const row of quarantined) held[row["status"] as Quarantine.Status] += num(row["n"])
+          return { run, units: counts, atStep, ranges, quarantine: held, chunks, items }
         }),
 
       listUnits: (runId, { limit, status }) =>
@@ -789,7 +906,10 @@ export const make = (options: Options = {}): Effect.Effect<
                 ${commit.unitDone}, ${commit.idempotencyKey}, ${commit.step}, ${commit.leaseMs}) as status`
           )
           const status = rows[0]?.status
-          if (status !== null && status !== undefined) return { runStatus: status }
+          if (status !== null && status !== undefined) {
+            if (commit.quarantine !== undefined) yield* op("commitChunk", recordQuarantine(commit, commit.quarantine))
+            return { runStatus: status }
+          }
           // Zero rows: say why, and fail inside the transaction so the chunk's writes roll back (D3).
           const [now] = yield* op(
             "commitChunk",
@@ -1073,6 +1193,91 @@ export const make = (options: Options = {}): Effect.Effect<
             )
             return planned
           })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("retry")(e))))
+        }),
+
+      listQuarantine: (runId, options) =>
+        op(
+          "listQuarantine",
+          Effect.map(
+            sql<Row>`
+              select q.run_id as "runId", q.step, q.partition_key as "partitionKey", q.item_id as "itemId",
+                q.unit_id as "unitId", q.item, q.cursor, q.range, q.error_tag as "errorTag", q.message,
+                q.runbook_id as "runbookId", q.status, q.attempts,
+                (extract(epoch from q.quarantined_at) * 1000)::float8 as "quarantinedAt",
+                (extract(epoch from q.updated_at) * 1000)::float8 as "updatedAt"
+              from ${s}.quarantine q
+              where q.run_id = ${runId} and ${quarantineFilter(options)}
+              order by q.step, q.partition_key, q.item_id
+              limit ${options.limit}`,
+            (rows) =>
+              rows.map((row): Quarantine.Entry => ({
+                runId: row["runId"] as string,
+                step: row["step"] as string,
+                partitionKey: row["partitionKey"] as string,
+                itemId: row["itemId"] as string,
+                unitId: row["unitId"] as string,
+                item: row["item"],
+                cursor: row["cursor"] ?? null,
+                range: row["range"] ?? null,
+                errorTag: row["errorTag"] as string,
+                message: row["message"] as string,
+                runbookId: row["runbookId"] as string,
+                status: row["status"] as Quarantine.Status,
+                attempts: num(row["attempts"]),
+                quarantinedAt: num(row["quarantinedAt"]),
+                updatedAt: num(row["updatedAt"])
+              }))
+          )
+        ),
+
+      retryQuarantine: (runId, options, actor) =>
+        Effect.gen(function*() {
+          const run = yield* requireRun(runId)
+          return yield* tx(Effect.gen(function*() {
+            // Items left in 'retry' by a re-run that failed are taken again.
+            const chosen = { ...options, status: ["quarantined" as const, "retry" as const] }
+            const groups = yield* sql<Row>`
+              select q.step, q.partition_key as "partitionKey", count(*)::text as n,
+                coalesce(u.parent_unit_id, u.unit_id) as "partitionUnit"
+              from ${s}.quarantine q join ${s}.units u on u.run_id = q.run_id and u.unit_id = q.unit_id
+              where q.run_id = ${runId} and ${quarantineFilter(chosen)}
+              group by q.step, q.partition_key, coalesce(u.parent_unit_id, u.unit_id)`
+            const planned = groups.map((g) => ({
+              partitionKey: g["partitionKey"] as string,
+              step: g["step"] as string,
+              items: num(g["n"]),
+              unitId: Quarantine.itemsUnitId(g["partitionUnit"] as string, g["step"] as string)
+            })).sort((a, b) => (a.unitId < b.unitId ? -1 : 1))
+            if (options.dryRun || planned.length === 0) return planned
+            yield* sql`
+              update ${s}.quarantine q set status = 'retry', updated_at = clock_timestamp()
+              where q.run_id = ${runId} and ${quarantineFilter(chosen)}`
+            const made = planned.map((p) => ({
+              unit_id: p.unitId,
+              partition_key: p.partitionKey,
+              step_index: run.definition.steps.findIndex((step) => step.name === p.step)
+            }))
+            // A unit already pending will find the new items itself; any other (leased, ended) starts again,
+            // fenced, so a worker finishing it now cannot leave items in 'retry' with nobody to run them.
+            yield* sql`
+              insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight, step_index)
+              select ${runId}, x.unit_id, ${run.job}, 'items', x.partition_key, 0, x.step_index
+              from jsonb_to_recordset(${
+              JSON.stringify(made)
+            }::jsonb) as x(unit_id text, partition_key text, step_index integer)
+              on conflict (run_id, unit_id) do update set status = 'pending',
+                fencing_token = ${s}.units.fencing_token + 1, lease_owner = null, lease_expires_at = null, attempt = 1,
+                crashes_since_progress = 0, retry_at = null, enqueued_at = null, finished_at = null,
+                last_error_tag = null, step_index = excluded.step_index, cursor = null, chunk_seq = 0,
+                generation = ${s}.units.generation + 1
+              where ${s}.units.status <> 'pending'`
+            yield* sql`
+              update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+              where run_id = ${runId} and unit_id in ${sql.in(made.map((m) => m.unit_id))}`
+            yield* reopen(runId)
+            yield* audit(runId, "quarantine-retry", actor, { filter: options, planned })
+            return planned
+          })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("retryQuarantine")(e))))
         }),
 
       skip: (runId, selection, actor) =>

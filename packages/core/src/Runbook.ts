@@ -200,6 +200,34 @@ export const builtins: ReadonlyArray<Registration> = [
       "Deploy, then `chunkwise retry <run> --partition <key>`."
     ]
   }),
+  builtin(Errors.SkipBudgetExceeded, {
+    title: "A step set aside more bad items than its skip budget allows",
+    severity: "ticket",
+    meaning: "The step's write failed for more items of one partition (or of the whole run) than the skip " +
+      "budget allows. The chunk that went over rolled back, so nothing of it committed, and the partition " +
+      "failed; its earlier chunks and their quarantined items stay committed.",
+    steps: [
+      "See what was set aside: `chunkwise quarantine <run> --partition <key>`, and this chunk's items in " +
+      "`chunkwise failures <run>`.",
+      "If the data is bad, fix it at the source; if the code is, fix and deploy it. If the budget is too " +
+      "tight for this data, raise `skip.budget` (or the job's `skipBudget`) and deploy.",
+      "Then `chunkwise retry <run> --partition <key>`, and `chunkwise quarantine retry <run>` for the items " +
+      "already set aside."
+    ]
+  }),
+  builtin(Errors.ItemNotRerun, {
+    title: "A quarantined item could not be written again",
+    severity: "ticket",
+    meaning: "An operator asked to re-run quarantined items, but this item could not be handed to the step's " +
+      "write: the deployed step no longer declares `skip` (its item schema), or the stored item does not " +
+      "decode with today's item schema. The item stays quarantined with this error; nothing was written.",
+    steps: [
+      "Read the reason: `chunkwise quarantine <run> --step <step>`.",
+      "Deploy code whose step declares `skip` with an item schema that decodes the stored item (keep the " +
+      "old fields optional, or add a transformation from the old form).",
+      "Then `chunkwise quarantine retry <run> --step <step>` again."
+    ]
+  }),
   builtin(Errors.CrashLoop, {
     title: "A unit keeps killing its worker",
     severity: "page",

@@ -10,7 +10,8 @@ import { canonicalJson } from "./internal/hash.js"
 import { signalLocalWork } from "./internal/localWork.js"
 import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
-import type { Actor, PlannedUnit, RunProgress, RunRecord, RunStatus } from "./StateStore.js"
+import type * as Quarantine from "./Quarantine.js"
+import type { Actor, PlannedUnit, QuarantineRetry, RunProgress, RunRecord, RunStatus } from "./StateStore.js"
 import { isTerminalRun, StateStore } from "./StateStore.js"
 
 /** What `start` returns. */
@@ -202,6 +203,30 @@ export const skip = (
     StateStore,
     (store) => store.skip(runId, { partitions: options.partitions, dryRun: options.dryRun ?? false }, actor)
   )
+
+/** Lists a run's quarantined items (default: every step, partition and status; at most `limit`, 1,000). */
+export const quarantine = (
+  runId: string,
+  filter: Quarantine.Filter & { readonly limit?: number | undefined } = {}
+) => Effect.flatMap(StateStore, (store) => store.listQuarantine(runId, { ...filter, limit: filter.limit ?? 1000 }))
+
+/**
+ * Re-runs quarantined items after a fix (default: every item set aside in the run): each partition's
+ * items of a step are written again by the step's `write`, in chunks, by an `items` unit; those that
+ * write are `resolved`, the others are set aside again. Re-opens the run when it had ended. With
+ * `dryRun` nothing changes.
+ */
+export const retryQuarantine = (
+  runId: string,
+  filter: Quarantine.Filter & { readonly dryRun?: boolean | undefined },
+  actor: Actor
+): Effect.Effect<ReadonlyArray<QuarantineRetry>, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
+  Effect.gen(function*() {
+    const store = yield* StateStore
+    const planned = yield* store.retryQuarantine(runId, { ...filter, dryRun: filter.dryRun ?? false }, actor)
+    if (filter.dryRun !== true && planned.length > 0) yield* signalLocalWork
+    return planned
+  })
 
 /**
  * Waits until the run is terminal, polling the store; returns its final progress. A store that is

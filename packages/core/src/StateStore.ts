@@ -22,12 +22,14 @@
  * @since 0.1.0
  */
 import type { SqlClient } from "@effect/sql"
+import type { Exit } from "effect"
 import { Context, Effect, Layer, Option } from "effect"
 import type * as Errors from "./Errors.js"
 import * as MemoryStore from "./internal/memoryStore.js"
 import type { JobDefinition } from "./JobDefinition.js"
 import { MemoryDatabase } from "./MemoryDatabase.js"
 import type { WorkMessage } from "./Message.js"
+import type * as Quarantine from "./Quarantine.js"
 import type * as Runbook from "./Runbook.js"
 
 /** A run's lifecycle (D8): `failed | cancelled → running` only through `retry`. */
@@ -56,9 +58,10 @@ export const emptyCounts = (): Record<UnitStatus, number> =>
 
 /**
  * A partition's main unit; one key range of a split step (it runs that step only, then joins its
- * partition); or the unit that runs the job's completion hook.
+ * partition); an operator's re-run of one partition's quarantined items of one step (`items`); or the
+ * unit that runs the job's completion hook.
  */
-export type UnitKind = "partition" | "range" | "finalize"
+export type UnitKind = "partition" | "range" | "items" | "finalize"
 
 /** Statuses a run or a unit never leaves without an operator action. */
 export const isTerminalRun = (status: RunStatus): boolean =>
@@ -225,6 +228,44 @@ export interface ChunkCommit {
   readonly idempotencyKey: string
   readonly step: string
   readonly leaseMs: number
+  /** Quarantine changes that commit with this chunk (D17), when its step sets items aside. */
+  readonly quarantine?: ChunkQuarantine | undefined
+}
+
+/** What a chunk changes in the quarantine, in its commit. */
+export interface ChunkQuarantine {
+  /**
+   * Items set aside, recorded under the unit's partition and the commit's step; an item already there
+   * is set aside again (status `quarantined`, `attempts + 1`, the new error; its cursor and range kept).
+   */
+  readonly items: ReadonlyArray<Quarantine.Item>
+  /** The chunk's start cursor, encoded (`null` at the step's start). */
+  readonly cursor: unknown
+  /** The unit's key range, encoded (`null` unless the step is split). */
+  readonly range: unknown
+  /**
+   * Budgets checked after the items are counted, this chunk's items included in the items handled:
+   * over one, the commit fails with `SkipBudgetExceeded` and nothing of the chunk commits. Absent on
+   * an operator's re-run, whose items were counted when they were first set aside.
+   */
+  readonly budgets?: {
+    /** The step's budget for one partition: items set aside in the step by the partition's units. */
+    readonly partition: Quarantine.Limit
+    /** The job's budget for the run: items set aside by every step and partition. */
+    readonly run: Quarantine.Limit | undefined
+  } | undefined
+  /** A re-run: ids of the items whose `write` succeeded now (status `resolved`). */
+  readonly resolved?: ReadonlyArray<string> | undefined
+}
+
+/** One partition and step whose quarantined items an operator asked to re-run. */
+export interface QuarantineRetry {
+  readonly partitionKey: string
+  readonly step: string
+  /** Items that will be written again. */
+  readonly items: number
+  /** The unit that runs them (kind `items`). */
+  readonly unitId: string
 }
 
 /** A failure, as recorded for operators. */
@@ -261,6 +302,8 @@ export interface RunProgress {
   readonly atStep: ReadonlyArray<number>
   /** Range units of split steps by status (all zero when no step split). */
   readonly ranges: Readonly<Record<UnitStatus, number>>
+  /** Quarantined items by status (all zero when nothing was set aside). */
+  readonly quarantine: Quarantine.Counts
   readonly chunks: number
   readonly items: number
 }
@@ -335,7 +378,7 @@ export interface Actor {
 /** An audit log row. */
 export interface AuditEntry extends Actor {
   readonly at: number
-  readonly action: "cancel" | "retry" | "skip"
+  readonly action: "cancel" | "retry" | "skip" | "quarantine-retry"
   readonly runId: string
   readonly details: unknown
 }
@@ -390,6 +433,14 @@ export interface StateStoreShape {
   readonly transaction: <A, E, R>(
     effect: Effect.Effect<A, E, R>
   ) => Effect.Effect<A, E | Errors.StoreUnavailable | Errors.CommitOutcomeUnknown, R>
+  /**
+   * Inside `transaction`: runs `effect` in a savepoint and always undoes its writes, however it ends
+   * (D17); returns how it ended. One probe is live at a time, so a chunk never holds more than one
+   * subtransaction for it.
+   */
+  readonly probe: <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ) => Effect.Effect<Exit.Exit<A, E>, Errors.StoreUnavailable, R>
 
   /** Inserts the run, or returns the existing one with `created: false`. */
   readonly createRun: (
@@ -439,12 +490,15 @@ export interface StateStoreShape {
 
   /** Applies the receive rules (D2) and claims the unit with a new fencing token. */
   readonly claim: (request: ClaimRequest) => Effect.Effect<ClaimResult, Errors.StoreUnavailable>
-  /** The compare-and-set checkpoint (D3); returns the run's status so a failing run is seen. */
+  /**
+   * The compare-and-set checkpoint (D3), with the chunk's quarantine changes; returns the run's status
+   * so a failing run is seen.
+   */
   readonly commitChunk: (
     commit: ChunkCommit
   ) => Effect.Effect<
     { readonly runStatus: RunStatus },
-    Errors.LeaseLost | Errors.CheckpointMoved | Errors.StoreUnavailable
+    Errors.LeaseLost | Errors.CheckpointMoved | Errors.SkipBudgetExceeded | Errors.StoreUnavailable
   >
   /** Renews every lease the worker holds in one call; returns the unit ids still held. */
   readonly renewLeases: (
@@ -510,6 +564,20 @@ export interface StateStoreShape {
     selection: Selection,
     actor: Actor
   ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
+  /** Quarantined items of a run, by step, partition and item id. */
+  readonly listQuarantine: (
+    runId: string,
+    options: Quarantine.Filter & { readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<Quarantine.Entry>, Errors.StoreUnavailable>
+  /**
+   * Operator: marks the selected `quarantined` items `retry` and makes (or re-opens) one `items` unit per
+   * partition and step to write them again; re-opens the run when it had ended, like `retry`.
+   */
+  readonly retryQuarantine: (
+    runId: string,
+    options: Quarantine.Filter & { readonly dryRun: boolean },
+    actor: Actor
+  ) => Effect.Effect<ReadonlyArray<QuarantineRetry>, Errors.StoreUnavailable | Errors.NotFound>
   /** Operator: mark units skipped (fencing each); the run can then complete without them. */
   readonly skip: (
     runId: string,

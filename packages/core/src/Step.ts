@@ -12,6 +12,7 @@
  */
 import { Duration, Effect, Schema } from "effect"
 import { initialSize, type Sizing } from "./internal/chunkSizer.js"
+import * as Quarantine from "./Quarantine.js"
 import { invalidResourceName } from "./ResourceLimiter.js"
 
 export type { Sizing } from "./internal/chunkSizer.js"
@@ -298,7 +299,7 @@ export interface ProcessOptions<P, C, CI, R, K extends RangeKey = never, KI = ne
 }
 
 /** Options of a chunked step whose items pass through the framework: `read` a chunk, then `write` it. */
-export interface ReadWriteOptions<P, C, CI, I, R, K extends RangeKey = never, KI = never>
+export interface ReadWriteOptions<P, C, CI, I, R, K extends RangeKey = never, KI = never, II = never>
   extends CommonOptions, ChunkingOptions, CursorOptions<P, C, CI, R, K, KI>
 {
   /** Reads at most `ctx.chunkSize` items from `ctx.cursor`; `next` is the cursor after them, or `Step.done`. */
@@ -307,6 +308,26 @@ export interface ReadWriteOptions<P, C, CI, I, R, K extends RangeKey = never, KI
   ): Effect.Effect<{ readonly items: ReadonlyArray<I>; readonly next: C | Done }, unknown, R>
   /** Writes the items read; in mode `"chunk"` it commits with the checkpoint. */
   write(items: ReadonlyArray<I>, ctx: ChunkContext<P, C, K>): Effect.Effect<void, unknown, R>
+  /** Set aside the items that make `write` fail with these error classes, instead of failing the chunk. */
+  readonly skip?: SkipOptions<I, II> | undefined
+}
+
+/**
+ * Item-level skips of a `read` + `write` step in mode `"chunk"` (see `Quarantine`). Never a default:
+ * only the error classes in `on` are set aside, and `budget` bounds how many per partition.
+ */
+export interface SkipOptions<I, II> {
+  /** The error classes whose items are set aside; each must be registered in the job's `errors`. */
+  readonly on: ReadonlyArray<{ readonly _tag: string }>
+  /** The item's schema: a quarantined item is stored encoded, and a re-run decodes it for `write`. */
+  readonly item: Schema.Schema<I, II, never>
+  /** The item's id, unique within its partition and step: how operators name it. */
+  readonly id: (item: I) => string | number | bigint
+  /**
+   * Items one partition may set aside in this step before it fails: a count, or a percentage of the
+   * items the partition's step has handled so far (`"0.5%"`; early chunks judge on few items).
+   */
+  readonly budget: Quarantine.Budget
 }
 
 /** A split step's ranges as the worker uses them: the key type erased, the range schema built. */
@@ -314,6 +335,21 @@ export interface Splitter<P, R> {
   /** `{ from, to }` with the key schema, each end nullable: how ranges are stored. */
   readonly range: Schema.Schema<Range<unknown>, unknown, never>
   ranges(ctx: SplitContext<P>): Effect.Effect<ReadonlyArray<Range<unknown>>, unknown, R>
+}
+
+/** A step's item-level skips as the worker uses them: the item type erased. */
+export interface Skipper<P, C, R> {
+  /** The tags of the error classes set aside. */
+  readonly tags: ReadonlySet<string>
+  readonly budget: Quarantine.Limit
+  readonly item: Schema.Schema<unknown, unknown, never>
+  readonly idOf: (item: unknown) => string
+  read(ctx: ChunkContext<P, C, any>): Effect.Effect<
+    { readonly items: ReadonlyArray<unknown>; readonly next: C | Done },
+    unknown,
+    R
+  >
+  write(items: ReadonlyArray<unknown>, ctx: ChunkContext<P, C, any>): Effect.Effect<void, unknown, R>
 }
 
 /** A chunked step. */
@@ -335,6 +371,8 @@ export interface Chunked<P, C, R> {
   readonly resources: ReadonlyArray<string>
   /** Set when the step may run as key ranges. */
   readonly split: Splitter<P, R> | undefined
+  /** Set when the step sets bad items aside. */
+  readonly skip: Skipper<P, C, R> | undefined
   /** One chunk: the user's process, or read then write. */
   runChunk(
     ctx: ChunkContext<P, C, any>
@@ -430,13 +468,13 @@ export function chunked<P, C, CI, R, K extends RangeKey = never, KI = never>(
   name: string,
   options: ProcessOptions<P, C, CI, R, K, KI>
 ): Chunked<P, C, R>
-export function chunked<P, C, CI, I, R, K extends RangeKey = never, KI = never>(
+export function chunked<P, C, CI, I, R, K extends RangeKey = never, KI = never, II = never>(
   name: string,
-  options: ReadWriteOptions<P, C, CI, I, R, K, KI>
+  options: ReadWriteOptions<P, C, CI, I, R, K, KI, II>
 ): Chunked<P, C, R>
-export function chunked<P, C, CI, I, R, K extends RangeKey, KI>(
+export function chunked<P, C, CI, I, R, K extends RangeKey, KI, II>(
   name: string,
-  options: ProcessOptions<P, C, CI, R, K, KI> | ReadWriteOptions<P, C, CI, I, R, K, KI>
+  options: ProcessOptions<P, C, CI, R, K, KI> | ReadWriteOptions<P, C, CI, I, R, K, KI, II>
 ): Chunked<P, C, R> {
   checkName(name)
   const sizing = sizingOf(name, options)
@@ -461,7 +499,39 @@ export function chunked<P, C, CI, I, R, K extends RangeKey, KI>(
     idempotencyKey: options.idempotencyKey,
     resources: resourcesOf(name, options.resources),
     split,
+    skip: "process" in options || options.skip === undefined ? undefined : skipperOf(name, options),
     runChunk
+  }
+}
+
+/** Validates `skip`; a bad one fails `Job.make` with the option and the fix. */
+const skipperOf = <P, C, CI, I, R, K extends RangeKey, KI, II>(
+  name: string,
+  options: ReadWriteOptions<P, C, CI, I, R, K, KI, II>
+): Skipper<P, C, R> => {
+  const skip = options.skip!
+  const fail = (message: string): never => {
+    throw new TypeError(`Step "${name}": ${message}`)
+  }
+  if (options.transaction !== "chunk") {
+    fail(
+      `skip needs transaction "chunk": bad items are found by writing halves of the chunk and rolling ` +
+        `them back, which only a chunk transaction can undo`
+    )
+  }
+  if (!Array.isArray(skip.on) || skip.on.length === 0 || skip.on.some((c) => typeof c?._tag !== "string")) {
+    fail(`skip.on must list the error classes to set aside, e.g. skip: { on: [InvalidRecord], ... }`)
+  }
+  if (!Schema.isSchema(skip.item) || typeof skip.id !== "function") {
+    fail(`skip needs an item schema and an id function, e.g. skip: { item: Record, id: (r) => r.id, ... }`)
+  }
+  return {
+    tags: new Set(skip.on.map((c) => c._tag)),
+    budget: Quarantine.limitOf(`Step "${name}": skip.budget`, skip.budget),
+    item: skip.item as Schema.Schema<unknown, unknown, never>,
+    idOf: (item) => String(skip.id(item as I)),
+    read: (ctx) => options.read(ctx),
+    write: (items, ctx) => options.write(items as ReadonlyArray<I>, ctx)
   }
 }
 
@@ -512,9 +582,9 @@ export interface Builder<P> {
     name: string,
     options: ProcessOptions<P, C, CI, R, K, KI>
   ): Chunked<P, C, R>
-  chunked<C, CI, I, R, K extends RangeKey = never, KI = never>(
+  chunked<C, CI, I, R, K extends RangeKey = never, KI = never, II = never>(
     name: string,
-    options: ReadWriteOptions<P, C, CI, I, R, K, KI>
+    options: ReadWriteOptions<P, C, CI, I, R, K, KI, II>
   ): Chunked<P, C, R>
   single<R>(name: string, options: SingleOptions<P, R>): Single<P, R>
   readonly done: Done

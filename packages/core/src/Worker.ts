@@ -25,6 +25,7 @@ import {
   FiberSet,
   Layer,
   Metric,
+  MetricLabel,
   Option,
   Queue,
   Random,
@@ -37,6 +38,7 @@ import { nextSize } from "./internal/chunkSizer.js"
 import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
 import { onLocalWork } from "./internal/localWork.js"
+import * as Skips from "./internal/skips.js"
 import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
 import * as JobDefinition from "./JobDefinition.js"
@@ -421,8 +423,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let chunkSeq = unit.chunkSeq
         let encodedCursor: unknown = unit.cursor
         let attempt = unit.attempt
-        /** A range unit runs its split step only; a partition runs to its last step. */
-        const endStep = unit.kind === "range" ? unit.stepIndex + 1 : job.steps.length
+        /** A range unit runs its split step only, an items unit re-runs one step's items; a partition runs to its last step. */
+        const endStep = unit.kind === "range" || unit.kind === "items" ? unit.stepIndex + 1 : job.steps.length
         /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
         let size = { stepIndex: -1, items: 1 }
         while (stepIndex < endStep) {
@@ -469,7 +471,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 return yield* failUndecodable(job, claimed, step.name, unit.range, details)
               }
               range = decoded.right
-            } else if (chunkSeq === 0 && encodedCursor === null) {
+            } else if (unit.kind === "partition" && chunkSeq === 0 && encodedCursor === null) {
               const split = yield* splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
                 job: job.name,
                 runId: lease.runId,
@@ -532,20 +534,22 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     ? (yield* Clock.currentTimeMillis) + step.chunkTimeMs
                     : undefined
                 }
-                const effect = probe.around(
-                  info,
-                  step._tag === "Chunked"
-                    ? Effect.suspend(() => step.runChunk(ctx))
-                    : Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
-                )
-                const timed = step.timeout === undefined ? effect : effect.pipe(
-                  Effect.timeoutFail({
-                    duration: step.timeout,
-                    onTimeout: () =>
-                      new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
-                  })
-                )
-                const commit = (progress: { readonly next: unknown; readonly items: number }) =>
+                const chunk: Effect.Effect<Skips.Outcome, unknown, unknown> = step._tag === "Single"
+                  ? Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+                  : unit.kind === "items"
+                  ? Skips.rerunChunk(store, job, step, ctx)
+                  : step.skip !== undefined
+                  ? Skips.firstTry(step.skip, ctx)
+                  : Effect.suspend(() => step.runChunk(ctx))
+                const timed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  step.timeout === undefined ? probe.around(info, effect) : probe.around(info, effect).pipe(
+                    Effect.timeoutFail({
+                      duration: step.timeout,
+                      onTimeout: () =>
+                        new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
+                    })
+                  )
+                const commit = (progress: Skips.Outcome) =>
                   Effect.gen(function*() {
                     yield* probe.at("after-effect", info)
                     const stepDone = progress.next === Step.done
@@ -563,13 +567,31 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       items: progress.items,
                       idempotencyKey,
                       step: step.name,
-                      leaseMs
+                      leaseMs,
+                      quarantine: progress.quarantine
                     })
-                    return { to, runStatus: committed.runStatus, items: progress.items }
+                    return {
+                      to,
+                      runStatus: committed.runStatus,
+                      items: progress.items,
+                      setAside: progress.quarantine?.items ?? []
+                    }
                   })
-                const run = step.transaction === "chunk"
-                  ? store.transaction(Effect.flatMap(timed, commit))
-                  : Effect.flatMap(timed, commit)
+                const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  step.transaction === "chunk"
+                    ? store.transaction(Effect.flatMap(timed(effect), commit))
+                    : Effect.flatMap(timed(effect), commit)
+                // D17: a skippable write failure rolls the chunk back; the isolation pass redoes it.
+                const run = committed(chunk).pipe(Effect.catchIf(
+                  (error): error is Skips.IsolateChunk => error instanceof Skips.IsolateChunk,
+                  () =>
+                    committed(
+                      Skips.isolateChunk(store, job, (step as Step.Chunked<unknown, unknown, unknown>).skip!, ctx, {
+                        cursor: encodedCursor,
+                        range: unit.kind === "range" ? unit.range : null
+                      })
+                    )
+                ))
                 const began = yield* monotonicMs
                 const out = yield* run.pipe(
                   Effect.tapErrorCause((cause) =>
@@ -603,7 +625,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
           }
-          const { items, runStatus, to, tookMs } = result.value.value
+          const { items, runStatus, setAside, to, tookMs } = result.value.value
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
           yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
@@ -612,6 +634,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               Metric.tagged(Metric.tagged(Metrics.items, "job", job.name), "step", step.name),
               items
             )
+          }
+          for (const item of setAside) {
+            yield* Metric.increment(Metric.taggedWithLabels(Metrics.itemsQuarantined, [
+              MetricLabel.make("job", job.name),
+              MetricLabel.make("step", step.name),
+              MetricLabel.make("error_tag", item.errorTag)
+            ]))
           }
           stepIndex = to.stepIndex
           chunkSeq = to.chunkSeq

@@ -2,9 +2,11 @@ import { Clock, Effect, FiberRef, Option } from "effect"
 import * as Errors from "../Errors.js"
 import * as MemoryDatabase from "../MemoryDatabase.js"
 import type { WorkMessage } from "../Message.js"
+import * as Quarantine from "../Quarantine.js"
 import type {
   Actor,
   AuditEntry,
+  ChunkCommit,
   ClaimResult,
   FailureGroup,
   FailureRecord,
@@ -34,8 +36,23 @@ export const make = Effect.sync(() => {
   const failures = new Map<string, Array<FailureRecord>>()
   const ledger = new Map<string, Array<string>>()
   const audit = new Map<string, Array<AuditEntry>>()
-  /** Every ledger row's step and time, per run, for reports. */
-  const chunkLog = new Map<string, Array<{ readonly step: string; readonly at: number }>>()
+  /** Every ledger row's step, partition, items and time, per run, for reports and skip budgets. */
+  const chunkLog = new Map<
+    string,
+    Array<{ readonly step: string; readonly partitionKey: string; readonly items: number; readonly at: number }>
+  >()
+  /** Quarantined items per run, by step, partition and item id. */
+  const quarantine = new Map<string, Map<string, Mutable<Quarantine.Entry>>>()
+  const quarantineOf = (runId: string) => {
+    let map = quarantine.get(runId)
+    if (map === undefined) {
+      map = new Map()
+      quarantine.set(runId, map)
+    }
+    return map
+  }
+  const quarantineKey = (step: string, partitionKey: string, itemId: string) =>
+    `${step}\u0000${partitionKey}\u0000${itemId}`
 
   const now = Clock.currentTimeMillis
   const unitsOf = (runId: string): Map<string, Unit> => {
@@ -173,6 +190,81 @@ export const make = Effect.sync(() => {
   const recordAudit = (runId: string, action: AuditEntry["action"], actor: Actor, details: unknown, at: number) =>
     push(audit, runId, { at, action, runId, details, actor: actor.actor, reason: actor.reason })
 
+  /** `SkipBudgetExceeded` when the commit's items would take a partition or the run over its budget. */
+  const overSkipBudget = (unit: Unit, commit: ChunkCommit): Errors.SkipBudgetExceeded | undefined => {
+    const { budgets, items } = commit.quarantine!
+    if (budgets === undefined || items.length === 0) return undefined
+    const held = quarantineOf(unit.runId)
+    /** Items of this chunk not already counted (new, or resolved before and failing again). */
+    const added = items.filter((item) =>
+      (held.get(quarantineKey(commit.step, unit.partitionKey, item.itemId))?.status ?? "resolved") === "resolved"
+    ).length
+    const live = [...held.values()].filter((e) =>
+      e.status !== "resolved"
+    )
+    const log = chunkLog.get(unit.runId) ?? []
+    const checks = [
+      {
+        scope: "partition" as const,
+        limit: budgets.partition,
+        skipped: added + live.filter((e) => e.step === commit.step && e.partitionKey === unit.partitionKey).length,
+        handled: commit.items + log.filter((e) => e.step === commit.step && e.partitionKey === unit.partitionKey)
+          .reduce((sum, e) => sum + e.items, 0)
+      },
+      ...(budgets.run === undefined ? [] : [{
+        scope: "run" as const,
+        limit: budgets.run,
+        skipped: added + live.length,
+        handled: commit.items + [...unitsOf(unit.runId).values()].reduce((sum, u) => sum + u.items, 0)
+      }])
+    ]
+    for (const check of checks) {
+      const allowed = Quarantine.allowed(check.limit, check.handled)
+      if (check.skipped > allowed) {
+        return Quarantine.budgetExceeded({
+          ...check,
+          allowed,
+          step: commit.step,
+          partition: unit.partitionKey,
+          items
+        })
+      }
+    }
+    return undefined
+  }
+  /** Records a chunk's items set aside and a re-run's resolved ones. */
+  const applyQuarantine = (unit: Unit, step: string, change: NonNullable<ChunkCommit["quarantine"]>, at: number) => {
+    const held = quarantineOf(unit.runId)
+    for (const item of change.items) {
+      const key = quarantineKey(step, unit.partitionKey, item.itemId)
+      const before = held.get(key)
+      held.set(key, {
+        ...item,
+        runId: unit.runId,
+        step,
+        partitionKey: unit.partitionKey,
+        unitId: before?.unitId ?? unit.unitId,
+        cursor: before === undefined ? change.cursor : before.cursor,
+        range: before === undefined ? change.range : before.range,
+        status: "quarantined",
+        attempts: (before?.attempts ?? 0) + 1,
+        quarantinedAt: before?.quarantinedAt ?? at,
+        updatedAt: at
+      })
+    }
+    for (const itemId of change.resolved ?? []) {
+      const entry = held.get(quarantineKey(step, unit.partitionKey, itemId))
+      if (entry !== undefined && entry.status === "retry") {
+        entry.status = "resolved"
+        entry.updatedAt = at
+      }
+    }
+  }
+  const matches = (entry: Quarantine.Entry, filter: Quarantine.Filter) =>
+    (filter.step === undefined || entry.step === filter.step) &&
+    (filter.partitions === undefined || filter.partitions.includes(entry.partitionKey)) &&
+    (filter.status === undefined || filter.status.includes(entry.status))
+
   const store: StateStoreShape = {
     kind: "memory",
 
@@ -183,6 +275,13 @@ export const make = Effect.sync(() => {
           active !== undefined
             ? effect
             : Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet())
+      ),
+
+    probe: (effect) =>
+      Effect.flatMap(
+        FiberRef.get(MemoryDatabase.currentWriteSet),
+        (active) =>
+          Effect.exit(Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet(active)))
       ),
 
     createRun: (input) =>
@@ -253,10 +352,13 @@ export const make = Effect.sync(() => {
             ranges[unit.status] += 1
             continue
           }
+          if (unit.kind === "items") continue
           counts[unit.status] += 1
           if (!isTerminalUnit(unit.status) && unit.stepIndex < atStep.length) atStep[unit.stepIndex] += 1
         }
-        return { run: snapshotRun(run), units: counts, atStep, ranges, chunks, items }
+        const held = Quarantine.emptyCounts()
+        for (const entry of quarantineOf(runId).values()) held[entry.status] += 1
+        return { run: snapshotRun(run), units: counts, atStep, ranges, quarantine: held, chunks, items }
       }),
 
     listUnits: (runId, { limit, status }) =>
@@ -434,7 +536,7 @@ export const make = Effect.sync(() => {
         (at) =>
           Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet): Effect.Effect<
             { readonly runStatus: RunStatus },
-            Errors.LeaseLost | Errors.CheckpointMoved
+            Errors.LeaseLost | Errors.CheckpointMoved | Errors.SkipBudgetExceeded
           > => {
             const { lease } = commit
             const unit = units.get(lease.runId)?.get(lease.unitId)
@@ -447,7 +549,10 @@ export const make = Effect.sync(() => {
             if (unit.stepIndex !== commit.from.stepIndex || unit.chunkSeq !== commit.from.chunkSeq) {
               return Effect.fail(new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId }))
             }
+            const overBudget = commit.quarantine === undefined ? undefined : overSkipBudget(unit, commit)
+            if (overBudget !== undefined) return Effect.fail(overBudget)
             if (writeSet !== undefined) database.apply(writeSet)
+            if (commit.quarantine !== undefined) applyQuarantine(unit, commit.step, commit.quarantine, at)
             unit.stepIndex = commit.to.stepIndex
             unit.cursor = commit.to.cursor
             unit.chunkSeq = commit.to.chunkSeq
@@ -458,7 +563,12 @@ export const make = Effect.sync(() => {
             unit.lastErrorTag = null
             unit.leaseExpiresAt = at + commit.leaseMs
             push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
-            push(chunkLog, lease.runId, { step: commit.step, at })
+            push(chunkLog, lease.runId, {
+              step: commit.step,
+              partitionKey: unit.partitionKey,
+              items: commit.items,
+              at
+            })
             if (commit.unitDone) {
               unit.status = "succeeded"
               unit.leaseOwner = null
@@ -602,7 +712,7 @@ export const make = Effect.sync(() => {
           }
           if (writeSet !== undefined) database.apply(writeSet)
           push(ledger, `${lease.runId}\u0000${lease.unitId}`, idempotencyKey)
-          push(chunkLog, lease.runId, { step: "onComplete", at })
+          push(chunkLog, lease.runId, { step: "onComplete", partitionKey: "", items: 0, at })
           unit.status = "succeeded"
           unit.leaseOwner = null
           unit.leaseExpiresAt = null
@@ -666,6 +776,77 @@ export const make = Effect.sync(() => {
         }
         reopen(run, at)
         recordAudit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) }, at)
+        return planned
+      }),
+
+    listQuarantine: (runId, options) =>
+      Effect.sync(() =>
+        [...quarantineOf(runId).values()]
+          .filter((entry) => matches(entry, options))
+          .sort((a, b) =>
+            a.step < b.step ? -1 : a.step > b.step ? 1 : a.partitionKey < b.partitionKey ?
+              -1 :
+              a.partitionKey > b.partitionKey
+              ? 1
+              : a.itemId < b.itemId
+              ? -1
+              : a.itemId > b.itemId
+              ? 1
+              : 0
+          )
+          .slice(0, options.limit)
+          .map((entry) => ({ ...entry }))
+      ),
+
+    retryQuarantine: (runId, options, actor) =>
+      Effect.gen(function*() {
+        const at = yield* now
+        const run = yield* findRun(runId)
+        const chosen = [...quarantineOf(runId).values()].filter((e) =>
+          matches(e, { ...options, status: ["quarantined", "retry"] })
+        )
+        const groups = new Map<
+          string,
+          { step: string; partitionKey: string; entries: Array<Mutable<Quarantine.Entry>> }
+        >()
+        for (const entry of chosen) {
+          const key = `${entry.step}\u0000${entry.partitionKey}`
+          const group = groups.get(key) ?? { step: entry.step, partitionKey: entry.partitionKey, entries: [] }
+          group.entries.push(entry)
+          groups.set(key, group)
+        }
+        const partitions = new Map(partitionsOf(runId).map((u) => [u.partitionKey, u]))
+        const planned = [...groups.values()].map((g) => ({
+          partitionKey: g.partitionKey,
+          step: g.step,
+          items: g.entries.length,
+          unitId: Quarantine.itemsUnitId(partitions.get(g.partitionKey)!.unitId, g.step)
+        })).sort((a, b) => (a.unitId < b.unitId ? -1 : 1))
+        if (options.dryRun || planned.length === 0) return planned
+        for (const group of groups.values()) {
+          for (const entry of group.entries) {
+            entry.status = "retry"
+            entry.updatedAt = at
+          }
+          const parent = partitions.get(group.partitionKey)!
+          const unitId = Quarantine.itemsUnitId(parent.unitId, group.step)
+          const stepIndex = run.definition.steps.findIndex((s) => s.name === group.step)
+          const unit = unitsOf(runId).get(unitId)
+          if (unit === undefined) {
+            unitsOf(runId).set(
+              unitId,
+              newUnit(run, { unitId, kind: "items", partitionKey: parent.partitionKey, weight: 0, stepIndex })
+            )
+          } else if (unit.status !== "pending") {
+            reopenUnit(unit, at)
+            unit.stepIndex = stepIndex
+            unit.cursor = null
+            unit.chunkSeq = 0
+            unit.generation += 1
+          }
+        }
+        reopen(run, at)
+        recordAudit(runId, "quarantine-retry", actor, { filter: options, planned }, at)
         return planned
       }),
 
