@@ -2,11 +2,12 @@
  * The `StateStore` conformance suite: the memory and Postgres stores (and any other driver) run it in a
  * couple of lines, so each keeps the contract the worker relies on: idempotent starts, the receive
  * rules (D2), fenced claims, the compare-and-set commit (D3) inside the caller's transaction, lease
- * expiry, completion claimed once, and audited operator actions.
+ * expiry, completion claimed once, audited operator actions, and the quarantine of items set aside
+ * (recorded with their chunk, under skip budgets, re-run by an items unit).
  *
  * @since 0.1.0
  */
-import { Errors, Job, type Message, StateStore, Step } from "@chunkwise/core"
+import { Errors, Job, type Message, Quarantine, StateStore, Step } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, type Layer, Option, Schema, TestClock } from "effect"
 
@@ -530,6 +531,147 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const audit = yield* store.auditLog(runId)
         expect(audit.map((a) => a.action)).toEqual(["retry", "skip", "cancel"])
         expect(audit.every((a) => a.actor === operator.actor && a.reason === operator.reason)).toBe(true)
+      })
+    )
+
+    /** An item set aside with `BadRecord`, as a worker records it. */
+    const badItem = (id: number): Quarantine.Item => ({
+      itemId: String(id),
+      item: { id },
+      errorTag: "BadRecord",
+      message: `record ${id} is invalid`,
+      runbookId: "bad-record"
+    })
+    /** Commits one chunk of `items` items of step "first" that sets `bad` aside under the budgets. */
+    const commitSkipping = (
+      lease: StateStore.Lease,
+      chunkSeq: number,
+      items: number,
+      bad: ReadonlyArray<number>,
+      budgets: { readonly partition: Quarantine.Budget; readonly run?: Quarantine.Budget | undefined }
+    ) =>
+      Effect.flatMap(StateStore.StateStore, (store) =>
+        store.transaction(store.commitChunk({
+          lease,
+          from: { stepIndex: 0, chunkSeq },
+          to: { stepIndex: 0, chunkSeq: chunkSeq + 1, cursor: { next: chunkSeq + 1 } },
+          unitDone: false,
+          items,
+          idempotencyKey: `chunk-${chunkSeq}`,
+          step: "first",
+          leaseMs,
+          quarantine: {
+            items: bad.map(badItem),
+            cursor: chunkSeq === 0 ? null : { next: chunkSeq },
+            range: null,
+            budgets: {
+              partition: Quarantine.limitOf("partition budget", budgets.partition),
+              run: budgets.run === undefined ? undefined : Quarantine.limitOf("run budget", budgets.run)
+            }
+          }
+        })))
+
+    test(
+      "items set aside commit with their chunk: listed with error, runbook and origin, counted in progress",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* commitSkipping(lease, 0, 10, [3, 7], { partition: 5 })
+        const listed = yield* store.listQuarantine(runId, { limit: 10 })
+        expect(listed.map((e) => [e.partitionKey, e.step, e.itemId, e.status, e.attempts])).toEqual([
+          ["k0", "first", "3", "quarantined", 1],
+          ["k0", "first", "7", "quarantined", 1]
+        ])
+        expect(listed[0]).toMatchObject({
+          runId,
+          unitId: unitIds[0],
+          item: { id: 3 },
+          errorTag: "BadRecord",
+          message: "record 3 is invalid",
+          runbookId: "bad-record",
+          cursor: null,
+          range: null
+        })
+        expect((yield* store.progress(runId)).quarantine).toEqual({ quarantined: 2, retry: 0, resolved: 0 })
+        // A commit refused by its compare-and-set records nothing.
+        const refused = yield* Effect.flip(commitSkipping(lease, 0, 10, [4], { partition: 5 }))
+        expect(refused).toBeInstanceOf(Errors.CheckpointMoved)
+        expect(yield* store.listQuarantine(runId, { limit: 10, status: ["quarantined"] })).toHaveLength(2)
+        expect(yield* store.listQuarantine(runId, { limit: 10, partitions: ["k9"] })).toEqual([])
+      })
+    )
+
+    test(
+      "skip budgets: a chunk over the partition's count or the run's percentage fails and commits nothing",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const fed = yield* messagesOf(runId)
+        const first = yield* claimed(fed.get(unitIds[0]!)!, "w1")
+        const second = yield* claimed(fed.get(unitIds[1]!)!, "w1")
+        yield* commitSkipping(first.lease, 0, 100, [1], { partition: 2 })
+        const over = yield* Effect.flip(commitSkipping(first.lease, 1, 10, [20, 21], { partition: 2 }))
+        expect(over).toBeInstanceOf(Errors.SkipBudgetExceeded)
+        expect(over).toMatchObject({ scope: "partition", skipped: 3, allowed: 2, budget: "2", items: ["20", "21"] })
+        expect((yield* unitOf(runId, unitIds[0]!)).chunkSeq).toBe(1)
+        expect((yield* store.listQuarantine(runId, { limit: 10 })).map((e) => e.itemId)).toEqual(["1"])
+        // The run may set aside 2% of what it handled: 100 + 10 handled, 1 + 1 set aside fits...
+        yield* commitSkipping(second.lease, 0, 10, [5], { partition: 5, run: "2%" })
+        // ...and 1 + 1 + 1 of 100 + 10 + 10 does not (2% of 120 is 2).
+        const runOver = yield* Effect.flip(commitSkipping(second.lease, 1, 10, [6], { partition: 5, run: "2%" }))
+        expect(runOver).toMatchObject({ _tag: "SkipBudgetExceeded", scope: "run", skipped: 3, allowed: 2 })
+        expect((yield* store.progress(runId)).quarantine.quarantined).toBe(2)
+      })
+    )
+
+    test(
+      "quarantine retry: items go to retry, one items unit per partition and step runs them, the run re-opens",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* commitSkipping(lease, 0, 10, [3, 7], { partition: 5 })
+        yield* commit(lease, { stepIndex: 0, chunkSeq: 1 }, "last", true)
+        expect(yield* store.tryFinalize(runId)).toBe(true)
+        const fin = yield* claimed(yield* messageFor(runId, "finalize-1"), "w1")
+        yield* store.finishRun(fin.lease, "succeeded", "fin-1")
+        const plan = yield* store.retryQuarantine(runId, { dryRun: true }, operator)
+        expect(plan).toEqual([{ partitionKey: "k0", step: "first", items: 2, unitId: `${unitIds[0]}~items.first` }])
+        expect((yield* store.getRun(runId)).pipe(Option.getOrThrow).status).toBe("succeeded")
+        expect(yield* store.retryQuarantine(runId, { dryRun: false }, operator)).toEqual(plan)
+        expect((yield* store.getRun(runId)).pipe(Option.getOrThrow).status).toBe("running")
+        expect((yield* store.progress(runId)).quarantine).toEqual({ quarantined: 0, retry: 2, resolved: 0 })
+        // Asked again while its unit is pending: the same unit, not a second one.
+        expect(yield* store.retryQuarantine(runId, { dryRun: false }, operator)).toEqual(plan)
+        const items = (yield* store.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "items")
+        expect(items.map((u) => [u.unitId, u.status, u.stepIndex, u.partitionKey])).toEqual([
+          [plan[0]!.unitId, "pending", 0, "k0"]
+        ])
+        expect(yield* store.tryFinalize(runId)).toBe(false)
+        // The items unit's chunk: 3 writes now, 7 fails again.
+        const rerun = yield* claimed(yield* messageFor(runId, plan[0]!.unitId), "w2")
+        yield* store.transaction(store.commitChunk({
+          lease: rerun.lease,
+          from: { stepIndex: 0, chunkSeq: 0 },
+          to: { stepIndex: 1, chunkSeq: 0, cursor: null },
+          unitDone: true,
+          items: 2,
+          idempotencyKey: "rerun-0",
+          step: "first",
+          leaseMs,
+          quarantine: { items: [badItem(7)], resolved: ["3"], cursor: null, range: null }
+        }))
+        const after = yield* store.listQuarantine(runId, { limit: 10 })
+        expect(after.map((e) => [e.itemId, e.status, e.attempts])).toEqual([["3", "resolved", 1], [
+          "7",
+          "quarantined",
+          2
+        ]])
+        const progress = yield* store.progress(runId)
+        expect(progress.units).toMatchObject({ succeeded: 1, pending: 0 })
+        expect(yield* store.tryFinalize(runId)).toBe(true)
+        expect((yield* store.auditLog(runId)).map((a) => a.action)).toEqual(["quarantine-retry", "quarantine-retry"])
       })
     )
   })

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import { Engine, Fault, Guarantees, Harness } from "../src/index.js"
-import { counting, observeCounts } from "./jobs.js"
+import { counting, observeCounts, skipping } from "./jobs.js"
 
 const engine = Engine.memory()
 
@@ -137,6 +137,29 @@ describe("Harness on the in-memory engine", () => {
           kinds: ["kill", "interrupt"]
         })
         console.log(Harness.format(report))
+        expect(report.sites.length).toBeGreaterThan(15)
+        Harness.assertNoDivergence(report)
+      }),
+    180_000
+  )
+
+  it.effect(
+    "explores every crash point of a run that sets bad items aside: the good ones apply once, the bad never",
+    () =>
+      Effect.gen(function*() {
+        const job = skipping({ partitions: 2, items: 6, chunkSize: 3, bad: [1, 4] })
+        const report = yield* Harness.explore({
+          engine,
+          job,
+          params: { label: "explore-skips" },
+          observe: observeCounts,
+          kinds: ["kill", "interrupt"]
+        })
+        console.log(Harness.format(report))
+        expect(report.baseline.status).toBe("succeeded")
+        expect(Option.getOrThrow(report.baseline.observed)).toMatchObject({
+          applied: Object.fromEntries(["p0", "p1"].flatMap((p) => [0, 2, 3, 5].map((i) => [`${p}-${i}`, 1])))
+        })
         expect(report.sites.length).toBeGreaterThan(15)
         Harness.assertNoDivergence(report)
       }),
