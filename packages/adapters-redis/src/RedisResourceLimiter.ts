@@ -7,10 +7,12 @@
  * How, one Lua script per operation on Redis time (`TIME` inside the script, never a worker's clock,
  * D5, D18):
  *
- * - a **rate** is a token bucket per resource (a field of the buckets hash: rate, burst, tokens, last
- *   refill). `reserve` refills it up to now, takes one token, going into debt when it is empty, and
- *   answers how long the caller waits for its token: one round trip per permit, however many wait,
- *   and at most `rate × length + burst` tokens granted over any interval.
+ * - a **rate** is a token bucket per resource and kind (fields of the buckets hash: the resource for
+ *   chunks, `<resource>:items` for items; each with its rate, burst, tokens and last refill).
+ *   `reserve` takes a chunk's tokens from both at one grant time, the earliest when each holds them
+ *   (one chunk token, and the chunk's planned size in item tokens), going into debt when that time is
+ *   ahead, and answers how long the caller waits: one round trip per permit, however many wait, and at
+ *   most `rate × length + burst` chunks, and items, granted over any interval.
  * - an **in-flight cap** is a sorted set per resource of `<slot>:<permitId>` members scored by their
  *   expiry. `claim` drops expired members, then takes the lowest free slot up to the cap, and gives
  *   none while a live slot is numbered above the cap (it was lowered), so holders drain to the new cap.
@@ -71,7 +73,10 @@ export const defaults = {
 export interface Keys {
   /** Hash: resource → its setting as JSON (limits, source, who changed it, when, why). */
   readonly settings: string
-  /** Hash: resource → its token bucket, `<rate> <burst> <tokens> <refilledAt ms>` (resources with a rate). */
+  /**
+   * Hash: resource → its chunk token bucket, and `<resource>:items` → its item token bucket, each
+   * `<rate> <burst> <tokens> <refilledAt ms>` (while the resource has that rate).
+   */
   readonly buckets: string
   /** Hash: resource → its in-flight cap (resources with a cap). */
   readonly caps: string
@@ -123,6 +128,9 @@ const StoredSetting = Schema.parseJson(Schema.Struct({
   resource: Schema.String,
   chunksPerSecond: Schema.NullOr(Schema.Number),
   burst: Schema.NullOr(Schema.Number),
+  // Settings stored before item rates existed have neither.
+  itemsPerSecond: Schema.optionalWith(Schema.NullOr(Schema.Number), { default: () => null }),
+  itemsBurst: Schema.optionalWith(Schema.NullOr(Schema.Number), { default: () => null }),
   inFlight: Schema.NullOr(Schema.Number),
   source: Schema.Literal("default", "operator"),
   updatedAt: Schema.Number,
@@ -145,13 +153,15 @@ const StoredWait = Schema.parseJson(Schema.Struct({
 const decodeRead = Schema.decodeUnknownSync(
   Schema.Tuple(Num, Schema.Array(Schema.String), Schema.Array(Schema.Number), Schema.Array(StoredWait))
 )
-const decodeReserved = Schema.decodeUnknownSync(Schema.NullOr(Schema.Tuple(Num, Num)))
+const decodeReserved = Schema.decodeUnknownSync(Schema.NullOr(Schema.Tuple(Num, Num, Num)))
 const decodeClaimed = Schema.decodeUnknownSync(Schema.Number)
 const decodeRenewed = Schema.decodeUnknownSync(Schema.Array(Schema.String))
 const decodeWritten = Schema.decodeUnknownSync(Schema.NullOr(Schema.String))
 const LimitJson = Schema.parseJson(Schema.Struct({
   chunksPerSecond: Schema.optional(Schema.Number),
   burst: Schema.optional(Schema.Number),
+  itemsPerSecond: Schema.optional(Schema.Number),
+  itemsBurst: Schema.optional(Schema.Number),
   inFlight: Schema.optional(Schema.Number)
 }))
 const decodeChange = Schema.decodeUnknownSync(Schema.Struct({
@@ -268,10 +278,13 @@ export const makeStoreFromClient = (
       by: ResourceLimiter.Actor
     ) => {
       const rate = limit.chunksPerSecond ?? null
+      const itemRate = limit.itemsPerSecond ?? null
       const setting = JSON.stringify({
         resource,
         chunksPerSecond: rate,
         burst: limit.burst ?? null,
+        itemsPerSecond: itemRate,
+        itemsBurst: limit.itemsBurst ?? null,
         inFlight: limit.inFlight ?? null,
         source,
         updatedBy: by.actor,
@@ -288,7 +301,9 @@ export const makeStoreFromClient = (
           by.actor,
           by.reason,
           before === null ? "" : JSON.stringify(before),
-          JSON.stringify(limit)
+          JSON.stringify(limit),
+          itemRate === null ? "" : String(itemRate),
+          itemRate === null ? "" : String(limit.itemsBurst ?? ResourceLimiter.defaultBurst(itemRate))
         ]).then((reply) => {
           const written = decodeWritten(reply)
           return written === null ? undefined : decodeSetting(written)
@@ -385,15 +400,18 @@ export const makeStoreFromClient = (
           return out.reverse()
         }),
 
-      reserve: (resource, holder) =>
+      reserve: (resource, holder, options) =>
         call("reserve", () =>
           script("limiter-reserve", [k.buckets, k.waits], [
             resource,
             waitField(holder),
-            waitPrefix(holder, resource, "rate")
+            waitPrefix(holder, resource, "rate"),
+            options?.items ?? 1
           ]).then((reply) => {
             const reserved = decodeReserved(reply)
-            return reserved === null ? undefined : { waitMs: reserved[0], grantedAt: reserved[1] }
+            return reserved === null
+              ? undefined
+              : { waitMs: reserved[0], grantedAt: reserved[1], items: reserved[2] }
           })),
 
       claim: (resource, holder, { permitId, ttlMs }) =>

@@ -2,12 +2,14 @@
  * The resource limiter on Postgres, in the state store's schema and over the same `SqlClient`, so the
  * limits of every worker of every process meet in one place (D18):
  *
- * - a rate is one `UPDATE … RETURNING` of the resource's row: a token bucket refilled on the database's
- *   `clock_timestamp()`, which answers how long the caller waits for its token (a reservation: one
- *   round trip per permit, however many wait);
+ * - a rate is one `UPDATE … RETURNING` of the resource's row, which holds two token buckets (chunks and
+ *   items, each with its tokens and last refill) refilled on the database's `clock_timestamp()`: it takes
+ *   the chunk's tokens from both at one grant time and answers how long the caller waits (a
+ *   reservation: one round trip per permit, however many wait);
  * - an in-flight cap is slot rows claimed `FOR UPDATE SKIP LOCKED` with an expiry that the worker's
  *   heartbeat renews, so a slot held by a worker that died comes back when it expires;
- * - limits, current waits and the audit log of changes are tables (migration 6 of `PgStateStore`).
+ * - limits, current waits and the audit log of changes are tables (migration 6 of `PgStateStore`; 9 adds
+ *   the item rate). The bucket columns change on every permit and no index covers them: updates stay HOT.
  *
  * Every statement runs outside any transaction (D4, D16): permits are taken before a chunk's BEGIN and
  * given back after its COMMIT. Give it the same `schema` as `PgStateStore.layer`.
@@ -22,7 +24,17 @@ import { type Duration, Effect, Layer } from "effect"
 import * as Errors from "./Errors.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import * as PgStateStore from "./PgStateStore.js"
-import type { ClaimResult, Declared, Limit, LimitPatch, Setting, Store, Usage, Wait } from "./ResourceLimiter.js"
+import type {
+  ClaimResult,
+  Declared,
+  Limit,
+  LimitPatch,
+  Reservation,
+  Setting,
+  Store,
+  Usage,
+  Wait
+} from "./ResourceLimiter.js"
 import {
   defaultBurst,
   invalidLimit,
@@ -50,14 +62,16 @@ type Row = Record<string, unknown>
 const num = (value: unknown): number => (typeof value === "number" ? value : Number(value))
 const numOrNull = (value: unknown): number | null => (value === null || value === undefined ? null : num(value))
 
-const SETTING_COLUMNS =
-  `l.resource, l.chunks_per_second::float8 as "chunksPerSecond", l.burst, l.in_flight as "inFlight",
+const SETTING_COLUMNS = `l.resource, l.chunks_per_second::float8 as "chunksPerSecond", l.burst,
+  l.items_per_second::float8 as "itemsPerSecond", l.items_burst::float8 as "itemsBurst", l.in_flight as "inFlight",
   l.source, (extract(epoch from l.updated_at) * 1000)::float8 as "updatedAt", l.updated_by as "updatedBy", l.reason`
 
 const toSetting = (row: Row): Setting => ({
   resource: row["resource"] as string,
   chunksPerSecond: numOrNull(row["chunksPerSecond"]),
   burst: numOrNull(row["burst"]),
+  itemsPerSecond: numOrNull(row["itemsPerSecond"]),
+  itemsBurst: numOrNull(row["itemsBurst"]),
   inFlight: numOrNull(row["inFlight"]),
   source: row["source"] as Setting["source"],
   updatedAt: num(row["updatedAt"]),
@@ -109,23 +123,34 @@ export const makeStore = (options: Options = {}): Effect.Effect<
         on conflict do nothing`)
 
     /**
-     * Writes new limits on an existing, locked row. The bucket first refills at the old rate up to now,
-     * then is capped by the new burst; a rate set where there was none starts full.
+     * Writes new limits on an existing, locked row. Each bucket first refills at its old rate and burst
+     * up to now, then is capped by the new burst; a rate set where there was none starts full.
      */
     const update = (resource: string, limit: Limit, source: Setting["source"], actor: string, reason: string) => {
       const rate = limit.chunksPerSecond ?? null
       const burst = rate === null ? null : limit.burst ?? defaultBurst(rate)
+      const itemRate = limit.itemsPerSecond ?? null
+      const itemBurst = itemRate === null ? null : limit.itemsBurst ?? defaultBurst(itemRate)
       return sql<Row>`
         update ${s}.resource_limits l set
           tokens = case
             when ${rate}::float8 is null then 0
             when l.chunks_per_second is null then ${burst}::float8
-            else least(${burst}::float8, l.tokens + greatest(0, extract(epoch from (clock_timestamp() - l.refilled_at))::float8)
-              * l.chunks_per_second) end,
-          refilled_at = greatest(l.refilled_at, clock_timestamp()),
+            else least(${burst}::float8, coalesce(l.burst, greatest(1, ceil(l.chunks_per_second))),
+              l.tokens + greatest(0, extract(epoch from (n.t - l.refilled_at))::float8) * l.chunks_per_second) end,
+          refilled_at = greatest(l.refilled_at, n.t),
+          item_tokens = case
+            when ${itemRate}::float8 is null then 0
+            when l.items_per_second is null then ${itemBurst}::float8
+            else least(${itemBurst}::float8, coalesce(l.items_burst, greatest(1, ceil(l.items_per_second))),
+              l.item_tokens + greatest(0, extract(epoch from (n.t - l.items_refilled_at))::float8)
+                * l.items_per_second) end,
+          items_refilled_at = greatest(l.items_refilled_at, n.t),
           chunks_per_second = ${rate}::float8, burst = ${limit.burst ?? null}::int,
-          in_flight = ${limit.inFlight ?? null}::int, source = ${source}, updated_at = clock_timestamp(),
+          items_per_second = ${itemRate}::float8, items_burst = ${limit.itemsBurst ?? null}::bigint,
+          in_flight = ${limit.inFlight ?? null}::int, source = ${source}, updated_at = n.t,
           updated_by = ${actor}, reason = ${reason}
+        from (select clock_timestamp() as t) n
         where l.resource = ${resource}
         returning ${settingColumns}`
     }
@@ -138,12 +163,16 @@ export const makeStore = (options: Options = {}): Effect.Effect<
 
     const insert = (resource: string, limit: Limit, source: Setting["source"], actor: string, reason: string) => {
       const rate = limit.chunksPerSecond ?? null
+      const itemRate = limit.itemsPerSecond ?? null
       return Effect.map(
         sql<Row>`
-          insert into ${s}.resource_limits as l (resource, chunks_per_second, burst, in_flight, tokens, source, updated_by,
-            reason)
-          values (${resource}, ${rate}::float8, ${limit.burst ?? null}::int, ${limit.inFlight ?? null}::int,
-            ${rate === null ? 0 : limit.burst ?? defaultBurst(rate)}::float8, ${source}, ${actor}, ${reason})
+          insert into ${s}.resource_limits as l (resource, chunks_per_second, burst, items_per_second, items_burst,
+            in_flight, tokens, item_tokens, source, updated_by, reason)
+          values (${resource}, ${rate}::float8, ${limit.burst ?? null}::int, ${itemRate}::float8,
+            ${limit.itemsBurst ?? null}::bigint, ${limit.inFlight ?? null}::int,
+            ${rate === null ? 0 : limit.burst ?? defaultBurst(rate)}::float8,
+            ${itemRate === null ? 0 : limit.itemsBurst ?? defaultBurst(itemRate)}::float8, ${source}, ${actor},
+            ${reason})
           on conflict (resource) do nothing
           returning ${settingColumns}`,
         (rows) => (rows[0] === undefined ? undefined : toSetting(rows[0]))
@@ -267,32 +296,62 @@ export const makeStore = (options: Options = {}): Effect.Effect<
           )
         ),
 
-      reserve: (resource, holder) =>
+      reserve: (resource, holder, options) =>
         op(
           "reserve",
           Effect.map(
-            // One statement: refill to now (never back in time), take a token, maybe into debt; the debt
-            // is how long the caller waits. A wait is recorded for status in the same statement.
+            // One statement on the row, whose SET reads the row's latest version (a concurrent reservation's
+            // result, once it commits). Each bucket's level is taken at now, or at its last grant if that is
+            // later; the grant time is the earliest when every bucket holds the chunk's tokens (a cost above
+            // the burst: when the bucket, for it uncapped, holds it); the tokens are taken at that time, which
+            // becomes each bucket's last refill. The caller waits until then; a wait is recorded for status
+            // in the same statement.
             sql<Row>`
               with taken as (
-                update ${s}.resource_limits l set
-                  tokens = least(coalesce(l.burst, greatest(1, ceil(l.chunks_per_second))),
-                    l.tokens + extract(epoch from (greatest(l.refilled_at, n.t) - l.refilled_at))::float8
-                      * l.chunks_per_second) - 1,
-                  refilled_at = greatest(l.refilled_at, n.t)
-                from (select clock_timestamp() as t) n
-                where l.resource = ${resource} and l.chunks_per_second is not null
-                returning l.refilled_at as t, greatest(0, -l.tokens / l.chunks_per_second) * 1000 as wait_ms),
+                update ${s}.resource_limits l set (tokens, refilled_at, item_tokens, items_refilled_at) = (
+                  select
+                    case when c.rate is null then l.tokens
+                      else least(greatest(c.burst, 1), c.level + extract(epoch from (g.at - c.since))::float8 * c.rate) - 1
+                    end,
+                    case when c.rate is null then l.refilled_at else g.at end,
+                    case when i.rate is null then l.item_tokens
+                      else least(greatest(i.burst, n.items), i.level + extract(epoch from (g.at - i.since))::float8 * i.rate)
+                        - n.items
+                    end,
+                    case when i.rate is null then l.items_refilled_at else g.at end
+                  from
+                    (select b.*, least(b.burst, b.tokens + extract(epoch from (b.since - b.at))::float8 * b.rate) as level
+                     from (select l.chunks_per_second as rate,
+                       coalesce(l.burst, greatest(1, ceil(l.chunks_per_second)))::float8 as burst, l.tokens,
+                       l.refilled_at as at, greatest(l.refilled_at, n.t) as since) b) c,
+                    (select b.*, least(b.burst, b.tokens + extract(epoch from (b.since - b.at))::float8 * b.rate) as level
+                     from (select l.items_per_second as rate,
+                       coalesce(l.items_burst::float8, greatest(1, ceil(l.items_per_second))) as burst,
+                       l.item_tokens as tokens, l.items_refilled_at as at, greatest(l.items_refilled_at, n.t) as since) b) i,
+                    lateral (select greatest(n.t,
+                      case when c.rate is null then n.t
+                        else c.since + greatest(0, 1 - c.level) / c.rate * interval '1 second' end,
+                      case when i.rate is null then n.t
+                        else i.since + greatest(0, n.items - i.level) / i.rate * interval '1 second' end) as at) g)
+                from (select clock_timestamp() as t, ${options?.items ?? 1}::float8 as items) n
+                where l.resource = ${resource} and (l.chunks_per_second is not null or l.items_per_second is not null)
+                returning n.t as asked_at,
+                  case when l.chunks_per_second is null then l.items_refilled_at else l.refilled_at end as granted_at,
+                  case when l.items_per_second is null then 0 else n.items end as items),
               waiting as (
                 insert into ${s}.resource_waits as w (run_id, unit_id, resource, kind, partition_key, job, step,
                   worker_id, since, until)
                 select ${holder.runId}, ${holder.unitId}, ${resource}, 'rate', ${holder.partitionKey}, ${holder.job},
-                  ${holder.step}, ${holder.workerId}, t, t + wait_ms * interval '1 millisecond'
-                from taken where wait_ms > 0
+                  ${holder.step}, ${holder.workerId}, asked_at, granted_at
+                from taken where granted_at > asked_at
                 ${upsertWait})
-              select wait_ms::float8 as "waitMs", (extract(epoch from t) * 1000 + wait_ms)::float8 as "grantedAt"
+              select (extract(epoch from (granted_at - asked_at)) * 1000)::float8 as "waitMs",
+                (extract(epoch from granted_at) * 1000)::float8 as "grantedAt", items::float8 as items
               from taken`,
-            ([row]) => row === undefined ? undefined : { waitMs: num(row["waitMs"]), grantedAt: num(row["grantedAt"]) }
+            ([row]): Reservation | undefined =>
+              row === undefined
+                ? undefined
+                : { waitMs: num(row["waitMs"]), grantedAt: num(row["grantedAt"]), items: num(row["items"]) }
           )
         ),
 

@@ -3,8 +3,11 @@
  * across every worker of every run and job. A step names the resources it loads
  * (`Step.chunked("bill", { resources: ["primary-db"], ... })`) and each resource may have
  *
- * - a **rate**: at most `chunksPerSecond` chunks start per second, with bursts of at most `burst`
- *   (a token bucket; default: one second of chunks), and
+ * - a **chunk rate**: at most `chunksPerSecond` chunks start per second, with bursts of at most `burst`
+ *   (a token bucket; default: one second of chunks),
+ * - an **item rate**: at most `itemsPerSecond` items start per second, with bursts of at most
+ *   `itemsBurst` (a second token bucket; default: one second of items), a chunk counting as its planned
+ *   size (`ctx.chunkSize`, the most items it may take), and
  * - an **in-flight cap**: at most `inFlight` chunks hold the resource at once.
  *
  * The worker takes a chunk's permits before the chunk's transaction begins and gives them back after
@@ -15,23 +18,39 @@
  *
  * Contract, for every driver (`Store`; memory here, Postgres in `PgResourceLimiter`):
  *
- * - **Rate by reservation.** `reserve` takes one token, going into debt when the bucket is empty, and
- *   says how long the caller waits until its token is due (one round trip per permit, however many
- *   wait). Over any interval of the driver's clock, tokens granted (at their due time) are at most
- *   `rate × length + burst`. A token reserved and then not used is lost, never given twice.
+ * - **Rate by reservation.** `reserve` takes a chunk's tokens in one atomic step: one from the chunk
+ *   bucket (when the resource has `chunksPerSecond`) and `items` from the item bucket (when it has
+ *   `itemsPerSecond`; `items` is the chunk's planned size, default 1). Each bucket refills at its rate up
+ *   to its burst, never before its last grant. The chunk is granted at the earliest time, now or later,
+ *   when every bucket it draws from holds its tokens, and takes them from every bucket at that time,
+ *   going into debt when that time is ahead: the caller waits until then (one round trip per
+ *   reservation, however many wait). So over any interval of the driver's clock, counted at the grant
+ *   times, chunks granted are at most `chunksPerSecond × length + burst` and items granted at most
+ *   `itemsPerSecond × length + itemsBurst`. Both buckets charge at the one grant time, so chunks held
+ *   back by the item rate do not bunch up on the chunk rate (nor the other way round). Tokens reserved
+ *   and then not used are lost, never given twice.
+ * - **A chunk larger than the item burst** is granted, never refused: for it the bucket fills past its
+ *   burst until it holds the whole chunk, `(items − itemsBurst) / itemsPerSecond` seconds after it was
+ *   full, and the chunk leaves it empty. With such chunks the bound is `itemsPerSecond × length +` the
+ *   larger of `itemsBurst` and the largest chunk (a chunk is not split).
+ * - **A chunk is charged its planned size**, not the items it then took. A refund after the commit
+ *   would not be safe: while the tokens were lent out the bucket refilled, and the refilled tokens it
+ *   could not have held at its burst would come back on top, so the next chunks could together exceed
+ *   the bound. With adaptive sizes, or a partition's last chunk finding fewer items, the rate of items
+ *   actually processed is at or below the limit.
  * - **In-flight slots.** `claim` takes a free slot numbered at most `inFlight`, or answers `Full`; a slot is
  *   free when unheld or its expiry passed. While a held slot is numbered above the cap (the cap was
  *   lowered), no new slot is given, so holders drain to the new cap without any chunk being stopped.
  * - **The driver's clock** decides rates and expiry (the database's `clock_timestamp()`, or Effect's
  *   `Clock` in memory, so `TestClock` drives it), never the caller's.
- * - **Waits are visible**: `reserve` and `claim` record the holder's wait (until its token is due, or
+ * - **Waits are visible**: `reserve` and `claim` record the holder's wait (until its grant time, or
  *   while it polls for a slot), and `waits` lists the current ones for `status`.
  * - **Settings are audited**: `declare` stores code defaults on first use and follows later code
  *   defaults while no operator changed the resource; `set` is an operator's change; both write the
  *   audit log (who, when, why, before and after).
  *
  * Outside the contract: fairness between waiters (tokens go in reservation order, slots to whoever
- * polls first), and items per second (limit chunks; with a fixed chunk size that bounds items).
+ * polls first), and which bucket held a chunk back (both count as a `rate` wait).
  *
  * Adding a driver: implement `Store`, build the service with `make(store)`, and run
  * `ResourceLimiterConformance` from `@chunkwise/testing` against it. `RedisResourceLimiter` in
@@ -52,6 +71,16 @@ export interface Limit {
   readonly chunksPerSecond?: number | undefined
   /** Chunks that may start at once after a pause (a positive integer; default: one second of chunks, at least 1). */
   readonly burst?: number | undefined
+  /**
+   * Items that may start per second, across all workers (a positive number), a chunk counting as its
+   * planned size (`ctx.chunkSize`). For a resource priced or loaded per item, or steps with adaptive sizes.
+   */
+  readonly itemsPerSecond?: number | undefined
+  /**
+   * Items that may start at once after a pause (a positive integer; default: one second of items, at
+   * least 1). A chunk larger than it still runs: it waits until the bucket has refilled its whole size.
+   */
+  readonly itemsBurst?: number | undefined
   /** Chunks that may hold the resource at once, across all workers (a positive integer). */
   readonly inFlight?: number | undefined
 }
@@ -63,6 +92,8 @@ export type Limits = Readonly<Record<string, Limit>>
 export interface LimitPatch {
   readonly chunksPerSecond?: number | null | undefined
   readonly burst?: number | null | undefined
+  readonly itemsPerSecond?: number | null | undefined
+  readonly itemsBurst?: number | null | undefined
   readonly inFlight?: number | null | undefined
 }
 
@@ -72,6 +103,9 @@ export interface Setting {
   readonly chunksPerSecond: number | null
   /** `null`: the default, one second of chunks (at least 1). */
   readonly burst: number | null
+  readonly itemsPerSecond: number | null
+  /** `null`: the default, one second of items (at least 1). */
+  readonly itemsBurst: number | null
   readonly inFlight: number | null
   /** `default`: declared in code (later code defaults replace it); `operator`: set with `limits set`. */
   readonly source: "default" | "operator"
@@ -136,12 +170,34 @@ export interface Slot {
   readonly permitId: string
 }
 
-/** A rate token granted to a chunk. */
+/** A chunk's rate tokens on one resource. */
 export interface Grant {
   readonly resource: string
-  /** When the token was due, epoch ms on the driver's clock. */
+  /** When the tokens were due (when the chunk may start), epoch ms on the driver's clock. */
   readonly grantedAt: number
   readonly waitedMs: number
+  /** Item tokens taken (the chunk's planned size); 0 when the resource has no item rate. */
+  readonly items: number
+}
+
+/** What `reserve` answers: when the chunk's tokens are due, and the item tokens it took. */
+export interface Reservation {
+  /** How long the caller waits from now, in ms (0: at once). */
+  readonly waitMs: number
+  /** When the tokens are due (the chunk may start), epoch ms on the driver's clock. */
+  readonly grantedAt: number
+  /** Item tokens taken; 0 when the resource has no item rate. */
+  readonly items: number
+}
+
+/** What a chunk asks of the rates: its planned size. */
+export interface AcquireOptions {
+  /**
+   * Item tokens to take on each resource with an item rate: the chunk's planned size (`ctx.chunkSize`,
+   * the most items it may take), a non-negative integer. Default 1, the least a chunk takes, so a caller
+   * that does not say is never held back for more than it may load.
+   */
+  readonly items?: number | undefined
 }
 
 /** The permits one chunk holds from before its transaction until after its commit. */
@@ -161,7 +217,9 @@ export type ClaimResult =
 // ---- validation
 
 const RESOURCE_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/
-const SETTINGS = ["chunksPerSecond", "burst", "inFlight"] as const
+const SETTINGS = ["chunksPerSecond", "burst", "itemsPerSecond", "itemsBurst", "inFlight"] as const
+/** A limit's settings, in the order they are shown. */
+export type SettingName = typeof SETTINGS[number]
 /** The most in-flight slots one resource may have (each is a row in the Postgres driver). */
 export const MAX_IN_FLIGHT = 10_000
 
@@ -174,7 +232,7 @@ export const invalidResourceName = (resource: unknown): string | undefined =>
 
 /** Why one setting's value is refused (`label` names it as the user wrote it), or `undefined`. */
 export const invalidSetting = (
-  setting: "chunksPerSecond" | "burst" | "inFlight",
+  setting: SettingName,
   value: unknown,
   label: string
 ): string | undefined => {
@@ -190,6 +248,16 @@ export const invalidSetting = (
         ? undefined
         : `${label} must be a positive integer, the chunks that may start at once after a pause (got ${shown}); ` +
           `leave it out for one second of chunks`
+    case "itemsPerSecond":
+      return typeof value === "number" && Number.isFinite(value) && value > 0
+        ? undefined
+        : `${label} must be a positive number of items per second, e.g. 5000 or 0.5 (got ${shown}); leave it out ` +
+          `for no item rate limit`
+    case "itemsBurst":
+      return typeof value === "number" && Number.isSafeInteger(value) && value >= 1
+        ? undefined
+        : `${label} must be a positive integer, the items that may start at once after a pause (got ${shown}); ` +
+          `leave it out for one second of items`
     case "inFlight":
       return typeof value === "number" && Number.isInteger(value) && value >= 1 && value <= MAX_IN_FLIGHT
         ? undefined
@@ -208,7 +276,7 @@ export const invalidLimit = (limit: unknown, label: (setting: string) => string)
   }
   for (const key of Object.keys(limit)) {
     if (!(SETTINGS as ReadonlyArray<string>).includes(key)) {
-      return `${label(key)} is not a limit setting; use chunksPerSecond, burst or inFlight`
+      return `${label(key)} is not a limit setting; use chunksPerSecond, burst, itemsPerSecond, itemsBurst or inFlight`
     }
   }
   const values = limit as Record<string, unknown>
@@ -221,20 +289,27 @@ export const invalidLimit = (limit: unknown, label: (setting: string) => string)
   if ((values["burst"] ?? null) !== null && (values["chunksPerSecond"] ?? null) === null) {
     return `${label("burst")} needs ${label("chunksPerSecond")}: a burst only shapes a rate limit`
   }
+  if ((values["itemsBurst"] ?? null) !== null && (values["itemsPerSecond"] ?? null) === null) {
+    return `${label("itemsBurst")} needs ${label("itemsPerSecond")}: an item burst only shapes an item rate limit`
+  }
   return undefined
 }
 
-/** The burst a rate gets when none is set: one second of chunks, at least 1. */
-export const defaultBurst = (chunksPerSecond: number): number => Math.max(1, Math.ceil(chunksPerSecond))
+/** The burst a rate gets when none is set: one second of it (chunks or items), at least 1. */
+export const defaultBurst = (perSecond: number): number => Math.max(1, Math.ceil(perSecond))
 
 /** A setting's limits as a `Limit` (settings without a value left out). */
 export const limitOf = (setting: {
   readonly chunksPerSecond: number | null
   readonly burst: number | null
+  readonly itemsPerSecond?: number | null | undefined
+  readonly itemsBurst?: number | null | undefined
   readonly inFlight: number | null
 }): Limit => ({
   ...(setting.chunksPerSecond === null ? {} : { chunksPerSecond: setting.chunksPerSecond }),
   ...(setting.burst === null ? {} : { burst: setting.burst }),
+  ...(setting.itemsPerSecond == null ? {} : { itemsPerSecond: setting.itemsPerSecond }),
+  ...(setting.itemsBurst == null ? {} : { itemsBurst: setting.itemsBurst }),
   ...(setting.inFlight === null ? {} : { inFlight: setting.inFlight })
 })
 
@@ -244,19 +319,29 @@ export const patched = (current: Limit, patch: LimitPatch): Limit => {
     const value = patch[key] === undefined ? current[key] : patch[key]
     return value === null || value === undefined ? {} : { [key]: value }
   }
-  // Removing the rate removes its burst too: a burst only shapes a rate.
+  // Removing a rate removes its burst too: a burst only shapes a rate.
   const rateRemoved = patch.chunksPerSecond === null && patch.burst === undefined
-  return { ...pick("chunksPerSecond"), ...(rateRemoved ? {} : pick("burst")), ...pick("inFlight") }
+  const itemRateRemoved = patch.itemsPerSecond === null && patch.itemsBurst === undefined
+  return {
+    ...pick("chunksPerSecond"),
+    ...(rateRemoved ? {} : pick("burst")),
+    ...pick("itemsPerSecond"),
+    ...(itemRateRemoved ? {} : pick("itemsBurst")),
+    ...pick("inFlight")
+  }
 }
 
 /** Same limits? */
 export const sameLimit = (a: Limit, b: Limit): boolean => SETTINGS.every((key) => (a[key] ?? null) === (b[key] ?? null))
 
-/** `50 chunks/s (burst 50) · 8 in flight`, or `no limit`. */
+/** `50 chunks/s (burst 50) · 5000 items/s (burst 5000) · 8 in flight`, or `no limit`. */
 export const summary = (limit: Limit): string => {
   const parts: Array<string> = []
   if (limit.chunksPerSecond !== undefined) {
     parts.push(`${limit.chunksPerSecond} chunks/s (burst ${limit.burst ?? defaultBurst(limit.chunksPerSecond)})`)
+  }
+  if (limit.itemsPerSecond !== undefined) {
+    parts.push(`${limit.itemsPerSecond} items/s (burst ${limit.itemsBurst ?? defaultBurst(limit.itemsPerSecond)})`)
   }
   if (limit.inFlight !== undefined) parts.push(`${limit.inFlight} in flight`)
   return parts.length === 0 ? "no limit" : parts.join(" · ")
@@ -291,11 +376,16 @@ export interface Store {
   readonly history: (
     options: { readonly resource?: string | undefined; readonly limit: number }
   ) => Effect.Effect<ReadonlyArray<Change>, Errors.StoreUnavailable>
-  /** Takes one rate token; `undefined` when the resource has no rate limit (now). Records a wait. */
+  /**
+   * Takes a chunk's rate tokens, atomically: one chunk token (with `chunksPerSecond`) and `items` item
+   * tokens (with `itemsPerSecond`; default 1), due at one grant time (see the module doc). `undefined`
+   * when the resource has no rate limit (now). Records a wait when the grant time is ahead.
+   */
   readonly reserve: (
     resource: string,
-    holder: Holder
-  ) => Effect.Effect<{ readonly waitMs: number; readonly grantedAt: number } | undefined, Errors.StoreUnavailable>
+    holder: Holder,
+    options?: { readonly items?: number | undefined }
+  ) => Effect.Effect<Reservation | undefined, Errors.StoreUnavailable>
   /** Claims an in-flight slot that expires after `ttlMs` unless renewed. Records (or ends) a wait. */
   readonly claim: (
     resource: string,
@@ -321,12 +411,14 @@ export interface ResourceLimiterShape extends Omit<Store, "reserve" | "claim" | 
   /**
    * Waits for a permit on every resource (rates first, then in-flight slots in name order, so two chunks
    * never hold each other's slots) and returns them. Interrupted, it holds nothing. Uses the cached
-   * limits: a resource with no limit costs nothing.
+   * limits: a resource with no limit costs nothing. `options.items` is the chunk's planned size, charged
+   * on resources with an item rate (default 1; a non-negative integer, else the call dies).
    */
   readonly acquire: (
     resources: ReadonlyArray<string>,
     holder: Holder,
-    ttlMs: number
+    ttlMs: number,
+    options?: AcquireOptions
   ) => Effect.Effect<Permits, Errors.StoreUnavailable>
   /** Gives the slots back (never fails: a slot that cannot be released expires). */
   readonly release: (permits: Permits) => Effect.Effect<void>
@@ -440,16 +532,25 @@ export const make = (
       waits: store.waits,
       renew: store.renew,
       release: (permits) => releaseSlots(permits.slots),
-      acquire: (resources, holder, slotTtlMs) =>
+      acquire: (resources, holder, slotTtlMs, acquireOptions) =>
         resources.length === 0 ? Effect.succeed(noPermits) : Effect.gen(function*() {
+          const items = acquireOptions?.items ?? 1
+          if (!(Number.isSafeInteger(items) && items >= 0)) {
+            return yield* Effect.dieMessage(
+              `ResourceLimiter.acquire: items must be the chunk's planned size, an integer of 0 or more (got ${
+                String(items)
+              })`
+            )
+          }
           const limits = yield* cached
           const names = [...new Set(resources)].sort()
           const grants: Array<Grant> = []
           for (const resource of names) {
-            if ((limits.get(resource)?.chunksPerSecond ?? null) === null) continue
-            const reserved = yield* store.reserve(resource, holder)
+            const limit = limits.get(resource)
+            if ((limit?.chunksPerSecond ?? null) === null && (limit?.itemsPerSecond ?? null) === null) continue
+            const reserved = yield* store.reserve(resource, holder, { items })
             if (reserved === undefined) continue
-            grants.push({ resource, grantedAt: reserved.grantedAt, waitedMs: reserved.waitMs })
+            grants.push({ resource, grantedAt: reserved.grantedAt, waitedMs: reserved.waitMs, items: reserved.items })
             if (reserved.waitMs > 0) {
               yield* Effect.sleep(Math.ceil(reserved.waitMs))
               yield* throttled(resource, "rate", reserved.waitMs)
@@ -471,9 +572,40 @@ const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos /
 
 // ---- the in-memory driver
 
+/** A token bucket: `tokens` at `refilledAt` (below 0: debt; `refilledAt` may be ahead: its last grant). */
 interface Bucket {
   tokens: number
   refilledAt: number
+}
+
+/** A bucket's level at `at`, or at its last grant if that is later (`from`), refilled up to `burst`. */
+const levelAt = (bucket: Bucket, rate: number, burst: number, at: number) => {
+  const from = Math.max(bucket.refilledAt, at)
+  return { from, level: Math.min(burst, bucket.tokens + ((from - bucket.refilledAt) / 1000) * rate) }
+}
+
+/** One bucket a reservation draws `cost` tokens from. */
+interface Draw {
+  readonly bucket: Bucket
+  readonly rate: number
+  readonly burst: number
+  readonly cost: number
+  readonly from: number
+  readonly level: number
+  /** The earliest time the bucket holds `cost` (above its burst: had it no cap). */
+  readonly due: number
+}
+
+const drawOf = (bucket: Bucket, rate: number, burst: number, cost: number, at: number): Draw => {
+  const { from, level } = levelAt(bucket, rate, burst, at)
+  return { bucket, rate, burst, cost, from, level, due: from + (Math.max(0, cost - level) / rate) * 1000 }
+}
+
+/** Takes `cost` at `grantedAt` (at or after `due`); for a cost above the burst the bucket fills up to the cost. */
+const take = (draw: Draw, grantedAt: number) => {
+  const held = draw.level + ((grantedAt - draw.from) / 1000) * draw.rate
+  draw.bucket.tokens = Math.min(Math.max(draw.burst, draw.cost), held) - draw.cost
+  draw.bucket.refilledAt = grantedAt
 }
 
 interface HeldSlot {
@@ -488,7 +620,9 @@ interface HeldSlot {
  */
 export const makeMemoryStore: Effect.Effect<Store> = Effect.sync(() => {
   const settings = new Map<string, { -readonly [K in keyof Setting]: Setting[K] }>()
+  /** Chunk buckets, and item buckets, by resource (a resource has one while it has that rate). */
   const buckets = new Map<string, Bucket>()
+  const itemBuckets = new Map<string, Bucket>()
   const slots = new Map<string, Map<number, HeldSlot>>()
   const waits = new Map<string, Wait>()
   const audit: Array<Change> = []
@@ -503,39 +637,67 @@ export const makeMemoryStore: Effect.Effect<Store> = Effect.sync(() => {
     }
     return map
   }
-  /** Refills the bucket up to `at` at the current rate (the state a rate change starts from). */
-  const refill = (resource: string, at: number): Bucket | undefined => {
-    const setting = settings.get(resource)
-    const bucket = buckets.get(resource)
-    if (setting === undefined || bucket === undefined || setting.chunksPerSecond === null) return undefined
-    const burst = setting.burst ?? defaultBurst(setting.chunksPerSecond)
-    const from = Math.max(bucket.refilledAt, at)
-    bucket.tokens = Math.min(burst, bucket.tokens + ((from - bucket.refilledAt) / 1000) * setting.chunksPerSecond)
+  /**
+   * Moves a bucket to new settings: refilled up to `at` at the old rate and burst, then capped by the
+   * new burst; a rate set where there was none starts full; a rate removed drops its bucket.
+   */
+  const rebucket = (
+    bucketsOf: Map<string, Bucket>,
+    resource: string,
+    old: { readonly rate: number | null; readonly burst: number | null },
+    next: { readonly rate: number | null; readonly burst: number | null },
+    at: number
+  ) => {
+    const bucket = bucketsOf.get(resource)
+    if (next.rate === null) {
+      bucketsOf.delete(resource)
+      return
+    }
+    const burst = next.burst ?? defaultBurst(next.rate)
+    if (old.rate === null || bucket === undefined) {
+      bucketsOf.set(resource, { tokens: burst, refilledAt: at })
+      return
+    }
+    const { from, level } = levelAt(bucket, old.rate, old.burst ?? defaultBurst(old.rate), at)
+    bucket.tokens = Math.min(burst, level)
     bucket.refilledAt = from
-    return bucket
   }
-  /** Applies new limits to a resource (creating it), keeping the bucket's tokens where it had a rate. */
+  /** Applies new limits to a resource (creating it), keeping each bucket's tokens where it had that rate. */
   const apply = (resource: string, limit: Limit, source: Setting["source"], by: Actor, at: number): Setting => {
     const before = settings.get(resource)
-    const hadRate = before !== undefined && before.chunksPerSecond !== null
-    if (hadRate) refill(resource, at)
     const setting = {
       resource,
       chunksPerSecond: limit.chunksPerSecond ?? null,
       burst: limit.burst ?? null,
+      itemsPerSecond: limit.itemsPerSecond ?? null,
+      itemsBurst: limit.itemsBurst ?? null,
       inFlight: limit.inFlight ?? null,
       source,
       updatedAt: at,
       updatedBy: by.actor,
       reason: by.reason
     }
+    rebucket(
+      buckets,
+      resource,
+      {
+        rate: before?.chunksPerSecond ?? null,
+        burst: before?.burst ?? null
+      },
+      { rate: setting.chunksPerSecond, burst: setting.burst },
+      at
+    )
+    rebucket(
+      itemBuckets,
+      resource,
+      {
+        rate: before?.itemsPerSecond ?? null,
+        burst: before?.itemsBurst ?? null
+      },
+      { rate: setting.itemsPerSecond, burst: setting.itemsBurst },
+      at
+    )
     settings.set(resource, setting)
-    if (setting.chunksPerSecond !== null) {
-      const burst = setting.burst ?? defaultBurst(setting.chunksPerSecond)
-      const bucket = buckets.get(resource)
-      if (!hadRate || bucket === undefined) buckets.set(resource, { tokens: burst, refilledAt: at })
-      else bucket.tokens = Math.min(burst, bucket.tokens)
-    }
     audit.push({
       at,
       actor: by.actor,
@@ -595,18 +757,37 @@ export const makeMemoryStore: Effect.Effect<Store> = Effect.sync(() => {
     history: ({ limit, resource }) =>
       Effect.sync(() => audit.filter((c) => resource === undefined || c.resource === resource).slice(-limit)),
 
-    reserve: (resource, holder) =>
-      Effect.map(now, (at) => {
-        const bucket = refill(resource, at)
+    reserve: (resource, holder, options) =>
+      Effect.map(now, (at): Reservation | undefined => {
         const setting = settings.get(resource)
-        if (bucket === undefined || setting?.chunksPerSecond == null) return undefined
-        bucket.tokens -= 1
-        const waitMs = bucket.tokens >= 0 ? 0 : (-bucket.tokens / setting.chunksPerSecond) * 1000
-        const grantedAt = bucket.refilledAt + waitMs
+        if (setting === undefined) return undefined
+        const items = options?.items ?? 1
+        const chunkBucket = buckets.get(resource)
+        const itemBucket = itemBuckets.get(resource)
+        const draws: Array<Draw> = []
+        if (setting.chunksPerSecond !== null && chunkBucket !== undefined) {
+          const burst = setting.burst ?? defaultBurst(setting.chunksPerSecond)
+          draws.push(drawOf(chunkBucket, setting.chunksPerSecond, burst, 1, at))
+        }
+        const itemDraw = setting.itemsPerSecond !== null && itemBucket !== undefined
+          ? drawOf(
+            itemBucket,
+            setting.itemsPerSecond,
+            setting.itemsBurst ?? defaultBurst(setting.itemsPerSecond),
+            items,
+            at
+          )
+          : undefined
+        if (itemDraw !== undefined) draws.push(itemDraw)
+        if (draws.length === 0) return undefined
+        // One grant time for every bucket: the latest of their due times.
+        const grantedAt = Math.max(at, ...draws.map((d) => d.due))
+        for (const draw of draws) take(draw, grantedAt)
+        const waitMs = grantedAt - at
         if (waitMs > 0) {
           waits.set(waitKey(holder), { ...holder, resource, kind: "rate", since: at, until: grantedAt })
         }
-        return { waitMs, grantedAt }
+        return { waitMs, grantedAt, items: itemDraw === undefined ? 0 : items }
       }),
 
     claim: (resource, holder, { permitId, ttlMs }) =>

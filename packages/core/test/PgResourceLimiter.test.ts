@@ -230,6 +230,55 @@ describe("PgResourceLimiter on real Postgres", () => {
       ),
     60_000
   )
+
+  it.live(
+    "both buckets live on the resource's row, which no index covers but its key; a debt stored as tokens is honoured",
+    () =>
+      onPostgres((store, _app, control) =>
+        Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const limiter = yield* Effect.provide(ResourceLimiter.ResourceLimiter, control)
+          yield* limiter.declare([{
+            resource: "billing-api",
+            limit: { chunksPerSecond: 10, burst: 1, itemsPerSecond: 1000, itemsBurst: 100 }
+          }], "test")
+          // The bucket columns change on every permit: only the primary key indexes the row, so updates stay HOT.
+          const indexes = yield* sql<{ readonly name: string }>`
+            select indexname as name from pg_indexes where schemaname = ${store} and tablename = 'resource_limits'`
+          expect(indexes.map((i) => i.name)).toEqual(["resource_limits_pkey"])
+          // A debt written as negative tokens at the last refill (as reservations before migration 9 left it):
+          // 5 chunks owed at 10/s, so the next chunk token is due 600 ms after that refill.
+          const [refill] = yield* sql<{ readonly at: number }>`
+            update ${sql(store)}.resource_limits set tokens = -5, refilled_at = clock_timestamp()
+            where resource = 'billing-api'
+            returning (extract(epoch from refilled_at) * 1000)::float8 as at`
+          const next = yield* limiter.acquire(
+            ["billing-api"],
+            {
+              runId: "run_1",
+              unitId: "u1",
+              partitionKey: "p1",
+              job: "job",
+              step: "step",
+              workerId: "w"
+            },
+            10_000,
+            { items: 50 }
+          )
+          const [grant] = next.grants
+          expect(grant!.grantedAt - refill!.at).toBeCloseTo(600, 0)
+          expect(grant!.items).toBe(50)
+          const [row] = yield* sql<{ readonly tokens: number; readonly itemTokens: number; readonly at: number }>`
+            select tokens, item_tokens as "itemTokens", (extract(epoch from refilled_at) * 1000)::float8 as at
+            from ${sql(store)}.resource_limits where resource = 'billing-api'`
+          // Both buckets were charged at the grant time: the chunk bucket empty, the item bucket full less 50.
+          expect(row!.at).toBeCloseTo(grant!.grantedAt, 0)
+          expect(row!.tokens).toBeCloseTo(0, 6)
+          expect(row!.itemTokens).toBeCloseTo(50, 6)
+        })
+      ),
+    60_000
+  )
 })
 
 // ---- two worker processes

@@ -5,7 +5,7 @@
  */
 import { ResourceLimiterConformance } from "@chunkwise/testing"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Exit, Fiber, Layer, Metric, Schema, Scope, TestClock } from "effect"
+import { Cause, Clock, Effect, Exit, Fiber, Layer, Metric, Schema, Scope, TestClock } from "effect"
 import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
 
@@ -73,6 +73,66 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
       expect((yield* limiter.waits({})).waits).toEqual([])
       const seconds = yield* Metric.value(rateSeconds)
       expect(seconds.count - before.count).toBeCloseTo(0.1 + 0.2 + 0.3 + 0.4 + 0.5 + 0.6 + 0.7 + 0.8 + 0.9 + 1.0, 6)
+    }))
+
+  it.effect("an item rate charges each chunk its planned size at one grant time; a chunk above the burst waits for its excess", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ResourceLimiter.makeMemory()
+      yield* limiter.declare([{ resource: "billing-api", limit: { itemsPerSecond: 100, itemsBurst: 50 } }], "test")
+      const sizes = [30, 30, 30, 100, 10]
+      const started: Array<{ readonly grantedAt: number; readonly items: number }> = []
+      const fibers: Array<Fiber.RuntimeFiber<ResourceLimiter.Permits, unknown>> = []
+      for (const [i, items] of sizes.entries()) {
+        fibers.push(
+          yield* Effect.fork(Effect.gen(function*() {
+            const permits = yield* limiter.acquire(["billing-api"], holder(`u${i}`), 10_000, { items })
+            started.push({ grantedAt: yield* Clock.currentTimeMillis, items })
+            return permits
+          }))
+        )
+        // In this order: each reserves before the next asks.
+        yield* settle
+      }
+      // The first 30 of the burst of 50 go at once; the next 30 wait for 10 more items (100 ms).
+      expect(started).toEqual([{ grantedAt: 0, items: 30 }])
+      for (let i = 0; i < 32; i++) {
+        yield* TestClock.adjust("50 millis")
+        yield* settle
+      }
+      const permits = yield* Effect.forEach(fibers, Fiber.join)
+      // 30 at 0, 30 at 100 ms, 30 at 400 ms; the chunk of 100 (above the burst) once its 100 items refilled,
+      // 1 s later; the 10 after it 100 ms after that. Nothing waits for ever.
+      expect(permits.map((p) => [p.grants[0]!.grantedAt, p.grants[0]!.items])).toEqual([
+        [0, 30],
+        [100, 30],
+        [400, 30],
+        [1400, 100],
+        [1500, 10]
+      ])
+      expect(started.map((s) => s.grantedAt)).toEqual([0, 100, 400, 1400, 1500])
+      expect(ResourceLimiterConformance.worstItemExcess(started, 100, 100)).toBeLessThanOrEqual(1e-9)
+      expect((yield* limiter.waits({})).waits).toEqual([])
+    }))
+
+  it.effect("without a size a chunk counts as one item; a size that is not a count dies naming it", () =>
+    Effect.gen(function*() {
+      const limiter = yield* ResourceLimiter.makeMemory()
+      yield* limiter.declare([
+        { resource: "billing-api", limit: { itemsPerSecond: 10 } },
+        { resource: "primary-db", limit: { chunksPerSecond: 10 } }
+      ], "test")
+      const permits = yield* limiter.acquire(["billing-api", "primary-db"], holder("u1"), 10_000)
+      // A resource without an item rate takes no items.
+      expect(permits.grants.map((g) => [g.resource, g.items])).toEqual([["billing-api", 1], ["primary-db", 0]])
+      for (const items of [-1, 2.5, Number.NaN]) {
+        const exit = yield* Effect.exit(limiter.acquire(["billing-api"], holder("u2"), 10_000, { items }))
+        expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+        expect(JSON.stringify(exit)).toContain(
+          `ResourceLimiter.acquire: items must be the chunk's planned size, an integer of 0 or more (got ${items})`
+        )
+      }
+      // Nothing was taken by the refused calls: the bucket of 10 has 9 items left.
+      expect((yield* limiter.acquire(["billing-api"], holder("u3"), 10_000, { items: 9 })).grants[0]!.waitedMs).toBe(0)
     }))
 
   it.effect("an in-flight cap of 2 is never exceeded, and a release wakes the next waiter at once", () =>
@@ -236,7 +296,26 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
       expect(ResourceLimiter.invalidLimit({ chunksPerSecond: 0 }, label)).toContain("leave it out for no rate limit")
       expect(ResourceLimiter.invalidLimit({ burst: 5 }, label)).toContain("burst needs")
       expect(ResourceLimiter.invalidLimit({ chunkPerSecond: 5 }, label)).toContain(
-        `limits["primary-db"].chunkPerSecond is not a limit setting; use chunksPerSecond, burst or inFlight`
+        `limits["primary-db"].chunkPerSecond is not a limit setting; use chunksPerSecond, burst, itemsPerSecond, ` +
+          `itemsBurst or inFlight`
+      )
+      expect(ResourceLimiter.invalidLimit({ itemsPerSecond: 0 }, label)).toContain(
+        `limits["primary-db"].itemsPerSecond must be a positive number of items per second, e.g. 5000 or 0.5 (got 0)`
+      )
+      expect(ResourceLimiter.invalidLimit({ itemsPerSecond: Number.NaN }, label)).toContain(
+        "leave it out for no item rate limit"
+      )
+      expect(ResourceLimiter.invalidLimit({ itemsPerSecond: 100, itemsBurst: 1.5 }, label)).toContain(
+        `limits["primary-db"].itemsBurst must be a positive integer, the items that may start at once after a pause ` +
+          `(got 1.5)`
+      )
+      expect(ResourceLimiter.invalidLimit({ itemsBurst: 100 }, label)).toContain(
+        `limits["primary-db"].itemsBurst needs limits["primary-db"].itemsPerSecond`
+      )
+      expect(ResourceLimiter.invalidLimit({ itemsPerSecond: 5000, itemsBurst: 20_000, inFlight: 8 }, label))
+        .toBeUndefined()
+      expect(ResourceLimiter.summary({ chunksPerSecond: 50, itemsPerSecond: 5000, inFlight: 8 })).toBe(
+        "50 chunks/s (burst 50) · 5000 items/s (burst 5000) · 8 in flight"
       )
       expect(ResourceLimiter.invalidLimit(8, label)).toContain("must be an object like")
       expect(ResourceLimiter.invalidResourceName("Primary DB")).toContain(`e.g. "primary-db"`)

@@ -1,8 +1,9 @@
 /**
  * Fixtures for resource-limit tests on Postgres: a job whose chunks load `primary-db` and record when
  * they ran (the database's clock, inside the chunk transaction, so the interval lies within the time
- * the chunk held its permits), a limiter that records every rate grant, and the measures computed
- * from those rows: the most chunks at once, and the worst excess of grants over `rate × time + burst`.
+ * the chunk held its permits), a limiter that records every rate grant with its items, and the measures
+ * computed from those rows: the most chunks at once, and the worst excess of grants over
+ * `rate × time + burst`.
  */
 import { SqlClient } from "@effect/sql"
 import { type Duration, Effect, Layer, Logger, LogLevel, Schema } from "effect"
@@ -17,7 +18,8 @@ export const createLimitTables = (app: string) =>
         id serial primary key, worker text not null, partition text not null, chunk integer not null,
         started_at timestamptz not null, ended_at timestamptz not null)`,
       sql`create table ${sql(app)}.grants (
-        id serial primary key, resource text not null, granted_at float8 not null, waited_ms float8 not null)`
+        id serial primary key, resource text not null, granted_at float8 not null, waited_ms float8 not null,
+        items integer not null)`
     ]))
 
 /** Partition `pN` runs `chunks` chunks on `primary-db`; each records its interval and sleeps `delayMs`. */
@@ -64,13 +66,15 @@ export const observedLimiter = (store: string, app: string, cacheTtl: Duration.D
       const sql = yield* SqlClient.SqlClient
       return {
         ...limiter,
-        acquire: (resources, holder, ttlMs) =>
+        acquire: (resources, holder, ttlMs, options) =>
           Effect.tap(
-            limiter.acquire(resources, holder, ttlMs),
+            limiter.acquire(resources, holder, ttlMs, options),
             (permits) =>
               Effect.forEach(permits.grants, (g) =>
-                sql`insert into ${sql(app)}.grants (resource, granted_at, waited_ms)
-                  values (${g.resource}, ${g.grantedAt}, ${g.waitedMs})`.pipe(Effect.orDie), { discard: true })
+                sql`insert into ${sql(app)}.grants (resource, granted_at, waited_ms, items)
+                  values (${g.resource}, ${g.grantedAt}, ${g.waitedMs}, ${g.items})`.pipe(Effect.orDie), {
+                discard: true
+              })
           )
       } satisfies ResourceLimiter.ResourceLimiterShape
     })
@@ -97,8 +101,11 @@ export const overlaps = (app: string) =>
       from ${sql(app)}.executions e order by e.started_at`
   )
 
-/** Rate grants recorded by `observedLimiter`, in epoch ms of the database's clock. */
+/** Rate grants recorded by `observedLimiter`, in epoch ms of the database's clock, with the items each took. */
 export const grants = (app: string) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql<{ readonly grantedAt: number; readonly waitedMs: number }>`
-      select granted_at as "grantedAt", waited_ms as "waitedMs" from ${sql(app)}.grants order by granted_at`)
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) =>
+      sql<{ readonly grantedAt: number; readonly waitedMs: number; readonly items: number }>`
+      select granted_at as "grantedAt", waited_ms as "waitedMs", items from ${sql(app)}.grants order by granted_at`
+  )

@@ -1,11 +1,13 @@
 /**
  * The conformance suite of the resource limiter's drivers (`ResourceLimiter.Store`): a driver runs it
  * in a couple of lines against its real backend, with two drivers open on it at once, as two worker
- * processes would be. It checks the contract of `ResourceLimiter`'s module doc: a rate grants at most
- * `rate × length + burst` over any interval (measured by the grant times the driver reports, on its own
- * clock, never by wall-clock durations), an in-flight cap holds under concurrent claims, expired slots
- * come back, a lowered cap drains its holders before any new slot, waits are visible, settings are
- * declared, changed and audited, and bad settings are refused with the setting and the fix.
+ * processes would be. It checks the contract of `ResourceLimiter`'s module doc: a rate of chunks, and
+ * one of items, grants at most `rate × length + burst` over any interval (measured by the grant times
+ * and item counts the driver reports, on its own clock, never by wall-clock durations), a chunk larger
+ * than the item burst is granted, both rates charge a chunk at one grant time, an in-flight cap holds
+ * under concurrent claims, expired slots come back, a lowered cap drains its holders before any new
+ * slot, waits are visible, settings are declared, changed and audited, and bad settings are refused
+ * with the setting and the fix.
  *
  * It runs live (drivers decide time on their backend's clock), with short TTLs.
  *
@@ -34,6 +36,27 @@ export const worstExcess = (times: ReadonlyArray<number>, rate: number, burst: n
   for (let i = 0; i < sorted.length; i++) {
     for (let j = i; j < sorted.length; j++) {
       worst = Math.max(worst, j - i + 1 - (rate * (sorted[j]! - sorted[i]!)) / 1000 - burst)
+    }
+  }
+  return worst
+}
+
+/**
+ * The worst excess of items granted over `rate × length + burst` across every window [a, b] of the
+ * grant times (ms), each grant counting its `items`: at most 0 (plus float rounding) when the limit held.
+ */
+export const worstItemExcess = (
+  grants: ReadonlyArray<{ readonly grantedAt: number; readonly items: number }>,
+  rate: number,
+  burst: number
+): number => {
+  const sorted = [...grants].sort((a, b) => a.grantedAt - b.grantedAt)
+  let worst = -Infinity
+  for (let i = 0; i < sorted.length; i++) {
+    let items = 0
+    for (let j = i; j < sorted.length; j++) {
+      items += sorted[j]!.items
+      worst = Math.max(worst, items - (rate * (sorted[j]!.grantedAt - sorted[i]!.grantedAt)) / 1000 - burst)
     }
   }
   return worst
@@ -92,9 +115,11 @@ export const suite = (name: string, options: Options): void => {
           expect(grants.filter((g) => g.waitMs === 0).length).toBeLessThanOrEqual(burst + 1)
           const times = grants.map((g) => g.grantedAt)
           expect(Math.max(...times) - Math.min(...times)).toBeCloseTo(((30 - burst) / rate) * 1000, 0)
-          // The waiters are visible until their tokens are due, as rate waits.
+          // The waiters are visible until their tokens are due, as rate waits: at least every one due after
+          // now on the driver's clock (the first may have ended already if the calls took long).
           const visible = yield* b.waits({})
-          expect(visible.waits.length).toBeGreaterThanOrEqual(30 - burst - 1)
+          expect(visible.waits.length).toBeGreaterThanOrEqual(grants.filter((g) => g.grantedAt > visible.now).length)
+          expect(visible.waits.length).toBeGreaterThan(0)
           expect(new Set(visible.waits.map((w) => w.kind))).toEqual(new Set(["rate"]))
           for (const wait of visible.waits) expect(wait.until).toBeGreaterThan(visible.now)
           // A resource without a rate takes no token.
@@ -281,6 +306,169 @@ export const suite = (name: string, options: Options): void => {
           const cleared = yield* a.set("primary-db", { chunksPerSecond: null }, operator, { create: false })
           expect(ResourceLimiter.limitOf(cleared)).toEqual({})
           expect(yield* b.reserve("primary-db", holder("free"))).toBeUndefined()
+        })
+    )
+
+    test(
+      "an item rate grants no more than itemsPerSecond × length + itemsBurst items across two drivers",
+      (a, b) =>
+        Effect.gen(function*() {
+          const rate = 400
+          const burst = 60
+          yield* a.declare(
+            [{ resource: "billing-api", limit: { itemsPerSecond: rate, itemsBurst: burst } }],
+            "worker A"
+          )
+          // Chunks of 10 to 49 items (planned sizes), reserved at once from both drivers: far above the burst.
+          const sizes = Array.from({ length: 30 }, (_, i) => 10 + ((i * 7) % 40))
+          const reserved = yield* Effect.forEach(
+            sizes,
+            (items, i) => (i % 2 === 0 ? a : b).reserve("billing-api", holder(`u${i}`), { items }),
+            { concurrency: "unbounded" }
+          )
+          const grants = reserved.map((r) => r!)
+          // Each chunk took its planned size.
+          expect(grants.map((g) => g.items)).toEqual(sizes)
+          expect(worstItemExcess(grants, rate, burst)).toBeLessThanOrEqual(tolerance)
+          // Past the burst every chunk waits for its items: the last is due (total - burst) / rate after the
+          // first, however the calls spread in time.
+          const total = sizes.reduce((sum, n) => sum + n, 0)
+          const times = grants.map((g) => g.grantedAt)
+          expect(Math.max(...times) - Math.min(...times)).toBeCloseTo(((total - burst) / rate) * 1000, 0)
+          const visible = yield* b.waits({})
+          expect(visible.waits.length).toBeGreaterThanOrEqual(grants.filter((g) => g.grantedAt > visible.now).length)
+          expect(visible.waits.length).toBeGreaterThan(0)
+          expect(new Set(visible.waits.map((w) => w.kind))).toEqual(new Set(["rate"]))
+          // Without `items`, a chunk counts as one item.
+          const one = yield* a.reserve("billing-api", holder("one"))
+          expect(one!.items).toBe(1)
+          expect(one!.grantedAt - Math.max(...times)).toBeCloseTo((1 / rate) * 1000, 0)
+        })
+    )
+
+    test(
+      "a chunk larger than the item burst is granted once its excess refilled, and the next waits for its own",
+      (a, b) =>
+        Effect.gen(function*() {
+          yield* a.declare([{ resource: "billing-api", limit: { itemsPerSecond: 100, itemsBurst: 10 } }], "worker A")
+          // The bucket is full (10): the 25 items above it take 250 ms, and the chunk leaves it empty.
+          const big = (yield* a.reserve("billing-api", holder("big"), { items: 35 }))!
+          expect(big.items).toBe(35)
+          expect(big.waitMs).toBeCloseTo(250, 0)
+          const next = (yield* b.reserve("billing-api", holder("next"), { items: 5 }))!
+          expect(next.grantedAt - big.grantedAt).toBeCloseTo(50, 0)
+          // The bound holds with the largest chunk as the burst: a chunk is not split.
+          expect(worstItemExcess([big, next], 100, 35)).toBeLessThanOrEqual(tolerance)
+          const { waits } = yield* a.waits({})
+          expect(waits.map((w) => [w.unitId, w.kind, w.until])).toEqual([
+            ["big", "rate", big.grantedAt],
+            ["next", "rate", next.grantedAt]
+          ])
+        })
+    )
+
+    test(
+      "a chunk takes its chunk and item tokens at one grant time: chunks held back by one rate do not bunch on the other",
+      (a, b) =>
+        Effect.gen(function*() {
+          yield* a.declare([{
+            resource: "primary-db",
+            limit: { chunksPerSecond: 10, burst: 1, itemsPerSecond: 1000, itemsBurst: 10 }
+          }], "worker A")
+          // A chunk of 2,000 items waits about 2 s for them; its chunk token was there at once.
+          const big = (yield* a.reserve("primary-db", holder("big"), { items: 2000 }))!
+          expect(big.waitMs).toBeCloseTo(1990, 0)
+          // Then chunks of one item, whose items are there almost at once: their chunk tokens come one per
+          // 100 ms after the big chunk's grant, not all at once when the big one's items are due.
+          const small: Array<ResourceLimiter.Reservation> = []
+          for (let i = 0; i < 9; i++) {
+            small.push((yield* (i % 2 === 0 ? b : a).reserve("primary-db", holder(`s${i}`), { items: 1 }))!)
+          }
+          small.forEach((grant, k) => expect(grant.grantedAt - big.grantedAt).toBeCloseTo(100 * (k + 1), 0))
+          const grants = [big, ...small]
+          expect(worstExcess(grants.map((g) => g.grantedAt), 10, 1)).toBeLessThanOrEqual(tolerance)
+          expect(worstItemExcess(grants, 1000, 2000)).toBeLessThanOrEqual(tolerance)
+        })
+    )
+
+    test(
+      "an item rate is declared, changed, lowered at once, removed and audited like the other settings",
+      (a, b) =>
+        Effect.gen(function*() {
+          const declared = yield* a.declare([{ resource: "billing-api", limit: { itemsPerSecond: 5000 } }], "worker A")
+          expect([declared[0]!.setting.itemsPerSecond, declared[0]!.setting.itemsBurst]).toEqual([5000, null])
+          const withBurst = yield* b.set("billing-api", { itemsBurst: 200 }, operator, { create: false })
+          expect(ResourceLimiter.limitOf(withBurst)).toEqual({ itemsPerSecond: 5000, itemsBurst: 200 })
+          const both = yield* a.set("billing-api", { chunksPerSecond: 50 }, operator, { create: false })
+          expect(ResourceLimiter.limitOf(both)).toEqual({ chunksPerSecond: 50, itemsPerSecond: 5000, itemsBurst: 200 })
+          // A full item bucket of 200: a chunk of 150 goes at once.
+          const first = (yield* a.reserve("billing-api", holder("first"), { items: 150 }))!
+          expect([first.items, first.waitMs]).toEqual([150, 0])
+          // Lowered to 1 item per second with a burst of 1: the bucket keeps one item, the next is a second later.
+          yield* b.set("billing-api", { itemsPerSecond: 1, itemsBurst: 1 }, operator, { create: false })
+          // (The chunk rate, 50/s, has its tokens: the items decide.)
+          expect((yield* a.reserve("billing-api", holder("one"), { items: 1 }))!.waitMs).toBe(0)
+          const slow = (yield* b.reserve("billing-api", holder("slow"), { items: 1 }))!
+          expect(slow.waitMs).toBeGreaterThan(500)
+          expect(slow.waitMs).toBeLessThanOrEqual(1000)
+          // Removing the item rate removes its burst too; the chunk rate stays and takes no items.
+          const cleared = yield* a.set("billing-api", { itemsPerSecond: null }, operator, { create: false })
+          expect(ResourceLimiter.limitOf(cleared)).toEqual({ chunksPerSecond: 50 })
+          expect((yield* b.reserve("billing-api", holder("chunks"), { items: 40 }))!.items).toBe(0)
+          yield* a.set("billing-api", { chunksPerSecond: null }, operator, { create: false })
+          expect(yield* b.reserve("billing-api", holder("free"), { items: 40 })).toBeUndefined()
+          const [usage] = yield* b.settings
+          expect([usage!.itemsPerSecond, usage!.itemsBurst, usage!.chunksPerSecond]).toEqual([null, null, null])
+          expect((yield* a.history({ resource: "billing-api", limit: 10 })).map((c) => [c.before, c.after])).toEqual([
+            [null, { itemsPerSecond: 5000 }],
+            [{ itemsPerSecond: 5000 }, { itemsPerSecond: 5000, itemsBurst: 200 }],
+            [{ itemsPerSecond: 5000, itemsBurst: 200 }, { chunksPerSecond: 50, itemsPerSecond: 5000, itemsBurst: 200 }],
+            [{ chunksPerSecond: 50, itemsPerSecond: 5000, itemsBurst: 200 }, {
+              chunksPerSecond: 50,
+              itemsPerSecond: 1,
+              itemsBurst: 1
+            }],
+            [{ chunksPerSecond: 50, itemsPerSecond: 1, itemsBurst: 1 }, { chunksPerSecond: 50 }],
+            [{ chunksPerSecond: 50 }, {}]
+          ])
+          // Code defaults with an item rate are followed like the others.
+          yield* a.declare([{ resource: "primary-db", limit: { itemsPerSecond: 100 } }], "worker A")
+          const updated = yield* b.declare(
+            [{ resource: "primary-db", limit: { itemsPerSecond: 200, itemsBurst: 50 } }],
+            "B"
+          )
+          expect([updated[0]!.outcome, ResourceLimiter.limitOf(updated[0]!.setting)]).toEqual([
+            "updated",
+            { itemsPerSecond: 200, itemsBurst: 50 }
+          ])
+        })
+    )
+
+    test(
+      "bad item settings are refused with the setting and the fix, and change nothing",
+      (a, b) =>
+        Effect.gen(function*() {
+          yield* a.declare([{ resource: "billing-api", limit: { itemsPerSecond: 500 } }], "test")
+          for (const bad of [Number.NaN, 0, -5, Number.POSITIVE_INFINITY]) {
+            const refused = yield* Effect.flip(
+              b.set("billing-api", { itemsPerSecond: bad }, operator, { create: false })
+            )
+            expect(refused.message).toContain(
+              `limit of "billing-api": itemsPerSecond must be a positive number of items per second`
+            )
+            expect(refused.message).toContain(`(got ${String(bad)})`)
+          }
+          const fraction = yield* Effect.flip(b.set("billing-api", { itemsBurst: 2.5 }, operator, { create: false }))
+          expect(fraction.message).toContain("itemsBurst must be a positive integer")
+          const zero = yield* Effect.flip(b.set("billing-api", { itemsBurst: 0 }, operator, { create: false }))
+          expect(zero.message).toContain("leave it out for one second of items")
+          const burstAlone = yield* Effect.flip(b.set("primary-db", { itemsBurst: 100 }, operator, { create: true }))
+          expect(burstAlone.message).toContain("itemsBurst needs")
+          const settings = yield* a.settings
+          expect(settings.map((s) => [s.resource, ResourceLimiter.limitOf(s)])).toEqual([
+            ["billing-api", { itemsPerSecond: 500 }]
+          ])
+          expect(yield* a.history({ limit: 10 })).toHaveLength(1)
         })
     )
 

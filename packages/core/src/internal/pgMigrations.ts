@@ -387,5 +387,18 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         primary key (run_id, step, partition_key, item_id)
       )`
     yield* sql`create index quarantine_status on ${s}.quarantine (run_id, status)`
+  }),
+  "9_items_per_second": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // An item rate per resource (PgResourceLimiter): its settings and a second token bucket with its own
+    // last refill. Like the chunk bucket's, these columns change on every permit and no index covers
+    // them, so updates of the row stay HOT.
+    yield* sql`
+      alter table ${s}.resource_limits
+        add column items_per_second  double precision,
+        add column items_burst       bigint,
+        add column item_tokens       double precision not null default 0,
+        add column items_refilled_at timestamptz not null default clock_timestamp()`
   })
 })

@@ -1,9 +1,10 @@
 --[[
   Helpers every resource-limiter script shares, inlined where a script says "-- @include limiter".
 
-  A bucket (a field of the buckets hash, by resource) is "<rate> <burst> <tokens> <refilledAt>": chunks
-  per second, the bucket's size, its tokens (below 0: debt, reserved by waiting callers) and when it was
-  last refilled (ms, Redis time). A slot is a member "<slot>:<permitId>" of the resource's sorted set,
+  A bucket (a field of the buckets hash: the resource for its chunk bucket, "<resource>:items" for its
+  item bucket) is "<rate> <burst> <tokens> <refilledAt>": chunks or items per second, the bucket's
+  size, its tokens (below 0: debt) and when it was last refilled (ms, Redis time; ahead of now while
+  reserved grants wait: the last grant's time). A slot is a member "<slot>:<permitId>" of the resource's sorted set,
   scored by its expiry (ms, Redis time). A wait is JSON with `since` and `until` (ms, Redis time).
 ]]
 
