@@ -33,6 +33,7 @@ import { Cause, Config, Console, Data, Effect, Layer, Logger, LogLevel, Option, 
 import * as os from "node:os"
 import type * as Errors from "./Errors.js"
 import * as F from "./internal/cli/format.js"
+import * as L from "./internal/cli/limits.js"
 import * as V from "./internal/cli/views.js"
 import type * as Job from "./Job.js"
 import { QueueAdapter } from "./QueueAdapter.js"
@@ -710,8 +711,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
     (args) =>
       withStore(Effect.gen(function*() {
         const limiter = yield* limiterOf
-        const rows = (yield* limiter.settings).map(V.limitJson)
-        yield* print(args.json, { limits: rows }, () => V.limitsText(rows, name))
+        const rows = (yield* limiter.settings).map(L.limitJson)
+        yield* print(args.json, { limits: rows }, () => L.limitsText(rows, name))
       }))
   ).pipe(Command.withDescription("The resources steps load, their limits, permits in use and units waiting"))
 
@@ -720,7 +721,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
   /** A flag's value: a number, `null` for `none`, `undefined` when not given. */
   const limitValue = (
     given: Option.Option<string>,
-    setting: "chunksPerSecond" | "burst" | "inFlight",
+    setting: ResourceLimiter.SettingName,
     flag: string
   ) =>
     Option.match(given, {
@@ -741,6 +742,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
       resource: Args.text({ name: "resource" }).pipe(Args.withDescription("The resource, e.g. primary-db")),
       chunksPerSecond: limitFlag("chunks-per-second", "Chunks that may start per second across all workers"),
       burst: limitFlag("burst", "Chunks that may start at once after a pause (default: one second of chunks)"),
+      itemsPerSecond: limitFlag(
+        "items-per-second",
+        "Items that may start per second across all workers, a chunk counting as its planned size"
+      ),
+      itemsBurst: limitFlag(
+        "items-burst",
+        "Items that may start at once after a pause (default: one second of items)"
+      ),
       inFlight: limitFlag("in-flight", "Chunks that may hold the resource at once across all workers"),
       create: Options.boolean("create").pipe(
         Options.withDescription("Set a limit on a resource no worker has declared yet")
@@ -756,11 +765,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         const patch = {
           chunksPerSecond: yield* limitValue(args.chunksPerSecond, "chunksPerSecond", "chunks-per-second"),
           burst: yield* limitValue(args.burst, "burst", "burst"),
+          itemsPerSecond: yield* limitValue(args.itemsPerSecond, "itemsPerSecond", "items-per-second"),
+          itemsBurst: yield* limitValue(args.itemsBurst, "itemsBurst", "items-burst"),
           inFlight: yield* limitValue(args.inFlight, "inFlight", "in-flight")
         }
         if (Object.values(patch).every((v) => v === undefined)) {
           return yield* usage(
-            `limits set: give --chunks-per-second, --in-flight and/or --burst (a number, or none to remove it)`
+            `limits set: give --chunks-per-second, --burst, --items-per-second, --items-burst and/or --in-flight ` +
+              `(a number, or none to remove it)`
           )
         }
         const why = yield* needReason(false, args.reason, "limits set")

@@ -52,6 +52,8 @@ describe("operator CLI: resource limits", () => {
             resource: "primary-db",
             chunksPerSecond: 50,
             burst: 50,
+            itemsPerSecond: null,
+            itemsBurst: null,
             inFlight: 8,
             inUse: 0,
             waiting: 0,
@@ -116,7 +118,9 @@ describe("operator CLI: resource limits", () => {
           expect(burstAlone.stderr).toContain("burst needs")
           const nothing = yield* exec(cli, "limits", "set", "primary-db", "--reason", "x")
           expect(nothing.code).toBe(2)
-          expect(nothing.stderr).toContain("give --chunks-per-second, --in-flight and/or --burst")
+          expect(nothing.stderr).toContain(
+            "give --chunks-per-second, --burst, --items-per-second, --items-burst and/or --in-flight"
+          )
           const noReason = yield* exec(cli, "limits", "set", "primary-db", "--in-flight", "3")
           expect(noReason.code).toBe(2)
           expect(noReason.stderr).toContain(`limits set needs --reason "<why>"`)
@@ -129,6 +133,95 @@ describe("operator CLI: resource limits", () => {
           expect(badName.stderr).toContain("is not a valid name")
           // None of the refused commands changed anything.
           expect(yield* limiter.history({ limit: 10 })).toHaveLength(2)
+
+          // Items per second, with its burst: set, listed, refused when bad, removed with `none`.
+          const itemBurstAlone = yield* exec(
+            cli,
+            "limits",
+            "set",
+            "primary-db",
+            "--items-burst",
+            "100",
+            "--reason",
+            "x"
+          )
+          expect(itemBurstAlone.code).toBe(2)
+          expect(itemBurstAlone.stderr).toContain("itemsBurst needs")
+          const items = yield* exec(
+            cli,
+            "limits",
+            "set",
+            "primary-db",
+            "--items-per-second",
+            "5000",
+            "--items-burst",
+            "20000",
+            "--reason",
+            "the API is priced per row",
+            "--actor",
+            "ops"
+          )
+          expect(items.code).toBe(0)
+          expect(items.stdout).toContain(
+            "primary-db: 5000 items/s (burst 20000) · 2 in flight (was 2 in flight), set by ops"
+          )
+          expect((yield* exec(cli, "limits", "--json")).json().limits).toMatchObject([{
+            resource: "primary-db",
+            chunksPerSecond: null,
+            burst: null,
+            itemsPerSecond: 5000,
+            itemsBurst: 20000,
+            inFlight: 2,
+            source: "operator"
+          }])
+          const table = (yield* exec(cli, "limits")).stdout
+          expect(table).toContain("ITEMS/S")
+          expect(table).toMatch(/primary-db\s+—\s+—\s+5000\s+20000\s+2\s/)
+          for (
+            const [flag, value, message] of [
+              [
+                "--items-per-second",
+                "0",
+                "--items-per-second must be a positive number of items per second, e.g. 5000"
+              ],
+              ["--items-per-second", "lots", `--items-per-second must be a positive number of items per second`],
+              ["--items-per-second", "-1", "(got -1)"],
+              ["--items-burst", "2.5", "--items-burst must be a positive integer"]
+            ] as const
+          ) {
+            const refused = yield* exec(cli, "limits", "set", "primary-db", flag, value, "--reason", "x")
+            expect(refused.code).toBe(2)
+            expect(refused.stderr).toContain(message)
+          }
+          const defaultBurst = yield* exec(
+            cli,
+            "limits",
+            "set",
+            "primary-db",
+            "--items-burst",
+            "none",
+            "--reason",
+            "one second of items is enough"
+          )
+          expect(defaultBurst.stdout).toContain("primary-db: 5000 items/s (burst 5000) · 2 in flight")
+          const removed = yield* exec(
+            cli,
+            "limits",
+            "set",
+            "primary-db",
+            "--items-per-second",
+            "none",
+            "--reason",
+            "vendor dropped per-row pricing"
+          )
+          expect(removed.code).toBe(0)
+          expect(removed.stdout).toContain("primary-db: 2 in flight (was 5000 items/s (burst 5000) · 2 in flight)")
+          const changes = yield* exec(cli, "limits", "history", "primary-db", "--json")
+          expect(changes.json().changes.slice(2).map((c: any) => [c.before, c.after])).toEqual([
+            [{ inFlight: 2 }, { itemsPerSecond: 5000, itemsBurst: 20000, inFlight: 2 }],
+            [{ itemsPerSecond: 5000, itemsBurst: 20000, inFlight: 2 }, { itemsPerSecond: 5000, inFlight: 2 }],
+            [{ itemsPerSecond: 5000, inFlight: 2 }, { inFlight: 2 }]
+          ])
         })
       ),
     60_000
