@@ -245,12 +245,17 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
      * Waits for the chunk's resource permits, before its transaction begins (D16), and keeps them on the
      * entry (the heartbeat renews them) until `givePermits`. `None`: the drain started while waiting.
      */
-    const takePermits = (resources: ReadonlyArray<string>, holder: ResourceLimiter.Holder, entry: Active) =>
+    const takePermits = (
+      resources: ReadonlyArray<string>,
+      holder: ResourceLimiter.Holder,
+      entry: Active,
+      items: number
+    ) =>
       limiter === undefined || resources.length === 0
         ? Effect.succeed(Option.some(noPermits))
         : Effect.uninterruptibleMask((restore) =>
           restore(Effect.raceFirst(
-            Effect.map(limiter.acquire(resources, holder, leaseMs), Option.some),
+            Effect.map(limiter.acquire(resources, holder, leaseMs, { items }), Option.some),
             Effect.as(Deferred.await(drainStarted), Option.none<ResourceLimiter.Permits>())
           )).pipe(Effect.tap((permits) =>
             Effect.sync(() => {
@@ -515,7 +520,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   step: step.name,
                   workerId
                 }
-                if (Option.isNone(yield* takePermits(step.resources, holder, entry))) return Option.none()
+                // A chunk is charged its planned size on an item rate; a single step, one item.
+                if (Option.isNone(yield* takePermits(step.resources, holder, entry, size.items))) {
+                  return Option.none()
+                }
                 const ctx: Step.ChunkContext<unknown, unknown, unknown> = {
                   job: job.name,
                   runId: lease.runId,

@@ -402,6 +402,47 @@ describe("Worker with resource limits (memory engine, TestClock)", () => {
       expect((yield* limiter.settings).map((u) => [u.resource, u.inFlight, u.inUse])).toEqual([["primary-db", 2, 0]])
     }).pipe(Effect.provide(Layer.merge(memoryEngine(), ResourceLimiter.layerMemory()))))
 
+  it.scoped("a worker charges each chunk its planned size on an item rate: items started stay within the rate", () =>
+    Effect.gen(function*() {
+      const started: Array<{ readonly grantedAt: number; readonly items: number }> = []
+      const job = Job.make({
+        name: "items",
+        params: Schema.Struct({ label: Schema.String }),
+        partitions: () => ["p0", "p1", "p2", "p3"],
+        steps: (step) => [
+          step.chunked("load", {
+            cursor: Schema.Struct({ next: Schema.Number }),
+            start: { next: 0 },
+            chunkSize: 5,
+            transaction: "chunk",
+            resources: ["billing-api"],
+            process: ({ chunkSize, cursor }) =>
+              Effect.gen(function*() {
+                started.push({ grantedAt: yield* Clock.currentTimeMillis, items: chunkSize })
+                return Step.advance(
+                  cursor.next + chunkSize >= 20 ? Step.done : { next: cursor.next + chunkSize },
+                  chunkSize
+                )
+              })
+          })
+        ],
+        concurrency: { perWorker: 4 }
+      })
+      yield* Worker.make({
+        jobs: [job],
+        ...fastWorker,
+        limits: { "billing-api": { itemsPerSecond: 10, itemsBurst: 10 } }
+      })
+      const { runId } = yield* Runner.start(job, { label: "items" })
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).items).toBe(80)
+      expect(started.reduce((sum, s) => sum + s.items, 0)).toBe(80)
+      // 80 items at 10/s after a burst of 10: the last chunk starts no earlier than 6.5 s in.
+      expect(ResourceLimiterConformance.worstItemExcess(started, 10, 10)).toBeLessThanOrEqual(1e-9)
+      expect(Math.max(...started.map((s) => s.grantedAt)) - Math.min(...started.map((s) => s.grantedAt)))
+        .toBeGreaterThanOrEqual(6_500)
+    }).pipe(Effect.provide(Layer.merge(memoryEngine(), ResourceLimiter.layerMemory()))))
+
   it.scoped("on shutdown, a unit waiting for a permit gives its unit back: no attempt counted, nothing run", () =>
     Effect.gen(function*() {
       const counter = { running: 0, most: 0, chunks: 0 }
