@@ -34,8 +34,10 @@ import * as os from "node:os"
 import type * as Errors from "./Errors.js"
 import * as F from "./internal/cli/format.js"
 import * as L from "./internal/cli/limits.js"
+import * as Q from "./internal/cli/quarantine.js"
 import * as V from "./internal/cli/views.js"
 import type * as Job from "./Job.js"
+import * as Quarantine from "./Quarantine.js"
 import { QueueAdapter } from "./QueueAdapter.js"
 import * as ResourceLimiter from "./ResourceLimiter.js"
 import * as Runbook from "./Runbook.js"
@@ -703,6 +705,77 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
       })
   ).pipe(Command.withDescription("Render the Markdown runbook of every error class of every job"))
 
+  // ---- quarantine
+
+  const quarantineFilter = {
+    step: Options.text("step").pipe(Options.optional, Options.withDescription("Only this step's items")),
+    partitions
+  }
+  const quarantineList = Command.make(
+    "list",
+    {
+      run: runArg,
+      ...quarantineFilter,
+      status: Options.choice("status", Quarantine.statuses).pipe(
+        Options.repeated,
+        Options.withDescription("Only items in this status (repeatable): quarantined, retry or resolved")
+      ),
+      limit: Options.integer("limit").pipe(Options.withDefault(1000), Options.withDescription("Items listed")),
+      json
+    },
+    (args) =>
+      withStore(Effect.gen(function*() {
+        const run = yield* requireRun(args.run)
+        const entries = yield* Runner.quarantine(run.runId, {
+          step: Option.getOrUndefined(args.step),
+          partitions: args.partitions.length > 0 ? args.partitions : undefined,
+          status: args.status.length > 0 ? args.status : undefined,
+          limit: args.limit
+        })
+        const rows = entries.map(Q.itemJson)
+        yield* print(args.json, { runId: run.runId, items: rows }, () => Q.itemsText(run.runId, rows, name))
+      }))
+  ).pipe(Command.withDescription("The items steps set aside: error, runbook, attempts, status"))
+
+  const quarantineRetry = Command.make(
+    "retry",
+    { run: runArg, ...quarantineFilter, dryRun, reason, actor, json },
+    (args) =>
+      Effect.gen(function*() {
+        const why = yield* needReason(args.dryRun, args.reason, "quarantine retry")
+        const who = yield* resolveActor(args.actor)
+        const view = yield* withStore(Effect.gen(function*() {
+          const run = yield* requireRun(args.run)
+          const step = Option.getOrUndefined(args.step)
+          if (step !== undefined && !run.definition.steps.some((s) => s.name === step)) {
+            return yield* Effect.fail(
+              usage(
+                `run ${run.runId} has no step "${step}"; its steps: ${
+                  run.definition.steps.map((s) => s.name).join(", ")
+                }`
+              )
+            )
+          }
+          const planned = yield* Runner.retryQuarantine(run.runId, {
+            step,
+            partitions: args.partitions.length > 0 ? args.partitions : undefined,
+            dryRun: args.dryRun
+          }, { actor: who, reason: why ?? "" })
+          return Q.retryJson({ runId: run.runId, dryRun: args.dryRun, actor: who, reason: why }, planned)
+        }))
+        yield* print(args.json, view, () => Q.retryText(view))
+      })
+  ).pipe(Command.withDescription("Write quarantined items again after a fix; those that write are resolved"))
+
+  const quarantine = Command.make("quarantine", {}, () =>
+    Console.log(
+      `${name} quarantine list <run>: the items steps set aside. ${name} quarantine retry <run>: write them ` +
+        `again after a fix. \`${name} quarantine <command> --help\` explains each.`
+    )).pipe(
+      Command.withDescription("Items that steps with `skip` set aside: list them, re-run them after a fix"),
+      Command.withSubcommands([quarantineList, quarantineRetry])
+    )
+
   // ---- limits
 
   const limitsList = Command.make(
@@ -831,7 +904,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
   const root = Command.make(name, {}, () =>
     Console.log(
       `${name} ${version}: operate chunkwise runs. Commands: start, worker, status, failures, retry, skip, cancel, ` +
-        `audit, redrive, runbooks, limits. \`${name} <command> --help\` explains each.`
+        `audit, redrive, runbooks, limits, quarantine. \`${name} <command> --help\` explains each.`
     )).pipe(
       Command.withDescription("Operate chunkwise runs"),
       Command.withSubcommands([
@@ -845,7 +918,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         audit,
         redrive,
         runbooks,
-        limits
+        limits,
+        quarantine
       ])
     )
 

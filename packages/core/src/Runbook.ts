@@ -207,7 +207,7 @@ export const builtins: ReadonlyArray<Registration> = [
       "budget allows. The chunk that went over rolled back, so nothing of it committed, and the partition " +
       "failed; its earlier chunks and their quarantined items stay committed.",
     steps: [
-      "See what was set aside: `chunkwise quarantine <run> --partition <key>`, and this chunk's items in " +
+      "See what was set aside: `chunkwise quarantine list <run> --partition <key>`, and this chunk's items in " +
       "`chunkwise failures <run>`.",
       "If the data is bad, fix it at the source; if the code is, fix and deploy it. If the budget is too " +
       "tight for this data, raise `skip.budget` (or the job's `skipBudget`) and deploy.",
@@ -222,7 +222,7 @@ export const builtins: ReadonlyArray<Registration> = [
       "write: the deployed step no longer declares `skip` (its item schema), or the stored item does not " +
       "decode with today's item schema. The item stays quarantined with this error; nothing was written.",
     steps: [
-      "Read the reason: `chunkwise quarantine <run> --step <step>`.",
+      "Read the reason: `chunkwise quarantine list <run> --step <step>`.",
       "Deploy code whose step declares `skip` with an item schema that decodes the stored item (keep the " +
       "old fields optional, or add a transformation from the old form).",
       "Then `chunkwise quarantine retry <run> --step <step>` again."

@@ -1,7 +1,9 @@
 import { SqlClient, SqlError } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Schema, type Scope } from "effect"
-import { Job, Probe, type QueueAdapter, Runbook, Runner, StateStore, Step, Worker } from "../src/index.js"
+import { Effect, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
+import * as Cli from "../src/Cli.js"
+import { Job, PgStateStore, Probe, type QueueAdapter, Runbook, Runner, StateStore, Step, Worker } from "../src/index.js"
+import { exec } from "./cliFixtures.js"
 import { awaitRun, freshSchema, liveWorker, pgClient, pgEngine, withSchemas } from "./pg.js"
 
 /** The database refused a record: its amount breaks the `billed` table's check. */
@@ -76,7 +78,8 @@ const billingJob = (app: string, options: {
 
 const onPostgres = <A, E>(
   body: (
-    app: string
+    app: string,
+    store: string
   ) => Effect.Effect<A, E, StateStore.StateStore | SqlClient.SqlClient | QueueAdapter.QueueAdapter | Scope.Scope>
 ) => {
   const store = freshSchema("cw_store")
@@ -88,7 +91,7 @@ const onPostgres = <A, E>(
       create table ${sql(app)}.billed (
         partition text not null, id integer not null, amount integer not null check (amount >= 0),
         count integer not null, primary key (partition, id))`
-    return yield* body(app).pipe(Effect.scoped, Effect.provide(pgEngine(store)))
+    return yield* body(app, store).pipe(Effect.scoped, Effect.provide(pgEngine(store)))
   }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient())))
 }
 
@@ -228,6 +231,64 @@ describe("item-level skips on real Postgres", () => {
           expect(still.map((e) => [e.partitionKey, e.itemId, e.attempts])).toEqual([["p0", "17", 2], ["p1", "17", 2]])
           const store = yield* StateStore.StateStore
           expect((yield* store.auditLog(runId)).map((a) => a.action)).toEqual(["quarantine-retry"])
+        })
+      ),
+    60_000
+  )
+
+  it.live(
+    "the operator CLI lists quarantined records, shows them in status, and re-runs them with a reason",
+    () =>
+      onPostgres((app, storeSchema) =>
+        Effect.gen(function*() {
+          const bad = { current: new Set([3, 17]) as ReadonlySet<number> }
+          const job = billingJob(app, { partitions: 2, size: 24, bad, budget: 5 })
+          yield* Worker.make({ jobs: [job], ...liveWorker })
+          const { runId } = yield* Runner.start(job, { label: "cli" })
+          yield* awaitRun(runId)
+          const cli = Cli.make({
+            name: "billing",
+            jobs: [job],
+            layer: Layer.mergeAll(PgStateStore.layer({ schema: storeSchema }), Logger.minimumLogLevel(LogLevel.None))
+              .pipe(Layer.provideMerge(pgClient({ maxConnections: 4 })))
+          })
+          const status = yield* exec(cli, "status", runId)
+          expect(status.stdout).toMatch(/quarantine\s+4 set aside · 0 being re-run · 0 resolved/)
+          expect((yield* exec(cli, "status", runId, "--json")).json().quarantine).toEqual({
+            quarantined: 4,
+            retry: 0,
+            resolved: 0
+          })
+          const list = yield* exec(cli, "quarantine", "list", runId, "--partition", "p1")
+          expect(list.code).toBe(0)
+          expect(list.stdout).toMatch(/^STEP\s+PARTITION\s+ITEM\s+STATUS\s+ATTEMPTS\s+ERROR\s+RUNBOOK/)
+          expect(list.stdout).toMatch(/bill\s+p1\s+17\s+quarantined\s+1\s+InvalidRecord/)
+          expect(list.stdout).toContain(`billing quarantine retry ${runId}`)
+          const json = (yield* exec(cli, "quarantine", "list", runId, "--json")).json()
+          expect(json.items.map((i: any) => `${i.partition}-${i.item}`)).toEqual(["p0-17", "p0-3", "p1-17", "p1-3"])
+          expect(json.items[0]).toMatchObject({ step: "bill", status: "quarantined", value: { id: 17, amount: -1 } })
+
+          const noReason = yield* exec(cli, "quarantine", "retry", runId)
+          expect(noReason.code).toBe(2)
+          expect(noReason.stderr).toContain(`quarantine retry needs --reason "<why>"`)
+          const badStep = yield* exec(cli, "quarantine", "retry", runId, "--step", "bil", "--dry-run")
+          expect(badStep.code).toBe(2)
+          expect(badStep.stderr).toContain(`has no step "bil"; its steps: bill`)
+          const dry = yield* exec(cli, "quarantine", "retry", runId, "--partition", "p0", "--dry-run")
+          expect(dry.stdout).toContain("Dry run: quarantine retry would write 2 item(s)")
+          expect((yield* Runner.status(runId)).quarantine.retry).toBe(0)
+
+          const sql = yield* SqlClient.SqlClient
+          yield* sql`alter table ${sql(app)}.billed drop constraint billed_amount_check`
+          const done = yield* exec(cli, "quarantine", "retry", runId, "--reason", "check relaxed", "--actor", "ops")
+          expect(done.code).toBe(0)
+          expect(done.stdout).toContain("quarantine retry: 4 item(s)")
+          expect((yield* awaitRun(runId)).quarantine).toEqual({ quarantined: 0, retry: 0, resolved: 4 })
+          expect(yield* billed(app)).toEqual(everyRecordOnce(2, 24, new Set()))
+          const audit = (yield* exec(cli, "audit", runId, "--json")).json()
+          expect(audit.entries.map((e: any) => [e.action, e.actor, e.reason])).toEqual([
+            ["quarantine-retry", "ops", "check relaxed"]
+          ])
         })
       ),
     60_000

@@ -4,6 +4,7 @@
  * docs/guides/operations.md: add fields, never rename or remove one.
  */
 import type * as Job from "../../Job.js"
+import type * as Quarantine from "../../Quarantine.js"
 import * as ResourceLimiter from "../../ResourceLimiter.js"
 import * as Runbook from "../../Runbook.js"
 import type {
@@ -17,6 +18,7 @@ import type {
 } from "../../StateStore.js"
 import { isTerminalRun } from "../../StateStore.js"
 import * as F from "./format.js"
+import * as Q from "./quarantine.js"
 
 /** A run in a listing. */
 export interface RunSummaryJson {
@@ -41,6 +43,8 @@ export interface StatusJson {
   readonly partitions: Readonly<Record<UnitStatus, number>> & { readonly total: number }
   /** The key ranges of split steps by status (`total` 0 when nothing split). */
   readonly ranges: Readonly<Record<UnitStatus, number>> & { readonly total: number }
+  /** Items set aside by steps with `skip`, by status (all 0 when none). */
+  readonly quarantine: Quarantine.Counts
   readonly steps: ReadonlyArray<{
     readonly name: string
     readonly index: number
@@ -234,6 +238,7 @@ export const status = (
     },
     partitions: { ...progress.units, total },
     ranges: { ...progress.ranges, total: Object.values(progress.ranges).reduce((n, c) => n + c, 0) },
+    quarantine: progress.quarantine,
     steps: run.definition.steps.map((step, index) => {
       let done = 0
       let active = 0
@@ -375,6 +380,7 @@ export const statusText = (view: StatusJson, cli: string): string => {
       `failed ${F.count(view.ranges.failed)} · running ${F.count(view.ranges.leased)} · ` +
       `pending ${F.count(view.ranges.pending)} · cancelled ${F.count(view.ranges.cancelled)}`
     ]),
+    ...Q.statusLine(view.quarantine),
     `throughput  ${F.count(t.chunks)} chunks · ${F.count(t.items)} items · ${F.rate(t.chunksPerSecond)} chunks/s ` +
     `(${run.finishedAt === null ? `last ${F.duration(t.windowMs)}` : "average"}) · ETA ${F.duration(t.etaMs)}`,
     "",
