@@ -45,13 +45,14 @@ import * as Runner from "./Runner.js"
 import { isTerminalRun, StateStore, type UnitRecord } from "./StateStore.js"
 import * as Worker from "./Worker.js"
 
+export type { LimitJson } from "./internal/cli/limits.js"
+export type { ItemJson as QuarantineItemJson, RetryJson as QuarantineRetryJson } from "./internal/cli/quarantine.js"
 export type {
   ActionJson,
   ActionUnitJson,
   FailedPartitionJson,
   FailureClassJson,
   LimitChangeJson,
-  LimitJson,
   RunSummaryJson,
   StatusJson,
   ThrottledJson

@@ -107,6 +107,7 @@ describe("operator CLI on a real Postgres store", () => {
           expect(Object.keys(status).sort()).toEqual([
             "failures",
             "partitions",
+            "quarantine",
             "ranges",
             "run",
             "slowest",

@@ -1,17 +1,29 @@
 /**
- * What `limits` shows: a resource's limits, item rate included, as its `--json` row and as text. The
- * row adds `itemsPerSecond` and `itemsBurst` to the `LimitJson` of `views.ts` (fields are only ever
- * added, never renamed or removed).
+ * What `limits` shows: a resource's limits, item rate included, as its `--json` row and as text (fields
+ * are only ever added, never renamed or removed).
  */
 import * as ResourceLimiter from "../../ResourceLimiter.js"
 import * as F from "./format.js"
-import type * as V from "./views.js"
 
 /** A resource and its limits (`limits --json`). */
-export interface LimitJson extends V.LimitJson {
+export interface LimitJson {
+  readonly resource: string
+  readonly chunksPerSecond: number | null
+  /** The burst in effect (the default, one second of chunks, when none is set); null without a rate. */
+  readonly burst: number | null
   readonly itemsPerSecond: number | null
   /** The item burst in effect (the default, one second of items, when none is set); null without an item rate. */
   readonly itemsBurst: number | null
+  readonly inFlight: number | null
+  /** In-flight slots held now. */
+  readonly inUse: number
+  /** Units waiting for a permit now. */
+  readonly waiting: number
+  /** `default`: declared in code; `operator`: set with `limits set`. */
+  readonly source: "default" | "operator"
+  readonly updatedAt: string
+  readonly updatedBy: string
+  readonly reason: string
 }
 
 /** The row of one resource, settings in the order `limits set` takes them. */

@@ -93,24 +93,6 @@ export interface ThrottledJson {
   readonly worker: string
 }
 
-/** A resource and its limits (`limits --json`). */
-export interface LimitJson {
-  readonly resource: string
-  readonly chunksPerSecond: number | null
-  /** The burst in effect (the default, one second of chunks, when none is set); null without a rate. */
-  readonly burst: number | null
-  readonly inFlight: number | null
-  /** In-flight slots held now. */
-  readonly inUse: number
-  /** Units waiting for a permit now. */
-  readonly waiting: number
-  /** `default`: declared in code; `operator`: set with `limits set`. */
-  readonly source: "default" | "operator"
-  readonly updatedAt: string
-  readonly updatedBy: string
-  readonly reason: string
-}
-
 /** An audited change of a resource's limits (`limits history --json`). */
 export interface LimitChangeJson {
   readonly at: string
@@ -482,42 +464,6 @@ export const auditText = (runId: string, entries: ReadonlyArray<AuditEntry>): st
       ["AT", "ACTION", "ACTOR", "REASON", "DETAILS"],
       entries.map((e) => [F.time(e.at), e.action, e.actor, F.clip(e.reason, 60), F.clip(JSON.stringify(e.details), 80)])
     )
-
-export const limitJson = (usage: ResourceLimiter.Usage): LimitJson => ({
-  resource: usage.resource,
-  chunksPerSecond: usage.chunksPerSecond,
-  burst: usage.chunksPerSecond === null ? null : usage.burst ?? ResourceLimiter.defaultBurst(usage.chunksPerSecond),
-  inFlight: usage.inFlight,
-  inUse: usage.inUse,
-  waiting: usage.waiting,
-  source: usage.source,
-  updatedAt: new Date(usage.updatedAt).toISOString(),
-  updatedBy: usage.updatedBy,
-  reason: usage.reason
-})
-
-export const limitsText = (rows: ReadonlyArray<LimitJson>, cli: string): string =>
-  rows.length === 0
-    ? "No resources yet: a worker stores the resources its steps name when it starts."
-    : [
-      F.table(
-        ["RESOURCE", "CHUNKS/S", "BURST", "IN FLIGHT", "IN USE", "WAITING", "SET BY", "AT", "REASON"],
-        rows.map((r) => [
-          r.resource,
-          r.chunksPerSecond === null ? "—" : String(r.chunksPerSecond),
-          r.burst === null ? "—" : String(r.burst),
-          r.inFlight === null ? "—" : String(r.inFlight),
-          r.inUse,
-          r.waiting,
-          r.source === "default" ? `code (${r.updatedBy})` : r.updatedBy,
-          r.updatedAt,
-          F.clip(r.reason, 50)
-        ])
-      ),
-      "",
-      `Change one while runs go: \`${cli} limits set <resource> --in-flight 4 --reason "..."\` ` +
-      `(workers pick it up within 5 s; \`${cli} limits history\` shows every change).`
-    ].join("\n")
 
 export const limitChangeJson = (change: ResourceLimiter.Change): LimitChangeJson => ({
   ...change,
