@@ -405,32 +405,15 @@ export const make = (options: Options = {}): Effect.Effect<
               and status in ('quarantined', 'retry'))::text as "runSkipped",
             (select coalesce(sum(items), 0) from ${s}.units where run_id = ${lease.runId})::text as "runHandled",
             (select partition_key from me) as "partitionKey"`
-        const checks = [
-          {
-            scope: "partition" as const,
-            limit: change.budgets.partition,
-            skipped: num(counts!["partitionSkipped"]),
-            handled: num(counts!["partitionHandled"])
-          },
-          ...(change.budgets.run === undefined ? [] : [{
-            scope: "run" as const,
-            limit: change.budgets.run,
-            skipped: num(counts!["runSkipped"]),
-            handled: num(counts!["runHandled"])
-          }])
-        ]
-        for (const check of checks) {
-          const allowed = Quarantine.allowed(check.limit, check.handled)
-          if (check.skipped > allowed) {
-            return yield* Quarantine.budgetExceeded({
-              ...check,
-              allowed,
-              step,
-              partition: counts!["partitionKey"] as string,
-              items: change.items
-            })
-          }
-        }
+        const over = Quarantine.overBudget({
+          budgets: change.budgets,
+          partition: { skipped: num(counts!["partitionSkipped"]), handled: num(counts!["partitionHandled"]) },
+          run: { skipped: num(counts!["runSkipped"]), handled: num(counts!["runHandled"]) },
+          step,
+          partitionKey: counts!["partitionKey"] as string,
+          items: change.items
+        })
+        if (over !== undefined) return yield* over
       })
 
     /** The SQL condition of a quarantine filter on `q`. */

@@ -104,26 +104,47 @@ export const emptyCounts = (): Record<Status, number> => ({ quarantined: 0, retr
 /** The unit that re-runs one partition's quarantined items of one step. */
 export const itemsUnitId = (partitionUnitId: string, step: string): string => `${partitionUnitId}~items.${step}`
 
-/** The error a store fails a commit with when its items would go over a budget (shown: 10 item ids). */
-export const budgetExceeded = (over: {
-  readonly scope: "partition" | "run"
-  readonly limit: Limit
+/** Items set aside and items handled in one budget's scope, this chunk's counted. */
+export interface Tally {
   readonly skipped: number
-  readonly allowed: number
+  readonly handled: number
+}
+
+/**
+ * The budget check every store runs in a chunk's commit: the partition's budget, then the run's (when
+ * the job has one). Returns the error to fail the commit with (naming at most 10 of the chunk's items),
+ * or `undefined` when the chunk fits.
+ */
+export const overBudget = (check: {
+  readonly budgets: { readonly partition: Limit; readonly run: Limit | undefined }
+  readonly partition: Tally
+  readonly run: Tally
   readonly step: string
-  readonly partition: string
+  readonly partitionKey: string
   readonly items: ReadonlyArray<Item>
-}): Errors.SkipBudgetExceeded =>
-  new Errors.SkipBudgetExceeded({
-    step: over.step,
-    partition: over.partition,
-    scope: over.scope,
-    skipped: over.skipped,
-    allowed: over.allowed,
-    budget: over.limit.text,
-    items: over.items.slice(0, 10).map((item) => item.itemId),
-    error: over.items[0] === undefined ? "" : `${over.items[0].errorTag}: ${over.items[0].message}`
-  })
+}): Errors.SkipBudgetExceeded | undefined => {
+  const scopes = [
+    { scope: "partition" as const, limit: check.budgets.partition, tally: check.partition },
+    ...(check.budgets.run === undefined ? [] : [{ scope: "run" as const, limit: check.budgets.run, tally: check.run }])
+  ]
+  for (const { limit, scope, tally } of scopes) {
+    const allowedNow = allowed(limit, tally.handled)
+    if (tally.skipped > allowedNow) {
+      const first = check.items[0]
+      return new Errors.SkipBudgetExceeded({
+        step: check.step,
+        partition: check.partitionKey,
+        scope,
+        skipped: tally.skipped,
+        allowed: allowedNow,
+        budget: limit.text,
+        items: check.items.slice(0, 10).map((item) => item.itemId),
+        error: first === undefined ? "" : `${first.errorTag}: ${first.message}`
+      })
+    }
+  }
+  return undefined
+}
 
 /** What `isolate` found: the items that write, and those that fail with a skippable error. */
 export interface Isolated<I> {

@@ -592,13 +592,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 // D17: a skippable write failure rolls the chunk back; the isolation pass redoes it.
                 const run = committed(chunk).pipe(Effect.catchIf(
                   (error): error is Skips.IsolateChunk => error instanceof Skips.IsolateChunk,
-                  () =>
-                    committed(
-                      Skips.isolateChunk(store, job, (step as Step.Chunked<unknown, unknown, unknown>).skip!, ctx, {
-                        cursor: encodedCursor,
-                        range: unit.kind === "range" ? unit.range : null
-                      })
-                    )
+                  ({ skip }) =>
+                    committed(Skips.isolateChunk(store, job, skip, ctx, {
+                      cursor: encodedCursor,
+                      range: unit.kind === "range" ? unit.range : null
+                    }))
                 ))
                 const began = yield* monotonicMs
                 const out = yield* run.pipe(

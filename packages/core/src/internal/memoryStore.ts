@@ -203,34 +203,22 @@ export const make = Effect.sync(() => {
       e.status !== "resolved"
     )
     const log = chunkLog.get(unit.runId) ?? []
-    const checks = [
-      {
-        scope: "partition" as const,
-        limit: budgets.partition,
-        skipped: added + live.filter((e) => e.step === commit.step && e.partitionKey === unit.partitionKey).length,
-        handled: commit.items + log.filter((e) => e.step === commit.step && e.partitionKey === unit.partitionKey)
-          .reduce((sum, e) => sum + e.items, 0)
+    const inPartition = (e: { readonly step: string; readonly partitionKey: string }) =>
+      e.step === commit.step && e.partitionKey === unit.partitionKey
+    return Quarantine.overBudget({
+      budgets,
+      partition: {
+        skipped: added + live.filter(inPartition).length,
+        handled: commit.items + log.filter(inPartition).reduce((sum, e) => sum + e.items, 0)
       },
-      ...(budgets.run === undefined ? [] : [{
-        scope: "run" as const,
-        limit: budgets.run,
+      run: {
         skipped: added + live.length,
         handled: commit.items + [...unitsOf(unit.runId).values()].reduce((sum, u) => sum + u.items, 0)
-      }])
-    ]
-    for (const check of checks) {
-      const allowed = Quarantine.allowed(check.limit, check.handled)
-      if (check.skipped > allowed) {
-        return Quarantine.budgetExceeded({
-          ...check,
-          allowed,
-          step: commit.step,
-          partition: unit.partitionKey,
-          items
-        })
-      }
-    }
-    return undefined
+      },
+      step: commit.step,
+      partitionKey: unit.partitionKey,
+      items
+    })
   }
   /** Records a chunk's items set aside and a re-run's resolved ones. */
   const applyQuarantine = (unit: Unit, step: string, change: NonNullable<ChunkCommit["quarantine"]>, at: number) => {

@@ -24,6 +24,7 @@ export interface Outcome {
  */
 export class IsolateChunk {
   readonly _tag = "chunkwise/IsolateChunk"
+  constructor(readonly skip: Step.Skipper<unknown, unknown, unknown>) {}
 }
 
 type Ctx = Step.ChunkContext<unknown, unknown, unknown>
@@ -36,7 +37,7 @@ export const firstTry = (skip: Step.Skipper<unknown, unknown, unknown>, ctx: Ctx
       : skip.write(items, ctx).pipe(
         Effect.catchAllCause((cause) =>
           Option.isSome(Quarantine.skippableIn(skip.tags, cause))
-            ? Effect.fail(new IsolateChunk())
+            ? Effect.fail(new IsolateChunk(skip))
             : Effect.failCause(cause)
         ),
         Effect.as({ next, items: items.length })
