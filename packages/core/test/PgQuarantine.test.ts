@@ -4,6 +4,7 @@ import { Effect, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
 import * as Cli from "../src/Cli.js"
 import { Job, PgStateStore, Probe, type QueueAdapter, Runbook, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { exec } from "./cliFixtures.js"
+import { crashOnce } from "./fixtures.js"
 import { awaitRun, freshSchema, liveWorker, pgClient, pgEngine, withSchemas } from "./pg.js"
 
 /** The database refused a record: its amount breaks the `billed` table's check. */
@@ -124,22 +125,13 @@ describe("item-level skips on real Postgres", () => {
             Effect.gen(function*() {
               const bad = new Set([3, 17, 18, 40])
               const job = billingJob(app, { partitions: 3, size: 48, bad: { current: bad }, budget: 4, split: true })
-              let crashed = false
-              const probe = {
-                at: (p: Probe.Point, info: Probe.Info) =>
-                  !crashed && p === point && info.step === "bill" && info.chunkSeq === 1
-                    ? Effect.suspend(() => {
-                      crashed = true
-                      return Effect.interrupt
-                    })
-                    : Effect.void
-              }
+              const crash = crashOnce((p, info) => p === point && info.step === "bill" && info.chunkSeq === 1)
               yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second" }).pipe(
-                Effect.provideService(Probe.Probe, Probe.make(probe))
+                Effect.provideService(Probe.Probe, crash.probe)
               )
               const { runId } = yield* Runner.start(job, { label: point })
               const progress = yield* awaitRun(runId)
-              expect(crashed, point).toBe(point !== "none")
+              expect(crash.crashed(), point).toBe(point !== "none")
               expect(progress.run.status, point).toBe("succeeded")
               expect(progress.quarantine, point).toEqual({ quarantined: 12, retry: 0, resolved: 0 })
               expect(yield* billed(app), point).toEqual(everyRecordOnce(3, 48, bad))

@@ -4,6 +4,7 @@ import { Effect, Layer, Schema, type Scope } from "effect"
 import pg from "pg"
 import { Job, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import { migrations } from "../src/internal/pgMigrations.js"
+import { crashOnce } from "./fixtures.js"
 import {
   applied,
   awaitRun,
@@ -60,22 +61,15 @@ describe("PgStateStore on real Postgres", () => {
         yield* onPostgres((app) =>
           Effect.gen(function*() {
             const job = pgJob(app, { partitions: 2, size: 8 })
-            let crashed = false
-            const probe = {
-              at: (p: Probe.Point, info: Probe.Info) =>
-                !crashed && p === point && (p === "before-ack" || (info.step === "apply" && info.chunkSeq === 1))
-                  ? Effect.suspend(() => {
-                    crashed = true
-                    return Effect.interrupt
-                  })
-                  : Effect.void
-            }
+            const crash = crashOnce((p, info) =>
+              p === point && (p === "before-ack" || (info.step === "apply" && info.chunkSeq === 1))
+            )
             yield* Worker.make({ jobs: [job], ...liveWorker, leaseDuration: "1 second" }).pipe(
-              Effect.provideService(Probe.Probe, Probe.make(probe))
+              Effect.provideService(Probe.Probe, crash.probe)
             )
             const { runId } = yield* Runner.start(job, { label: point })
             const progress = yield* awaitRun(runId)
-            expect(crashed, point).toBe(true)
+            expect(crash.crashed(), point).toBe(true)
             expect(progress.run.status, point).toBe("succeeded")
             expect(yield* applied(app), point).toEqual(expectedApplied(2, 8))
           })

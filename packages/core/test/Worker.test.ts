@@ -1,7 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Scope, TestClock } from "effect"
 import { Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
-import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
+import {
+  crashOnce,
+  driveUntil,
+  expectedItems,
+  fastWorker,
+  memoryEngine,
+  recorder,
+  runEnded,
+  table,
+  testJob
+} from "./fixtures.js"
 
 describe("Worker on the in-memory engine", () => {
   it.scoped("runs every partition's steps and applies every item exactly once", () =>
@@ -36,23 +46,19 @@ describe("Worker on the in-memory engine", () => {
           const result = yield* Effect.gen(function*() {
             const rec = recorder()
             const job = testJob(rec, { partitions: 2, itemsPerPartition: 10 })
-            let crashed = false
-            const probe = {
-              at: (p: Probe.Point, info: Probe.Info) =>
-                !crashed && p === point && info.unitId !== "" && (p === "before-ack" || info.chunkSeq === crashAt) &&
-                  info.step === (p === "before-ack" ? "" : "apply")
-                  ? Effect.suspend(() => {
-                    crashed = true
-                    return Effect.interrupt
-                  })
-                  : Effect.void
-            }
-            yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(
-              Effect.provideService(Probe.Probe, Probe.make(probe))
+            const crash = crashOnce((p, info) =>
+              p === point && info.unitId !== "" && (p === "before-ack" || info.chunkSeq === crashAt) &&
+              info.step === (p === "before-ack" ? "" : "apply")
             )
+            yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(Probe.Probe, crash.probe))
             const { runId } = yield* Runner.start(job, { label: "crash" })
             yield* driveUntil(runEnded(runId), "500 millis")
-            return { crashed, run: (yield* Runner.status(runId)).run, applied: yield* table("applied"), rec }
+            return {
+              crashed: crash.crashed(),
+              run: (yield* Runner.status(runId)).run,
+              applied: yield* table("applied"),
+              rec
+            }
           }).pipe(Effect.scoped, Effect.provide(memoryEngine()))
           expect(result.crashed, `${point}@${crashAt}`).toBe(true)
           expect(result.run.status, `${point}@${crashAt}`).toBe("succeeded")

@@ -8,6 +8,7 @@ import {
   Job,
   MemoryDatabase,
   type Message,
+  Probe,
   QueueAdapter,
   RetryPolicy,
   Runbook,
@@ -219,3 +220,23 @@ export const commitManually = (
     })
     if (!unitDone) yield* store.release(claim.lease, { abandonedChunk: false })
   })
+
+/**
+ * A probe that kills the worker's fiber once, at the first point where `when` holds (the worker dies
+ * there, as a process would); `crashed()` says whether it did.
+ */
+export const crashOnce = (when: (point: Probe.Point, info: Probe.Info) => boolean) => {
+  let crashed = false
+  return {
+    probe: Probe.make({
+      at: (point, info) =>
+        !crashed && when(point, info)
+          ? Effect.suspend(() => {
+            crashed = true
+            return Effect.interrupt
+          })
+          : Effect.void
+    }),
+    crashed: () => crashed
+  }
+}
