@@ -6,15 +6,14 @@
  * store's. Prints figures; asserts nothing. Run: npx tsx bench/chunk-breakdown.ts (same env as `bench`).
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, Logger, LogLevel, Schema } from "effect"
-import { Job, PgStateStore, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
+import { Effect, LogLevel, Schema } from "effect"
+import { Job, Runner, StateStore, Step, Worker } from "../src/index.js"
 import {
   CHUNK,
   CHUNKS,
   CONCURRENCY,
   copyChunk,
   createData,
-  Database,
   handLoop,
   median,
   PARTITIONS,
@@ -22,6 +21,7 @@ import {
   resetData,
   ROUNDS,
   ROWS,
+  runOnStore,
   time
 } from "./chunkData.js"
 
@@ -147,21 +147,4 @@ const program = Effect.gen(function*() {
   yield* sql`drop schema ${sql(schema)} cascade`
 }).pipe(Effect.scoped)
 
-const dropStore = Effect.flatMap(
-  SqlClient.SqlClient,
-  (sql) => sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
-)
-
-const Engine = Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())
-
-Effect.runPromise(
-  program.pipe(
-    Effect.provide(Engine),
-    Effect.zipRight(dropStore),
-    Effect.provide(Database),
-    Logger.withMinimumLogLevel(LogLevel.Error)
-  ) as Effect.Effect<unknown, unknown, never>
-).catch((e) => {
-  console.error(e)
-  process.exit(1)
-})
+runOnStore(schema, program, LogLevel.Error)

@@ -11,15 +11,14 @@
  * (for profiling).
  */
 import { SqlClient } from "@effect/sql"
-import { type Duration, Effect, Layer, Logger, LogLevel, Schema } from "effect"
-import { Job, PgStateStore, QueueAdapter, Runner, Step, Worker } from "../src/index.js"
+import { type Duration, Effect, LogLevel, Schema } from "effect"
+import { Job, Runner, Step, Worker } from "../src/index.js"
 import {
   CHUNK,
   CHUNKS,
   CONCURRENCY,
   copyChunk,
   createData,
-  Database,
   handLoop,
   median,
   PARTITIONS,
@@ -27,6 +26,7 @@ import {
   resetData,
   ROUNDS,
   ROWS,
+  runOnStore,
   time
 } from "./chunkData.js"
 
@@ -101,22 +101,4 @@ const program = Effect.gen(function*() {
   yield* sql`drop schema ${sql(schema)} cascade`
 }).pipe(Effect.scoped)
 
-/** Drops the store's schema once the worker and the store are closed. */
-const dropStore = Effect.gen(function*() {
-  const sql = yield* SqlClient.SqlClient
-  yield* sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
-})
-
-const Engine = Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())
-
-Effect.runPromise(
-  program.pipe(
-    Effect.provide(Engine),
-    Effect.zipRight(dropStore),
-    Effect.provide(Database),
-    Logger.withMinimumLogLevel(LogLevel.Warning)
-  ) as Effect.Effect<void, unknown, never>
-).catch((e) => {
-  console.error(e)
-  process.exit(1)
-})
+runOnStore(schema, program, LogLevel.Warning)

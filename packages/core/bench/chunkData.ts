@@ -5,7 +5,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Effect } from "effect"
+import { Effect, Layer, Logger, type LogLevel } from "effect"
+import { PgStateStore, QueueAdapter, type StateStore } from "../src/index.js"
 
 export const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
 export const ROWS = Number(process.env["ROWS"] ?? 25_000)
@@ -104,3 +105,26 @@ export const Database = PgClient.layer({
   database: process.env["PGDATABASE"] ?? "test",
   maxConnections: CONCURRENCY + 4
 })
+
+/**
+ * Runs a benchmark's program on the Postgres store in `<schema>_store` (with the in-memory queue) over
+ * `Database`, drops the store's schema once the worker and the store are closed, and exits 1 on failure.
+ */
+export const runOnStore = (
+  schema: string,
+  program: Effect.Effect<unknown, unknown, StateStore.StateStore | QueueAdapter.QueueAdapter | SqlClient.SqlClient>,
+  logLevel: LogLevel.LogLevel
+) =>
+  Effect.runPromise(
+    program.pipe(
+      Effect.provide(Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())),
+      Effect.zipRight(
+        Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(`${schema}_store`)} cascade`)
+      ),
+      Effect.provide(Database),
+      Logger.withMinimumLogLevel(logLevel)
+    ) as Effect.Effect<unknown, unknown, never>
+  ).catch((e) => {
+    console.error(e)
+    process.exit(1)
+  })

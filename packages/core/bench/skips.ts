@@ -12,9 +12,9 @@
  * The extra time per chunk with a bad row is (dirty − clean) × CONCURRENCY / chunks with a bad row.
  */
 import { SqlClient, SqlError } from "@effect/sql"
-import { Effect, Layer, Logger, LogLevel, Schema } from "effect"
-import { Job, PgStateStore, QueueAdapter, Runbook, Runner, Step, Worker } from "../src/index.js"
-import { CHUNK, CONCURRENCY, Database, median, PARTITIONS, ROUNDS, ROWS, time } from "./chunkData.js"
+import { Effect, LogLevel, Schema } from "effect"
+import { Job, Runbook, Runner, Step, Worker } from "../src/index.js"
+import { CHUNK, CONCURRENCY, median, PARTITIONS, ROUNDS, ROWS, runOnStore, time } from "./chunkData.js"
 
 const schema = "cw_bench_skips"
 const BAD_EVERY = Number(process.env["BAD_EVERY"] ?? 5 * CHUNK)
@@ -115,26 +115,13 @@ const program = Effect.gen(function*() {
     `  dirty  ${dirty.toFixed(0).padStart(7)} ms  ${(dirty / clean).toFixed(3)}x clean  ` +
       `[${results.dirty.map((x) => x.toFixed(0)).join(", ")}]`
   )
-  console.log(
-    `  a chunk with a bad row costs ${((dirty - clean) * CONCURRENCY / bad).toFixed(1)} ms more than a clean ` +
-      `one (${(clean * CONCURRENCY / chunks).toFixed(1)} ms per clean chunk)`
-  )
+  if (bad > 0) {
+    console.log(
+      `  a chunk with a bad row costs ${((dirty - clean) * CONCURRENCY / bad).toFixed(1)} ms more than a clean ` +
+        `one (${(clean * CONCURRENCY / chunks).toFixed(1)} ms per clean chunk)`
+    )
+  }
   yield* sql`drop schema ${sql(schema)} cascade`
 }).pipe(Effect.scoped)
 
-const dropStore = Effect.flatMap(
-  SqlClient.SqlClient,
-  (sql) => sql`drop schema if exists ${sql(`${schema}_store`)} cascade`
-)
-
-Effect.runPromise(
-  program.pipe(
-    Effect.provide(Layer.merge(PgStateStore.layer({ schema: `${schema}_store` }), QueueAdapter.layerMemory())),
-    Effect.zipRight(dropStore),
-    Effect.provide(Database),
-    Logger.withMinimumLogLevel(LogLevel.Warning)
-  ) as Effect.Effect<void, unknown, never>
-).catch((e) => {
-  console.error(e)
-  process.exit(1)
-})
+runOnStore(schema, program, LogLevel.Warning)
