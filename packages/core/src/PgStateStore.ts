@@ -776,20 +776,23 @@ export const make = (options: Options = {}): Effect.Effect<
       feed: ({ maxOutstanding, redeliverAfterMs }) =>
         op(
           "feed",
-          tx(Effect.gen(function*() {
-            // One feeder at a time across all workers; the others skip this tick.
-            const [lock] = yield* sql<{ readonly ok: boolean }>`
-              select pg_try_advisory_xact_lock(hashtext(${"chunkwise:feed:" + schema})) as ok`
-            if (lock === undefined || !lock.ok) return []
+          Effect.gen(function*() {
+            // One statement, its own transaction: one feeder at a time across all workers (the others
+            // skip this tick) by a transaction-level advisory lock taken before anything is counted or
+            // picked. The statement's snapshot predates the lock, so a feeder that waited for another's
+            // commit may count that one's messages short and send up to one batch over the cap; it can
+            // never pick the same unit, since FOR UPDATE re-checks each picked row's latest version.
             const rows = yield* sql<Row>`
-              with outstanding as (
+              with lock as (
+                select pg_try_advisory_xact_lock(hashtext(${"chunkwise:feed:" + schema})) as ok),
+              outstanding as (
                 select count(*) as n from ${s}.units
-                where status in ('pending', 'leased')
+                where (select ok from lock) and status in ('pending', 'leased')
                   and ((status = 'leased' and lease_expires_at > clock_timestamp())
                     or (status = 'pending' and enqueued_at > clock_timestamp() - ${ms(redeliverAfterMs)}))),
               candidates as (
                 select u.run_id, u.unit_id from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
-                where u.status in ('pending', 'leased')
+                where (select ok from lock) and u.status in ('pending', 'leased')
                   and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
                   and case when u.status = 'pending' then u.retry_at is null or u.retry_at <= clock_timestamp()
                            else u.lease_expires_at <= clock_timestamp() end
@@ -813,7 +816,7 @@ export const make = (options: Options = {}): Effect.Effect<
                 unitId: r["unitId"] as string,
                 seq: num(r["seq"])
               }))
-          }))
+          })
         ),
 
       claim: ({ jobConcurrency, leaseMs, message, workerId }) =>

@@ -64,7 +64,11 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   readonly leaseDuration?: Duration.DurationInput | undefined
   /** Long-poll wait of one receive (default 1 s). */
   readonly pollInterval?: Duration.DurationInput | undefined
-  /** How often the feeder tops up the queue (default 1 s; it also runs whenever a unit ends). */
+  /**
+   * How often the feeder tops up the queue (default 1 s). It also runs when a receive finds the queue
+   * short, when a quarter of `maxOutstanding` units ended here since the last feed, and when a unit
+   * ends with new work to send (a finalize unit, a partition its ranges moved on, a released unit).
+   */
   readonly feedInterval?: Duration.DurationInput | undefined
   /** Messages kept out (enqueued or running) across all runs (default 100). */
   readonly maxOutstanding?: number | undefined
@@ -177,6 +181,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
 
     // ---- feeder: the outbox sender (D1). Messages are marked enqueued, then sent after commit.
     const feedOnce = Effect.gen(function*() {
+      endedSinceFeed = 0
       const messages = yield* store.feed({ maxOutstanding, redeliverAfterMs })
       if (messages.length === 0) return
       yield* queue.send(messages.map((m) => ({
@@ -190,6 +195,17 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     )
     const kickFeeder = Queue.offer(feedKick, undefined)
     yield* onLocalWork(() => Queue.unsafeOffer(feedKick, undefined))
+    /**
+     * Units this worker ended since its last feed. A feed is a scan of the store's live units, so the
+     * worker tops the queue up once a quarter of `maxOutstanding` has been used (and whenever a receive
+     * finds the queue short), not after every unit.
+     */
+    let endedSinceFeed = 0
+    const refillEvery = Math.max(1, Math.floor(maxOutstanding / 4))
+    const unitEnded = Effect.suspend(() => {
+      endedSinceFeed += 1
+      return endedSinceFeed >= refillEvery ? kickFeeder : Effect.void
+    })
 
     // ---- heartbeat: one timer renews every lease and extends every message (D5).
     const heartbeat = Effect.gen(function*() {
@@ -903,15 +919,19 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         if (ending === "ack") {
           yield* queue.ack([delivery.receipt])
           // A range that ended lets its partition move on once it was the last (the split barrier).
-          if (claim.unit.parentUnitId !== null) yield* store.joinRanges(message.runId, claim.unit.parentUnitId)
+          const joined = claim.unit.parentUnitId === null
+            ? "open"
+            : yield* store.joinRanges(message.runId, claim.unit.parentUnitId)
           const finalized = yield* store.tryFinalize(message.runId)
           if (finalized) {
             yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))
           }
+          // New work to send at once: the run's finalize unit, or a partition its ranges moved on.
+          yield* finalized || joined === "advanced" ? kickFeeder : unitEnded
         } else {
           yield* queue.release(delivery.receipt, 0)
+          yield* kickFeeder
         }
-        yield* kickFeeder
       }).pipe(
         Effect.catchAllCause((cause) =>
           Cause.isInterruptedOnly(cause)
@@ -943,8 +963,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           yield* Queue.take(slotFreed)
           continue
         }
-        const deliveries = yield* queue.receive({ max: concurrency - inflight, visibilityMs: leaseMs, waitMs: pollMs })
+        const max = concurrency - inflight
+        const deliveries = yield* queue.receive({ max, visibilityMs: leaseMs, waitMs: pollMs })
           .pipe(survive("receiving failed; backing off", Effect.as(Effect.sleep(pollMs), [])))
+        // The queue ran short of this worker's free slots: top it up now rather than at the next tick.
+        if (deliveries.length < max && !draining) yield* kickFeeder
         for (const delivery of deliveries) {
           inflight += 1
           yield* FiberSet.run(
