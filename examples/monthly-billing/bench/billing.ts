@@ -340,15 +340,35 @@ interface Figure {
   readonly note?: string
 }
 
+/** The machine's busy CPU seconds so far (all processes, from /proc/stat). */
+const machineCpuSeconds = () => {
+  const [, ...ticks] = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).map(Number)
+  // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+  return ticks.slice(0, 8).reduce((a, b, i) => (i === 3 || i === 4 ? a : a + b), 0) / 100
+}
+
+/** This process's CPU seconds so far. */
+const ownCpuSeconds = () => {
+  const { system, user } = process.cpuUsage()
+  return (user + system) / 1e6
+}
+
 const timed = <A, E, R>(name: string, schema: string, effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     yield* prepare(schema)
     const started = Date.now()
+    const cpu = { machine: machineCpuSeconds(), own: ownCpuSeconds() }
     const out = yield* effect
     const seconds = (Date.now() - started) / 1000
+    const own = ownCpuSeconds() - cpu.own
+    const others = machineCpuSeconds() - cpu.machine - own
     const v = yield* Expected.verify(schema, MONTH)
     const check = v.problems.length === 0 ? `ok (${v.invoices} invoices, ${v.lines} lines)` : v.problems.join("; ")
-    yield* log(`  ${name.padEnd(26)} ${seconds.toFixed(1).padStart(7)} s   check: ${check}`)
+    yield* log(
+      `  ${name.padEnd(26)} ${seconds.toFixed(1).padStart(7)} s   cpu: node ${own.toFixed(1)} s, database ${
+        others.toFixed(1)
+      } s   check: ${check}`
+    )
     yield* drop(schema)
     return { name, seconds, out }
   })

@@ -15,6 +15,7 @@ import {
   copyChunk,
   createData,
   handLoop,
+  makeCompletions,
   median,
   PARTITIONS,
   report,
@@ -27,6 +28,8 @@ import {
 
 const schema = "cw_breakdown"
 const targets = ["t_loop_ckpt", "t_store", "t_worker"]
+
+const completions = makeCompletions()
 
 const job = (label: string) =>
   Job.make({
@@ -46,7 +49,8 @@ const job = (label: string) =>
           )
       })
     ],
-    concurrency: { perWorker: CONCURRENCY }
+    concurrency: { perWorker: CONCURRENCY },
+    onComplete: completions.hook
   })
 const workerJob = job("worker")
 const storeJob = job("store")
@@ -95,9 +99,15 @@ const storeOnly = (round: number) =>
 const viaWorker = (round: number) =>
   Effect.gen(function*() {
     const { runId } = yield* Runner.start(workerJob, { round })
-    const progress = yield* Runner.awaitTerminal(runId, { pollInterval: "10 millis" })
-    if (progress.run.status !== "succeeded") throw new Error(`bench run ${progress.run.status}`)
-    // Where the run's wall time went, in database time: before the first chunk, between units, after the last.
+    yield* completions.awaitRun(runId)
+    workerRuns.push(runId)
+  })
+const workerRuns: Array<string> = []
+
+/** Where a worker run's wall time went, in database time: before the first chunk, between units, after the last. */
+const databaseTimes = (runId: string) =>
+  Effect.gen(function*() {
+    yield* Runner.awaitTerminal(runId)
     const sql = yield* SqlClient.SqlClient
     const [t] = yield* sql<Record<string, number>>`
       with l as (
@@ -112,9 +122,8 @@ const viaWorker = (round: number) =>
       sql(`${schema}_store`)
     }.units u on u.run_id = ${runId} and u.unit_id = l.unit_id) as "claimToFirstChunk"
       from ${sql(`${schema}_store`)}.runs r where r.run_id = ${runId}`
-    timings.push(t!)
+    return t!
   })
-const timings: Array<Record<string, number>> = []
 
 const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -139,7 +148,8 @@ const program = Effect.gen(function*() {
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds`
   )
   for (const [name, xs] of results) report(name, xs, base, "loop+ckpt")
-  for (const t of timings) {
+  for (const runId of workerRuns) {
+    const t = yield* databaseTimes(runId)
     console.log(
       `  worker run (database time): ${Object.entries(t).map(([k, v]) => `${k} ${Number(v).toFixed(0)} ms`).join(", ")}`
     )

@@ -20,6 +20,7 @@ import {
   copyChunk,
   createData,
   handLoop,
+  makeCompletions,
   median,
   PARTITIONS,
   report,
@@ -32,6 +33,8 @@ import {
 
 const schema = "cw_bench"
 const targets = ["t_loop", "t_loop_ckpt", "t_chunkwise"]
+
+const completions = makeCompletions()
 
 const job = Job.make({
   name: "bench-copy",
@@ -50,18 +53,18 @@ const job = Job.make({
         )
     })
   ],
-  concurrency: { perWorker: CONCURRENCY }
+  concurrency: { perWorker: CONCURRENCY },
+  onComplete: completions.hook
 })
 
 /**
- * One run, from `Runner.start` to its end (the finalize included). The worker is long-lived, as in a
+ * One run, from `Runner.start` to its completion hook. The worker is long-lived, as in a
  * service: it starts once, before the first round, so its start-up is not a per-chunk cost.
  */
 const chunkwise = (round: number) =>
   Effect.gen(function*() {
     const { runId } = yield* Runner.start(job, { round })
-    const progress = yield* Runner.awaitTerminal(runId, { pollInterval: "10 millis" })
-    if (progress.run.status !== "succeeded") throw new Error(`bench run ${progress.run.status}`)
+    yield* completions.awaitRun(runId)
   })
 
 const program = Effect.gen(function*() {

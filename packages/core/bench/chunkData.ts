@@ -5,7 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Logger, type LogLevel } from "effect"
+import { Deferred, Effect, FiberId, Layer, Logger, type LogLevel } from "effect"
 import { PgStateStore, QueueAdapter, type StateStore } from "../src/index.js"
 
 export const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
@@ -77,6 +77,35 @@ export const handLoop = (schema: string, target: string, withCheckpoint: boolean
       })
     )
   })
+
+/**
+ * A run's end as its completion hook sees it, so a benchmark waits for the run without polling its
+ * status (a poll is extra statements on the database the run is measured on). `hook` is the job's
+ * `onComplete`; `awaitRun(runId)` resolves with the run's outcome.
+ */
+export const makeCompletions = () => {
+  const ends = new Map<string, Deferred.Deferred<string>>()
+  const endOf = (runId: string) =>
+    Effect.sync(() => {
+      let end = ends.get(runId)
+      if (end === undefined) {
+        end = Deferred.unsafeMake<string>(FiberId.none)
+        ends.set(runId, end)
+      }
+      return end
+    })
+  return {
+    hook: ({ outcome, runId }: { readonly runId: string; readonly outcome: string }) =>
+      Effect.flatMap(endOf(runId), (end) => Deferred.succeed(end, outcome)),
+    awaitRun: (runId: string) =>
+      Effect.flatMap(
+        endOf(runId),
+        (end) =>
+          Effect.flatMap(Deferred.await(end), (outcome) =>
+            outcome === "succeeded" ? Effect.void : Effect.die(new Error(`bench run ${outcome}`)))
+      )
+  }
+}
 
 /** Wall time of `effect` in ms. */
 export const time = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
