@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 9
+const LATEST = 10
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -278,22 +278,14 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.sync(() => void slotsMade.set(job, total))
       )
 
-    /** Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit. */
+    /**
+     * Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit:
+     * the try_finalize function (migration 10), which checks under the run row's lock.
+     */
     const finalizeIfComplete = (runId: string) =>
       Effect.map(
-        sql<{ readonly unitId: string }>`
-          with r as (
-            update ${s}.runs set status = 'finalizing', updated_at = clock_timestamp()
-            where run_id = ${runId} and status in ('running', 'failing')
-              and not exists (
-                select 1 from ${s}.units
-                where run_id = ${runId} and kind <> 'finalize' and status in ('pending', 'leased', 'waiting'))
-            returning run_id, job, finalize_seq)
-          insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
-          select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
-          on conflict do nothing
-          returning unit_id as "unitId"`,
-        (rows) => rows.length > 0
+        sql<{ readonly unitId: string | null }>`select ${s}.try_finalize(${runId}) as "unitId"`,
+        ([row]) => row?.unitId !== null && row?.unitId !== undefined
       )
 
     /**
@@ -882,7 +874,8 @@ export const make = (options: Options = {}): Effect.Effect<
       commitChunk: (commit) =>
         Effect.gen(function*() {
           const { lease } = commit
-          // The compare-and-set lives in the commit_chunk function (migration 3): one call, a cached plan.
+          // The compare-and-set lives in the commit_chunk function (migrations 3 to 10): one call, a cached
+          // plan; the commit that ends the run's last open unit also finalizes the run (migration 10).
           const rows = yield* op(
             "commitChunk",
             sql<{ readonly status: RunStatus | null }>`

@@ -13,8 +13,10 @@
  * - **Outbox enqueueing.** `feed` marks units enqueued and returns the messages to send; the caller sends
  *   them after it returns. A message lost after `feed` is re-sent by a later `feed` once it is older
  *   than `redeliverAfterMs` and the unit has no live lease.
- * - **Completion by compare-and-set.** `tryFinalize` moves a run to `finalizing` only when no unit is
- *   left to run, at most once per finalize round, however many callers race.
+ * - **Completion by compare-and-set.** A run moves to `finalizing` only when no unit is left to run, at
+ *   most once per finalize round, however many callers race: by the `commitChunk` that ends the run's
+ *   last open unit (in its own transaction, returning `runStatus: "finalizing"`), or by `tryFinalize`
+ *   after any other way a unit ends (failed, skipped, cancelled, a split joined).
  *
  * Outside the contract: scheduling fairness between runs, and retention of ledger and failure rows
  * (drivers document their own pruning).
@@ -492,7 +494,8 @@ export interface StateStoreShape {
   readonly claim: (request: ClaimRequest) => Effect.Effect<ClaimResult, Errors.StoreUnavailable>
   /**
    * The compare-and-set checkpoint (D3), with the chunk's quarantine changes; returns the run's status
-   * so a failing run is seen.
+   * so a failing run is seen. A commit with `unitDone` that ends the run's last open unit also moves the
+   * run to `finalizing` with its finalize unit, as `tryFinalize` would, and returns `"finalizing"`.
    */
   readonly commitChunk: (
     commit: ChunkCommit

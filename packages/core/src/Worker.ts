@@ -65,9 +65,10 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   /** Long-poll wait of one receive (default 1 s). */
   readonly pollInterval?: Duration.DurationInput | undefined
   /**
-   * How often the feeder tops up the queue (default 1 s). It also runs when a receive finds the queue
-   * short, when a quarter of `maxOutstanding` units ended here since the last feed, and when a unit
-   * ends with new work to send (a finalize unit, a partition its ranges moved on, a released unit).
+   * How often the feeder tops up the queue (default 1 s). It also runs when a quarter of
+   * `maxOutstanding` units ended here since the last feed, when a receive finds the queue short after
+   * such an end, and when a unit ends with new work to send (a finalize unit, a partition its ranges
+   * moved on, a released unit).
    */
   readonly feedInterval?: Duration.DurationInput | undefined
   /** Messages kept out (enqueued or running) across all runs (default 100). */
@@ -121,6 +122,11 @@ interface Active {
   stop: "lease-lost" | "abandoned" | undefined
   /** The resource permits the current chunk holds (renewed with the lease, released after the commit). */
   permits: ResourceLimiter.Permits
+  /**
+   * Set when a chunk's commit ended the unit: whether that commit also finalized the run (it does when
+   * it ended the run's last open unit), so no completion check follows it.
+   */
+  endedByCommit: { readonly finalized: boolean } | undefined
 }
 
 /** A successful claim: the unit, its run and the lease. */
@@ -197,8 +203,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     yield* onLocalWork(() => Queue.unsafeOffer(feedKick, undefined))
     /**
      * Units this worker ended since its last feed. A feed is a scan of the store's live units, so the
-     * worker tops the queue up once a quarter of `maxOutstanding` has been used (and whenever a receive
-     * finds the queue short), not after every unit.
+     * worker tops the queue up once a quarter of `maxOutstanding` has been used (or sooner when a receive
+     * finds the queue short after an end), not after every unit.
      */
     let endedSinceFeed = 0
     const refillEvery = Math.max(1, Math.floor(maxOutstanding / 4))
@@ -648,6 +654,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             return "release" as Ending
           }
           const { items, runStatus, setAside, to, tookMs } = result.value.value
+          if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
           yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
@@ -854,7 +861,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           deadline: (yield* monotonicMs) + leaseMs,
           fiber: undefined,
           stop: undefined,
-          permits: noPermits
+          permits: noPermits,
+          endedByCommit: undefined
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
@@ -922,7 +930,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           const joined = claim.unit.parentUnitId === null
             ? "open"
             : yield* store.joinRanges(message.runId, claim.unit.parentUnitId)
-          const finalized = yield* store.tryFinalize(message.runId)
+          // The commit that ended a partition checked completion in its own transaction; any other end
+          // (a failure, a cancel, a range and its join) checks now.
+          const finalized = entry.endedByCommit !== undefined && claim.unit.parentUnitId === null
+            ? entry.endedByCommit.finalized
+            : yield* store.tryFinalize(message.runId)
           if (finalized) {
             yield* Effect.logDebug("chunkwise: run finalizing").pipe(Effect.annotateLogs({ runId: message.runId }))
           }
@@ -966,8 +978,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const max = concurrency - inflight
         const deliveries = yield* queue.receive({ max, visibilityMs: leaseMs, waitMs: pollMs })
           .pipe(survive("receiving failed; backing off", Effect.as(Effect.sleep(pollMs), [])))
-        // The queue ran short of this worker's free slots: top it up now rather than at the next tick.
-        if (deliveries.length < max && !draining) yield* kickFeeder
+        // The queue ran short of this worker's free slots after units ended here: top it up now rather
+        // than at the next tick. (Only after an end: a message that keeps coming back, such as one for a
+        // unit this worker still runs, must not turn receive and feed into a loop.)
+        if (deliveries.length < max && endedSinceFeed > 0 && !draining) yield* kickFeeder
         for (const delivery of deliveries) {
           inflight += 1
           yield* FiberSet.run(

@@ -283,6 +283,35 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "the commit that ends the run's last open unit finalizes the run in its own transaction, and says so",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        const first = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        const second = yield* claimed(messages.get(unitIds[1]!)!, "w2")
+        const end = (lease: StateStore.Lease, key: string) =>
+          store.commitChunk({
+            lease,
+            from: { stepIndex: 0, chunkSeq: 0 },
+            to: { stepIndex: 1, chunkSeq: 0, cursor: null },
+            unitDone: true,
+            items: 1,
+            idempotencyKey: key,
+            step: "first",
+            leaseMs
+          })
+        // Another unit is still open: the run runs on.
+        expect((yield* store.transaction(end(first.lease, "end-0"))).runStatus).toBe("running")
+        // The last one: the run is finalizing with its finalize unit, the only message left to send.
+        expect((yield* store.transaction(end(second.lease, "end-1"))).runStatus).toBe("finalizing")
+        expect(Option.getOrThrow(yield* store.getRun(runId)).status).toBe("finalizing")
+        expect([...(yield* messagesOf(runId)).keys()]).toEqual(["finalize-1"])
+        expect(yield* store.tryFinalize(runId)).toBe(false)
+      })
+    )
+
+    test(
       "completion is claimed once however many finishers race, and the run ends once",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
@@ -633,7 +662,8 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
         yield* commitSkipping(lease, 0, 10, [3, 7], { partition: 5 })
         yield* commit(lease, { stepIndex: 0, chunkSeq: 1 }, "last", true)
-        expect(yield* store.tryFinalize(runId)).toBe(true)
+        // The commit that ended the last unit finalized the run.
+        expect((yield* store.getRun(runId)).pipe(Option.getOrThrow).status).toBe("finalizing")
         const fin = yield* claimed(yield* messageFor(runId, "finalize-1"), "w1")
         yield* store.finishRun(fin.lease, "succeeded", "fin-1")
         const plan = yield* store.retryQuarantine(runId, { dryRun: true }, operator)
@@ -670,7 +700,8 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         ]])
         const progress = yield* store.progress(runId)
         expect(progress.units).toMatchObject({ succeeded: 1, pending: 0 })
-        expect(yield* store.tryFinalize(runId)).toBe(true)
+        expect((yield* store.getRun(runId)).pipe(Option.getOrThrow).status).toBe("finalizing")
+        expect(yield* store.tryFinalize(runId)).toBe(false)
         expect((yield* store.auditLog(runId)).map((a) => a.action)).toEqual(["quarantine-retry", "quarantine-retry"])
       })
     )

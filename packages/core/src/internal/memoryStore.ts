@@ -557,13 +557,15 @@ export const make = Effect.sync(() => {
               items: commit.items,
               at
             })
+            const run = runs.get(lease.runId)!
             if (commit.unitDone) {
               unit.status = "succeeded"
               unit.leaseOwner = null
               unit.leaseExpiresAt = null
               unit.finishedAt = at
+              finalizeIfComplete(run, at)
             }
-            return Effect.succeed({ runStatus: runs.get(lease.runId)!.status })
+            return Effect.succeed({ runStatus: run.status })
           })
       ),
 

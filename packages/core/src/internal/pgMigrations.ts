@@ -400,5 +400,75 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         add column items_burst       bigint,
         add column item_tokens       double precision not null default 0,
         add column items_refilled_at timestamptz not null default clock_timestamp()`
+  }),
+  "10_finalize_in_commit": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Completion by compare-and-set (D7), race-free without a check after every unit: every finisher
+    // checks under the run row's lock, each check a statement of its own (so, in READ COMMITTED, a
+    // fresh snapshot taken after the lock). A finisher that checks inside its own transaction holds the
+    // lock until it commits, so whichever checks last sees every other finisher's commit.
+    yield* sql`
+      create function ${s}.try_finalize(p_run text) returns text language plpgsql as $$
+      declare
+        v_unit text;
+      begin
+        perform 1 from ${s}.runs where run_id = p_run for no key update;
+        with r as (
+          update ${s}.runs set status = 'finalizing', updated_at = clock_timestamp()
+          where run_id = p_run and status in ('running', 'failing')
+            and not exists (
+              select 1 from ${s}.units
+              where run_id = p_run and kind <> 'finalize' and status in ('pending', 'leased', 'waiting'))
+          returning run_id, job, finalize_seq)
+        insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+        select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
+        on conflict do nothing
+        returning unit_id into v_unit;
+        return v_unit;
+      end
+      $$`
+    // commit_chunk as in 8, plus: the chunk that ends its unit takes the run row's lock first (runs
+    // before units, the order operator actions take them in) and finalizes the run when it ended the
+    // last open unit, in the chunk's own transaction: no statement after the commit. A caller sees
+    // 'finalizing' returned only from the commit that did it.
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        if p_done then
+          perform 1 from ${s}.runs where run_id = p_run for no key update;
+        end if;
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit and fencing_token = p_token and lease_owner = p_worker
+          and status = 'leased' and lease_expires_at > clock_timestamp()
+          and step_index = p_from_step and chunk_seq = p_from_seq;
+        if not found then
+          return null;
+        end if;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+        values (p_run, p_unit, p_key, p_step, p_from_seq, p_items)
+        on conflict do nothing;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+          perform ${s}.try_finalize(p_run);
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
