@@ -16,14 +16,15 @@ import {
   createData,
   handLoop,
   makeCompletions,
+  measure,
   median,
   PARTITIONS,
   report,
   resetData,
   ROUNDS,
+  type Rounds,
   ROWS,
-  runOnStore,
-  time
+  runOnStore
 } from "./chunkData.js"
 
 const schema = "cw_breakdown"
@@ -134,15 +135,15 @@ const program = Effect.gen(function*() {
     ["store path", storeOnly],
     ["worker", viaWorker]
   ]
-  const results = new Map<string, Array<number>>(contenders.map(([name]) => [name, []]))
+  const results = new Map<string, Rounds>(contenders.map(([name]) => [name, []]))
   for (let round = 0; round < ROUNDS; round++) {
     yield* resetData(schema, targets)
     for (let i = 0; i < contenders.length; i++) {
       const [name, run] = contenders[(round + i) % contenders.length]!
-      results.get(name)!.push(yield* time(run(round)))
+      results.get(name)!.push(yield* measure(run(round)))
     }
   }
-  const base = median(results.get("loop+ckpt")!)
+  const base = median(results.get("loop+ckpt")!.map((r) => r.wallMs))
   console.log(
     `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds`

@@ -21,14 +21,15 @@ import {
   createData,
   handLoop,
   makeCompletions,
+  measure,
   median,
   PARTITIONS,
   report,
   resetData,
   ROUNDS,
+  type Rounds,
   ROWS,
-  runOnStore,
-  time
+  runOnStore
 } from "./chunkData.js"
 
 const schema = "cw_bench"
@@ -70,7 +71,7 @@ const chunkwise = (round: number) =>
 const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* createData(schema, targets)
-  const results: Record<string, Array<number>> = { loop: [], "loop+ckpt": [], chunkwise: [] }
+  const results: Record<string, Rounds> = { loop: [], "loop+ckpt": [], chunkwise: [] }
   const contenders: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
     ...(process.env["ONLY"] !== "chunkwise" ? [["loop", () => handLoop(schema, "t_loop", false)] as const] : []),
     ...(process.env["ONLY"] === undefined ? [["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)] as const] : []),
@@ -88,14 +89,14 @@ const program = Effect.gen(function*() {
     // Rotate the order each round, so no contender always runs after the others' writes (WAL, checkpoints).
     for (let i = 0; i < contenders.length; i++) {
       const [name, run] = contenders[(round + i) % contenders.length]!
-      results[name]!.push(yield* time(run(round)))
+      results[name]!.push(yield* measure(run(round)))
     }
   }
   const [copied] = yield* sql<{ readonly n: number }>`select count(*)::int as n from ${sql(schema)}.t_chunkwise`
   if (process.env["ONLY"] !== "loop" && copied?.n !== PARTITIONS * ROWS) {
     throw new Error(`chunkwise copied ${copied?.n} rows`)
   }
-  const base = median(results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!)
+  const base = median((results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!).map((r) => r.wallMs))
   console.log(
     `chunk overhead: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rounds in rotated order`

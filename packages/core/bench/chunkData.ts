@@ -115,14 +115,28 @@ export const time = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     return performance.now() - start
   })
 
+/** Wall time and this process's CPU time of `effect`, in ms: CPU per chunk is steadier than wall time on a shared machine. */
+export const measure = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const cpu = process.cpuUsage()
+    const wallMs = yield* time(effect)
+    const { system, user } = process.cpuUsage(cpu)
+    return { wallMs, cpuMs: (user + system) / 1000 }
+  })
+
 export const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 
-/** Prints one contender's median, its ratio to `base` and every round. */
-export const report = (name: string, xs: ReadonlyArray<number>, base: number, baseName: string) => {
-  const m = median(xs)
+/** One contender's rounds, as `measure` returns them. */
+export type Rounds = Array<{ readonly wallMs: number; readonly cpuMs: number }>
+
+/** Prints one contender's median wall time, its ratio to `base`, this process's CPU per chunk, and every round. */
+export const report = (name: string, rounds: Rounds, base: number, baseName: string) => {
+  const m = median(rounds.map((r) => r.wallMs))
+  const cpu = median(rounds.map((r) => r.cpuMs))
   console.log(
     `  ${name.padEnd(11)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x ${baseName}  ` +
-      `${((m / CHUNKS) * CONCURRENCY).toFixed(2)} ms/chunk  [${xs.map((x) => x.toFixed(0)).join(", ")}]`
+      `${((m / CHUNKS) * CONCURRENCY).toFixed(2)} ms/chunk  node cpu ${((cpu / CHUNKS) * 1000).toFixed(0)} µs/chunk  ` +
+      `[${rounds.map((r) => r.wallMs.toFixed(0)).join(", ")}]`
   )
 }
 
