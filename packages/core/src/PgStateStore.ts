@@ -279,6 +279,12 @@ export const make = (options: Options = {}): Effect.Effect<
       )
 
     /**
+     * Takes the run row's lock first in an operator's transaction: the order a unit's last commit takes
+     * its locks in (the run, then its unit), so neither waits on the other in a cycle.
+     */
+    const lockRun = (runId: string) => sql`select 1 from ${s}.runs where run_id = ${runId} for no key update`
+
+    /**
      * Moves a running or failing run with nothing left to run to `finalizing`, with its finalize unit:
      * the try_finalize function (migration 10), which checks under the run row's lock.
      */
@@ -1123,6 +1129,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
+            if (!selection.dryRun) yield* op("retry", lockRun(runId))
             const chosen = yield* op(
               "retry",
               selectUnits(runId, selection, ["failed", "cancelled"], retryable, !selection.dryRun)
@@ -1213,6 +1220,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           const run = yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
+            if (!options.dryRun) yield* op("retryQuarantine", lockRun(runId))
             // Items left in 'retry' by a re-run that failed are taken again.
             const chosen = { ...options, status: ["quarantined" as const, "retry" as const] }
             const groups = yield* sql<Row>`
@@ -1263,6 +1271,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.gen(function*() {
           const run = yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
+            if (!selection.dryRun) yield* op("skip", lockRun(runId))
             const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
             const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
             if (selection.dryRun || planned.length === 0) return planned
