@@ -21,10 +21,12 @@ import {
   PARTITIONS,
   report,
   resetData,
+  rotated,
   ROUNDS,
   type Rounds,
   ROWS,
-  runOnStore
+  runOnStore,
+  WARMUP
 } from "./chunkData.js"
 
 const schema = "cw_breakdown"
@@ -136,17 +138,18 @@ const program = Effect.gen(function*() {
     ["worker", viaWorker]
   ]
   const results = new Map<string, Rounds>(contenders.map(([name]) => [name, []]))
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = -WARMUP; round < ROUNDS; round++) {
     yield* resetData(schema, targets)
     for (let i = 0; i < contenders.length; i++) {
-      const [name, run] = contenders[(round + i) % contenders.length]!
-      results.get(name)!.push(yield* measure(run(round)))
+      const [name, run] = rotated(contenders, round, i)
+      const measured = yield* measure(run(round))
+      if (round >= 0) results.get(name)!.push(measured)
     }
   }
   const base = median(results.get("loop+ckpt")!.map((r) => r.wallMs))
   console.log(
     `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
-      `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds`
+      `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds after ${WARMUP} warm-up`
   )
   for (const [name, xs] of results) report(name, xs, base, "loop+ckpt")
   for (const runId of workerRuns) {

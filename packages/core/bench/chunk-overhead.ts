@@ -7,7 +7,8 @@
  *  - loop:        BEGIN; the chunk's INSERT ... SELECT; COMMIT            (the bare baseline of D20)
  *  - loop+ckpt:   the same plus an UPDATE of a checkpoint row in the transaction (a hand-written resumable loop)
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
- * ONLY=chunkwise or ONLY=loop runs that contender alone, MODE=none runs the chunkwise step in mode "none"
+ * WARMUP (default 1) rounds run first, uncounted. ONLY=chunkwise or ONLY=loop runs that contender alone,
+ * MODE=none runs the chunkwise step in mode "none"
  * (for profiling).
  */
 import { SqlClient } from "@effect/sql"
@@ -26,10 +27,12 @@ import {
   PARTITIONS,
   report,
   resetData,
+  rotated,
   ROUNDS,
   type Rounds,
   ROWS,
-  runOnStore
+  runOnStore,
+  WARMUP
 } from "./chunkData.js"
 
 const schema = "cw_bench"
@@ -84,12 +87,13 @@ const program = Effect.gen(function*() {
       feedInterval: (process.env["FEED"] ?? "1 second") as Duration.DurationInput
     })
   }
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = -WARMUP; round < ROUNDS; round++) {
     yield* resetData(schema, targets)
     // Rotate the order each round, so no contender always runs after the others' writes (WAL, checkpoints).
     for (let i = 0; i < contenders.length; i++) {
-      const [name, run] = contenders[(round + i) % contenders.length]!
-      results[name]!.push(yield* measure(run(round)))
+      const [name, run] = rotated(contenders, round, i)
+      const measured = yield* measure(run(round))
+      if (round >= 0) results[name]!.push(measured)
     }
   }
   const [copied] = yield* sql<{ readonly n: number }>`select count(*)::int as n from ${sql(schema)}.t_chunkwise`
@@ -99,7 +103,7 @@ const program = Effect.gen(function*() {
   const base = median((results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!).map((r) => r.wallMs))
   console.log(
     `chunk overhead: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
-      `concurrency ${CONCURRENCY}, median of ${ROUNDS} rounds in rotated order`
+      `concurrency ${CONCURRENCY}, median of ${ROUNDS} rounds in rotated order after ${WARMUP} warm-up`
   )
   for (const [name, xs] of Object.entries(results).filter(([, xs]) => xs.length > 0)) report(name, xs, base, "loop")
   yield* sql`drop schema ${sql(schema)} cascade`

@@ -13,6 +13,11 @@ export const ROWS = Number(process.env["ROWS"] ?? 25_000)
 export const CHUNK = Number(process.env["CHUNK"] ?? 1000)
 export const CONCURRENCY = Number(process.env["CONCURRENCY"] ?? 4)
 export const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
+/** Rounds run first and not counted: the JIT warms up on them (otherwise the first contender pays for it). */
+export const WARMUP = Number(process.env["WARMUP"] ?? 1)
+/** The contender that goes `i`-th in `round` (rounds from -WARMUP), so each takes its turn first. */
+export const rotated = <A>(contenders: ReadonlyArray<A>, round: number, i: number): A =>
+  contenders[(((round + i) % contenders.length) + contenders.length) % contenders.length]!
 /** Chunks in a whole copy (each partition ends with one empty chunk). */
 export const CHUNKS = PARTITIONS * Math.ceil((ROWS + 1) / CHUNK)
 

@@ -244,6 +244,27 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       }
     })
 
+    /**
+     * A step's chunk and item counters, tagged once: a tagged metric is a new key each time it is made,
+     * hashed and looked up on every update, which is a cost per chunk.
+     */
+    const countersByStep = new Map<
+      string,
+      { readonly chunks: typeof Metrics.chunks; readonly items: typeof Metrics.items }
+    >()
+    const stepCounters = (jobName: string, stepName: string) => {
+      const key = `${jobName}\u0000${stepName}`
+      let counters = countersByStep.get(key)
+      if (counters === undefined) {
+        counters = {
+          chunks: Metric.tagged(Metric.tagged(Metrics.chunks, "job", jobName), "step", stepName),
+          items: Metric.tagged(Metric.tagged(Metrics.items, "job", jobName), "step", stepName)
+        }
+        countersByStep.set(key, counters)
+      }
+      return counters
+    }
+
     // ---- one unit execution
     const runUnit = (job: Job.Any, claimed: Claimed, entry: Active) =>
       claimed.unit.kind === "finalize"
@@ -657,13 +678,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
-          yield* Metric.increment(Metric.tagged(Metric.tagged(Metrics.chunks, "job", job.name), "step", step.name))
-          if (items > 0) {
-            yield* Metric.incrementBy(
-              Metric.tagged(Metric.tagged(Metrics.items, "job", job.name), "step", step.name),
-              items
-            )
-          }
+          const counters = stepCounters(job.name, step.name)
+          yield* Metric.increment(counters.chunks)
+          if (items > 0) yield* Metric.incrementBy(counters.items, items)
           for (const item of setAside) {
             yield* Metric.increment(Metric.taggedWithLabels(Metrics.itemsQuarantined, [
               MetricLabel.make("job", job.name),
