@@ -175,7 +175,9 @@ describe("ResourceLimiter (memory driver, TestClock)", () => {
       yield* limiter.declare([{ resource: "primary-db", limit: { inFlight: 1 } }], "test")
       const alive = yield* limiter.acquire(["primary-db"], holder("alive"), 3000)
       const waiter = yield* Effect.fork(limiter.acquire(["primary-db"], holder("waiter"), 3000))
-      // (Each step lets the waiter run before time moves on, so its waits are set from the right time.)
+      // (Each step lets the waiter run before time moves on, so its waits are set from the right time:
+      // first until it waits, however busy the machine, then a settle after each move.)
+      for (let i = 0; i < 1000 && (yield* limiter.settings)[0]!.waiting === 0; i++) yield* Effect.yieldNow()
       yield* settle
       // The holder renews (its heartbeat) twice: the waiter still waits past the first expiry.
       for (let i = 0; i < 2; i++) {
