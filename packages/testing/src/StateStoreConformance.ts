@@ -290,17 +290,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const messages = yield* messagesOf(runId)
         const first = yield* claimed(messages.get(unitIds[0]!)!, "w1")
         const second = yield* claimed(messages.get(unitIds[1]!)!, "w2")
-        const end = (lease: StateStore.Lease, key: string) =>
-          store.commitChunk({
-            lease,
-            from: { stepIndex: 0, chunkSeq: 0 },
-            to: { stepIndex: 1, chunkSeq: 0, cursor: null },
-            unitDone: true,
-            items: 1,
-            idempotencyKey: key,
-            step: "first",
-            leaseMs
-          })
+        const end = (lease: StateStore.Lease, key: string) => commit(lease, { stepIndex: 0, chunkSeq: 0 }, key, true)
         // Another unit is still open: the run runs on.
         expect((yield* store.transaction(end(first.lease, "end-0"))).runStatus).toBe("running")
         // The last one: the run is finalizing with its finalize unit, the only message left to send.
