@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 10
+const LATEST = 11
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -1090,11 +1090,15 @@ export const make = (options: Options = {}): Effect.Effect<
           "sweep",
           Effect.gen(function*() {
             yield* joinWaiting(sql`r.status in ('running', 'failing')`)
+            // Two conditions, not one `status in (...)`: each is a probe of its partial index of open
+            // units (migration 11), not a walk over every unit of the run.
             const candidates = yield* sql<{ readonly runId: string }>`
             select r.run_id as "runId" from ${s}.runs r
             where r.status in ('running', 'failing')
               and not exists (select 1 from ${s}.units u
-                where u.run_id = r.run_id and u.kind <> 'finalize' and u.status in ('pending', 'leased', 'waiting'))`
+                where u.run_id = r.run_id and u.status in ('pending', 'leased') and u.kind <> 'finalize')
+              and not exists (select 1 from ${s}.units u
+                where u.run_id = r.run_id and u.status = 'waiting' and u.kind <> 'finalize')`
             const done: Array<string> = []
             for (const { runId } of candidates) if (yield* finalizeIfComplete(runId)) done.push(runId)
             return done
