@@ -63,6 +63,42 @@ export const make = Effect.sync(() => {
     }
     return map
   }
+  /**
+   * Each run's open units (pending, leased or waiting), and some that have ended since: the feed and
+   * the completion check visit these, not every unit of every run (as Postgres reads its partial
+   * indexes of open units). A unit joins when it is made or reopened; ended ones drop out when met.
+   */
+  const openUnits = new Map<string, Set<Unit>>()
+  const opened = (unit: Unit): Unit => {
+    let set = openUnits.get(unit.runId)
+    if (set === undefined) {
+      set = new Set()
+      openUnits.set(unit.runId, set)
+    }
+    set.add(unit)
+    return unit
+  }
+  const ended = (unit: Unit) => isTerminalUnit(unit.status) || units.get(unit.runId)?.get(unit.unitId) !== unit
+  const openUnitsOf = (runId: string): Array<Unit> => {
+    const set = openUnits.get(runId)
+    const out: Array<Unit> = []
+    if (set === undefined) return out
+    for (const unit of set) {
+      if (ended(unit)) set.delete(unit)
+      else out.push(unit)
+    }
+    return out
+  }
+  /** Whether a unit other than the finalize unit is open; stops at the first (units end about in order). */
+  const hasOpenWork = (runId: string): boolean => {
+    const set = openUnits.get(runId)
+    if (set === undefined) return false
+    for (const unit of set) {
+      if (ended(unit)) set.delete(unit)
+      else if (unit.kind !== "finalize") return true
+    }
+    return false
+  }
   const push = <A>(map: Map<string, Array<A>>, key: string, value: A) => {
     const list = map.get(key)
     if (list === undefined) map.set(key, [value])
@@ -85,37 +121,39 @@ export const make = Effect.sync(() => {
     unit.leaseOwner = null
     unit.leaseExpiresAt = null
     if (isTerminalUnit(status)) unit.finishedAt = at
+    else opened(unit)
   }
   const leaseLost = (lease: Lease, reason: string) =>
     new Errors.LeaseLost({ runId: lease.runId, unitId: lease.unitId, reason })
   const newUnit = (
     run: Run,
     fields: Pick<UnitRecord, "unitId" | "kind" | "partitionKey" | "weight"> & Partial<UnitRecord>
-  ): Unit => ({
-    runId: run.runId,
-    job: run.job,
-    status: "pending",
-    stepIndex: 0,
-    cursor: null,
-    chunkSeq: 0,
-    generation: 0,
-    attempt: 1,
-    crashesSinceProgress: 0,
-    fencingToken: 0,
-    leaseOwner: null,
-    leaseExpiresAt: null,
-    enqueueSeq: 0,
-    enqueuedAt: null,
-    retryAt: null,
-    chunks: 0,
-    items: 0,
-    startedAt: null,
-    finishedAt: null,
-    lastErrorTag: null,
-    parentUnitId: null,
-    range: null,
-    ...fields
-  })
+  ): Unit =>
+    opened({
+      runId: run.runId,
+      job: run.job,
+      status: "pending",
+      stepIndex: 0,
+      cursor: null,
+      chunkSeq: 0,
+      generation: 0,
+      attempt: 1,
+      crashesSinceProgress: 0,
+      fencingToken: 0,
+      leaseOwner: null,
+      leaseExpiresAt: null,
+      enqueueSeq: 0,
+      enqueuedAt: null,
+      retryAt: null,
+      chunks: 0,
+      items: 0,
+      startedAt: null,
+      finishedAt: null,
+      lastErrorTag: null,
+      parentUnitId: null,
+      range: null,
+      ...fields
+    })
   const partitionsOf = (runId: string) => [...unitsOf(runId).values()].filter((u) => u.kind === "partition")
   /** The ranges of a partition's current split (its generation's). */
   const rangesOf = (parent: Unit) =>
@@ -125,9 +163,7 @@ export const make = Effect.sync(() => {
 
   const finalizeIfComplete = (run: Run, at: number): boolean => {
     if (run.status !== "running" && run.status !== "failing") return false
-    for (const unit of unitsOf(run.runId).values()) {
-      if (unit.kind !== "finalize" && !isTerminalUnit(unit.status)) return false
-    }
+    if (hasOpenWork(run.runId)) return false
     run.status = "finalizing"
     run.updatedAt = at
     const unitId = `finalize-${run.finalizeSeq}`
@@ -455,7 +491,7 @@ export const make = Effect.sync(() => {
         let outstanding = 0
         const candidates: Array<Unit> = []
         for (const run of runs.values()) {
-          for (const unit of unitsOf(run.runId).values()) {
+          for (const unit of openUnitsOf(run.runId)) {
             if (liveLease(unit, at) || (unit.status === "pending" && fresh(unit))) {
               outstanding += 1
               continue
