@@ -61,6 +61,7 @@
  */
 import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Random } from "effect"
 import * as Errors from "./Errors.js"
+import { labelled } from "./internal/labelled.js"
 import * as Metrics from "./Metrics.js"
 
 // ---- settings
@@ -481,14 +482,13 @@ export const make = (
         wakers.delete(resource)
         return found === undefined ? Effect.void : Deferred.succeed(found, undefined)
       })
-    const throttled = (resource: string, kind: "rate" | "in_flight", ms: number) =>
-      Effect.zipRight(
-        Metric.increment(Metric.tagged(Metric.tagged(Metrics.throttledWaits, "resource", resource), "kind", kind)),
-        Metric.incrementBy(
-          Metric.tagged(Metric.tagged(Metrics.throttledSeconds, "resource", resource), "kind", kind),
-          ms / 1000
-        )
+    const throttled = (resource: string, kind: "rate" | "in_flight", ms: number) => {
+      const labels = [["resource", resource], ["kind", kind]] as const
+      return Effect.zipRight(
+        Metric.increment(labelled(Metrics.throttledWaits, labels)),
+        Metric.incrementBy(labelled(Metrics.throttledSeconds, labels), ms / 1000)
       )
+    }
     const releaseSlots = (slots: ReadonlyArray<Slot>) =>
       slots.length === 0 ? Effect.void : store.release(slots).pipe(
         Effect.catchAll((error) =>

@@ -25,7 +25,6 @@ import {
   FiberSet,
   Layer,
   Metric,
-  MetricLabel,
   Option,
   Queue,
   Random,
@@ -37,6 +36,7 @@ import * as Errors from "./Errors.js"
 import { nextSize } from "./internal/chunkSizer.js"
 import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
+import { labelled } from "./internal/labelled.js"
 import { onLocalWork } from "./internal/localWork.js"
 import * as Skips from "./internal/skips.js"
 import { runParentSpan } from "./internal/tracing.js"
@@ -244,27 +244,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       }
     })
 
-    /**
-     * A step's chunk and item counters, tagged once: a tagged metric is a new key each time it is made,
-     * hashed and looked up on every update, which is a cost per chunk.
-     */
-    const countersByStep = new Map<
-      string,
-      { readonly chunks: typeof Metrics.chunks; readonly items: typeof Metrics.items }
-    >()
-    const stepCounters = (jobName: string, stepName: string) => {
-      const key = `${jobName}\u0000${stepName}`
-      let counters = countersByStep.get(key)
-      if (counters === undefined) {
-        counters = {
-          chunks: Metric.tagged(Metric.tagged(Metrics.chunks, "job", jobName), "step", stepName),
-          items: Metric.tagged(Metric.tagged(Metrics.items, "job", jobName), "step", stepName)
-        }
-        countersByStep.set(key, counters)
-      }
-      return counters
-    }
-
     // ---- one unit execution
     const runUnit = (job: Job.Any, claimed: Claimed, entry: Active) =>
       claimed.unit.kind === "finalize"
@@ -362,7 +341,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         if (Option.isSome(failure) && failure.value instanceof Errors.LeaseLost) {
           // Not the unit's failure: its chunk rolled back and another worker holds it. Kept for operators.
           yield* record("abandoned")
-          yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
+          yield* Metric.increment(labelled(Metrics.leasesLost, [["job", job.name]]))
           yield* Effect.logInfo("chunkwise: lease lost; the chunk rolled back and another worker continues").pipe(
             Effect.annotateLogs({
               job: job.name,
@@ -378,7 +357,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const outcome = delayMs === undefined ? "failed" : "retry"
         yield* record(outcome)
         yield* Metric.increment(
-          Metric.tagged(Metric.tagged(Metrics.failures, "job", job.name), "error_tag", classified.tag)
+          labelled(Metrics.failures, [["job", job.name], ["error_tag", classified.tag]])
         )
         yield* alert(job, unit, lease, classified, { ...where, cursor, outcome, delayMs }, cliName)
         yield* Effect.annotateCurrentSpan("chunkwise.error_tag", classified.tag)
@@ -678,15 +657,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
-          const counters = stepCounters(job.name, step.name)
-          yield* Metric.increment(counters.chunks)
-          if (items > 0) yield* Metric.incrementBy(counters.items, items)
+          const labels = [["job", job.name], ["step", step.name]] as const
+          yield* Metric.increment(labelled(Metrics.chunks, labels))
+          if (items > 0) yield* Metric.incrementBy(labelled(Metrics.items, labels), items)
           for (const item of setAside) {
-            yield* Metric.increment(Metric.taggedWithLabels(Metrics.itemsQuarantined, [
-              MetricLabel.make("job", job.name),
-              MetricLabel.make("step", step.name),
-              MetricLabel.make("error_tag", item.errorTag)
-            ]))
+            yield* Metric.increment(labelled(Metrics.itemsQuarantined, [...labels, ["error_tag", item.errorTag]]))
           }
           stepIndex = to.stepIndex
           chunkSeq = to.chunkSeq
@@ -817,7 +792,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       Effect.gen(function*() {
         const decoded = Message.decode(delivery.body)
         if (decoded._tag === "Malformed") {
-          yield* Metric.increment(Metric.tagged(Metrics.deadLettered, "reason", "MalformedMessage"))
+          yield* Metric.increment(labelled(Metrics.deadLettered, [["reason", "MalformedMessage"]]))
           yield* Effect.logWarning("chunkwise: malformed message dead-lettered").pipe(
             Effect.annotateLogs({ reason: decoded.reason, runbookId: "chunkwise-malformed-message" })
           )
@@ -832,7 +807,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         if (job === undefined) {
           const run = yield* store.getRun(message.runId)
           if (Option.isNone(run)) {
-            yield* Metric.increment(Metric.tagged(Metrics.deadLettered, "reason", "UnknownJob"))
+            yield* Metric.increment(labelled(Metrics.deadLettered, [["reason", "UnknownJob"]]))
             const error = new Errors.UnknownJob({ job: message.job, known: [...jobs.keys()] })
             yield* Effect.logWarning("chunkwise: message for an unknown job dead-lettered").pipe(
               Effect.annotateLogs({ reason: error.message, runbookId: "chunkwise-unknown-job" })
@@ -916,7 +891,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           return Metric.set(Metrics.inFlight, active.size)
         })))
         yield* Metric.update(
-          Metric.tagged(Metrics.unitDuration, "job", job.name),
+          labelled(Metrics.unitDuration, [["job", job.name]]),
           ((yield* monotonicMs) - began) / 1000
         )
 
@@ -926,7 +901,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           yield* store.release(claim.lease, { abandonedChunk: true })
           ending = "release"
         } else if (entry.stop === "lease-lost") {
-          yield* Metric.increment(Metric.tagged(Metrics.leasesLost, "job", job.name))
+          yield* Metric.increment(labelled(Metrics.leasesLost, [["job", job.name]]))
           yield* Effect.logWarning("chunkwise: lease lost; the unit was interrupted").pipe(
             Effect.annotateLogs({ job: job.name, runId: message.runId, unitId: message.unitId })
           )
@@ -973,16 +948,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     // ---- gauges for autoscaling and alerts, sampled on the sweeper's cadence
     const sample = Effect.gen(function*() {
       const depth = yield* queue.depth
-      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "ready"), depth.ready)
-      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "in_flight"), depth.inFlight)
-      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "delayed"), depth.delayed)
-      yield* Metric.set(Metric.tagged(Metrics.queueMessages, "state", "dead"), depth.dead)
+      yield* Metric.set(labelled(Metrics.queueMessages, [["state", "ready"]]), depth.ready)
+      yield* Metric.set(labelled(Metrics.queueMessages, [["state", "in_flight"]]), depth.inFlight)
+      yield* Metric.set(labelled(Metrics.queueMessages, [["state", "delayed"]]), depth.delayed)
+      yield* Metric.set(labelled(Metrics.queueMessages, [["state", "dead"]]), depth.dead)
       yield* Metric.set(Metrics.queueOldestReadyAge, (depth.oldestReadyAgeMs ?? 0) / 1000)
       const backlog = yield* store.backlog
-      yield* Metric.set(Metric.tagged(Metrics.units, "state", "ready"), backlog.ready)
-      yield* Metric.set(Metric.tagged(Metrics.units, "state", "delayed"), backlog.delayed)
-      yield* Metric.set(Metric.tagged(Metrics.units, "state", "running"), backlog.running)
-      yield* Metric.set(Metric.tagged(Metrics.units, "state", "expired_lease"), backlog.expiredLeases)
+      yield* Metric.set(labelled(Metrics.units, [["state", "ready"]]), backlog.ready)
+      yield* Metric.set(labelled(Metrics.units, [["state", "delayed"]]), backlog.delayed)
+      yield* Metric.set(labelled(Metrics.units, [["state", "running"]]), backlog.running)
+      yield* Metric.set(labelled(Metrics.units, [["state", "expired_lease"]]), backlog.expiredLeases)
     })
 
     // ---- loops, forked at worker scope (D4)
@@ -1186,7 +1161,7 @@ const partitionEnded = (job: Job.Any, unit: UnitRecord, outcome: "succeeded" | "
     Clock.currentTimeMillis,
     (now) =>
       Metric.update(
-        Metric.tagged(Metric.tagged(Metrics.partitionDuration, "job", job.name), "outcome", outcome),
+        labelled(Metrics.partitionDuration, [["job", job.name], ["outcome", outcome]]),
         Math.max(0, now - unit.startedAt!) / 1000
       )
   )

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto"
+import * as crypto from "node:crypto"
 
 const ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
@@ -19,9 +19,13 @@ export const base32 = (bytes: Uint8Array): string => {
   return out
 }
 
+/** One-shot sha256 (Node 20.12+), about twice as fast as a Hash object for short inputs. */
+const sha256: (text: string) => Uint8Array = typeof crypto.hash === "function"
+  ? (text) => crypto.hash("sha256", text, "buffer")
+  : (text) => crypto.createHash("sha256").update(text).digest()
+
 /** sha256 over the parts joined by a NUL byte, so ("ab", "c") and ("a", "bc") never collide. */
-export const digest = (parts: ReadonlyArray<string | number>): Uint8Array =>
-  createHash("sha256").update(parts.map(String).join("\u0000")).digest()
+export const digest = (parts: ReadonlyArray<string | number>): Uint8Array => sha256(parts.map(String).join("\u0000"))
 
 /** A short stable id: `prefix` + the first `length` base32 characters of the digest. */
 export const stableId = (prefix: string, parts: ReadonlyArray<string | number>, length = 26): string =>
