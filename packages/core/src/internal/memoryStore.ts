@@ -29,6 +29,28 @@ type Unit = Mutable<UnitRecord>
  * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
  * one synchronous block at a time, so each operation is atomic, as one SQL statement is.
  */
+/** The feed's order: finalize units first, then heaviest first, then by id. */
+const feedOrder = (a: Unit, b: Unit) =>
+  a.kind !== b.kind ? (a.kind === "finalize" ? -1 : 1) : b.weight - a.weight || (a.unitId < b.unitId ? -1 : 1)
+
+/** The first `count` of `items` in `order`, without sorting them all (a feed takes a few of thousands). */
+const firstInOrder = <A>(items: ReadonlyArray<A>, count: number, order: (a: A, b: A) => number): Array<A> => {
+  const first: Array<A> = []
+  if (count <= 0) return first
+  for (const item of items) {
+    if (first.length === count && order(item, first[count - 1]!) >= 0) continue
+    let i = first.length
+    first.push(item)
+    while (i > 0 && order(first[i - 1]!, item) > 0) {
+      first[i] = first[i - 1]!
+      i -= 1
+    }
+    first[i] = item
+    if (first.length > count) first.pop()
+  }
+  return first
+}
+
 export const make = Effect.sync(() => {
   const database = MemoryDatabase.make()
   const runs = new Map<string, Run>()
@@ -503,11 +525,8 @@ export const make = Effect.sync(() => {
             if (runnable && due) candidates.push(unit)
           }
         }
-        candidates.sort((a, b) =>
-          a.kind !== b.kind ? (a.kind === "finalize" ? -1 : 1) : b.weight - a.weight || (a.unitId < b.unitId ? -1 : 1)
-        )
         const messages: Array<WorkMessage> = []
-        for (const unit of candidates.slice(0, Math.max(0, maxOutstanding - outstanding))) {
+        for (const unit of firstInOrder(candidates, maxOutstanding - outstanding, feedOrder)) {
           unit.enqueueSeq += 1
           unit.enqueuedAt = at
           messages.push({ v: 1, job: unit.job, runId: unit.runId, unitId: unit.unitId, seq: unit.enqueueSeq })
