@@ -18,7 +18,9 @@
  * Run: npm run bench -w examples/monthly-billing
  * Knobs: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), COMPANIES (2000), RECORDS
  * (1000000), RSS_RECORDS (4000000; 0 skips), CONCURRENCIES (1,2,4,8), LOOP_CONCURRENCY (4),
- * SPLIT_CONCURRENCIES (4,8), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes).
+ * SPLIT_CONCURRENCIES (4,8), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes), ROUNDS
+ * (1: how often the before, floor, hand loop and chunkwise contenders run, each round starting one
+ * further along; times are the medians, ratios the medians of the rounds' ratios).
  */
 import { PgQueue, PgStateStore, QueueAdapter, Runner, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
@@ -42,6 +44,7 @@ const LOOP_CONCURRENCY = Number(process.env["LOOP_CONCURRENCY"] ?? 4)
 const SPLIT_CONCURRENCIES = (process.env["SPLIT_CONCURRENCIES"] ?? "4,8").split(",").map(Number)
 const SPLIT_RECORDS = Number(process.env["SPLIT_RECORDS"] ?? 50_000)
 const ONLY = process.env["ONLY"]?.split(",")
+const ROUNDS = Number(process.env["ROUNDS"] ?? 1)
 const MONTH = "2026-10"
 const CHUNK = 1000
 const SOURCE = "mb_bench_src"
@@ -336,8 +339,25 @@ const processes = (schema: string, count: number, concurrency: number) =>
 
 interface Figure {
   readonly name: string
+  /** The median of its rounds. */
   readonly seconds: number
-  readonly note?: string
+  /** Every contender's seconds in each round, when it ran in the rounds. */
+  readonly rounds?: ReadonlyArray<ReadonlyMap<string, number>>
+}
+
+const median = (values: ReadonlyArray<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+/** `f` against `ref`: the median of the rounds' ratios when both ran in the rounds, else of the times. */
+const ratio = (f: Figure, ref: Figure | undefined) => {
+  if (ref === undefined) return ""
+  const paired = (f.rounds ?? []).filter((r) => r.has(f.name) && r.has(ref.name))
+  return (paired.length > 0 && f.rounds === ref.rounds
+    ? median(paired.map((r) => r.get(f.name)! / r.get(ref.name)!))
+    : f.seconds / ref.seconds).toFixed(2)
 }
 
 /** The machine's busy CPU seconds so far (all processes, from /proc/stat). */
@@ -397,17 +417,35 @@ const main = Effect.gen(function*() {
       `(${(100 * shape!.largest / shape!.billable).toFixed(1)} %)`
   )
   const figures: Array<Figure> = []
-  const add = (name: string, schema: string, effect: Effect.Effect<unknown, unknown, SqlClient.SqlClient>) =>
-    wanted(name)
-      ? Effect.map(timed(name, schema, effect), (f) => {
-        figures.push({ name: f.name, seconds: f.seconds })
-        return f.out
-      })
-      : Effect.void
-  yield* add("before", "mb_bench_before", before("mb_bench_before"))
-  yield* add("floor", "mb_bench_floor", floor("mb_bench_floor"))
-  yield* add(`hand loop x${LOOP_CONCURRENCY}`, "mb_bench_loop", handLoop("mb_bench_loop"))
-  for (const c of CONCURRENCIES) yield* add(`chunkwise x${c}`, `mb_bench_cw${c}`, chunkwise(`mb_bench_cw${c}`, c))
+  // The main contenders, ROUNDS times, each round starting one further along (so none always goes
+  // first on a warm or a cold machine); a ratio is the median of the rounds' ratios.
+  const contenders: Array<{
+    readonly name: string
+    readonly schema: string
+    readonly effect: Effect.Effect<unknown, unknown, SqlClient.SqlClient>
+  }> = [
+    { name: "before", schema: "mb_bench_before", effect: before("mb_bench_before") },
+    { name: "floor", schema: "mb_bench_floor", effect: floor("mb_bench_floor") },
+    { name: `hand loop x${LOOP_CONCURRENCY}`, schema: "mb_bench_loop", effect: handLoop("mb_bench_loop") },
+    ...CONCURRENCIES.map((c) => ({
+      name: `chunkwise x${c}`,
+      schema: `mb_bench_cw${c}`,
+      effect: chunkwise(`mb_bench_cw${c}`, c)
+    }))
+  ].filter((c) => wanted(c.name))
+  const rounds: Array<Map<string, number>> = []
+  for (let round = 0; round < ROUNDS; round++) {
+    if (ROUNDS > 1) yield* log(`round ${round + 1} of ${ROUNDS}`)
+    const seconds = new Map<string, number>()
+    for (let i = 0; i < contenders.length; i++) {
+      const c = contenders[(i + round) % contenders.length]!
+      seconds.set(c.name, (yield* timed(c.name, c.schema, c.effect)).seconds)
+    }
+    rounds.push(seconds)
+  }
+  for (const c of contenders) {
+    figures.push({ name: c.name, seconds: median(rounds.map((r) => r.get(c.name)!)), rounds })
+  }
   // Makespan with and without range splits: the run's time against the ideal (the units' total busy
   // time spread evenly over the concurrency), and the longest unit (the tail).
   const makespans: Array<{ readonly name: string; readonly seconds: number; readonly busy: Busy; readonly c: number }> =
@@ -464,7 +502,7 @@ const main = Effect.gen(function*() {
     }`
   )
   for (const f of figures) {
-    const r = (ref: Figure | undefined) => (ref === undefined ? "" : (f.seconds / ref.seconds).toFixed(2))
+    const r = (ref: Figure | undefined) => ratio(f, ref)
     yield* log(
       `  ${f.name.padEnd(26)} ${f.seconds.toFixed(1).padStart(8)} ${r(floorF).padStart(8)} ${r(loopF).padStart(8)} ${
         r(beforeF).padStart(8)
