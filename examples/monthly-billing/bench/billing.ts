@@ -363,8 +363,9 @@ const ratio = (f: Figure, ref: Figure | undefined) => {
 /** The machine's busy CPU seconds so far (all processes, from /proc/stat). */
 const machineCpuSeconds = () => {
   const [, ...ticks] = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).map(Number)
-  // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
-  return ticks.slice(0, 8).reduce((a, b, i) => (i === 3 || i === 4 ? a : a + b), 0) / 100
+  // user nice system idle iowait irq softirq steal: busy is user to softirq but idle and iowait. Steal
+  // (time the hypervisor gave a neighbour) is not this machine's work, so it is left out.
+  return ticks.slice(0, 7).reduce((a, b, i) => (i === 3 || i === 4 ? a : a + b), 0) / 100
 }
 
 /** This process's CPU seconds so far. */
