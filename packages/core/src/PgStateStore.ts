@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 11
+const LATEST = 12
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -821,42 +821,15 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "claim",
           Effect.gen(function*() {
-            // A job-wide cap (D16): the claim takes a free slot row of the job in the same statement,
-            // FOR UPDATE SKIP LOCKED, so concurrent claims never wait on each other nor share a slot.
+            // A job-wide cap (D16): the claim takes a free slot row of the job in the same call, FOR UPDATE
+            // SKIP LOCKED, so concurrent claims never wait on each other nor share a slot (claim_unit,
+            // migration 12: a function, so its plans are cached per connection).
             if (jobConcurrency !== undefined) yield* ensureSlots(message.job, jobConcurrency)
-            const slot = jobConcurrency === undefined ? sql`` : sql`
-              slot as (
-                select j.job, j.slot from ${s}.job_slots j
-                where j.job = ${message.job} and j.slot <= ${jobConcurrency}
-                  and (j.unit_id is null or j.expires_at <= clock_timestamp())
-                order by j.slot limit 1
-                for update skip locked),`
             const rows = yield* sql<Row>`
-              with ${slot} claimed as (
-                update ${s}.units u set
-                  status = 'leased',
-                  fencing_token = u.fencing_token + 1,
-                  lease_owner = ${workerId},
-                  lease_expires_at = clock_timestamp() + ${ms(leaseMs)},
-                  retry_at = null,
-                  started_at = coalesce(u.started_at, clock_timestamp()),
-                  crashes_since_progress = u.crashes_since_progress + case when u.status = 'leased' then 1 else 0 end,
-                  attempt = u.attempt + case when u.status = 'leased' then 1 else 0 end
-                from ${s}.runs r
-                where u.run_id = ${message.runId} and u.unit_id = ${message.unitId} and r.run_id = u.run_id
-                  and u.enqueue_seq <= ${message.seq}
-                  and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
-                  and (u.status = 'pending' or (u.status = 'leased' and u.lease_expires_at <= clock_timestamp()))
-                  and (u.retry_at is null or u.retry_at <= clock_timestamp() or u.status = 'leased')
-                  ${jobConcurrency === undefined ? sql`` : sql`and exists (select 1 from slot)`}
-                returning u.*)${
-              jobConcurrency === undefined ? sql`` : sql`,
-              taken as (
-                update ${s}.job_slots j set run_id = c.run_id, unit_id = c.unit_id, fencing_token = c.fencing_token,
-                  expires_at = c.lease_expires_at
-                from slot, claimed c where j.job = slot.job and j.slot = slot.slot)`
-            }
-              select ${units}, ${runs} from claimed u join ${s}.runs r on r.run_id = u.run_id`
+              select ${units}, ${runs}
+              from ${s}.claim_unit(${message.runId}, ${message.unitId}, ${message.seq}, ${workerId}, ${leaseMs},
+                ${message.job}, ${jobConcurrency ?? null}::integer) u
+              join ${s}.runs r on r.run_id = u.run_id`
             const row = rows[0]
             if (row !== undefined) {
               const unit = toUnit(row)
