@@ -286,3 +286,37 @@ describe("PgStateStore on real Postgres", () => {
       yield* sql`drop schema ${sql(schema)} cascade`
     }).pipe(Effect.provide(Layer.orDie(pgClient()))))
 })
+
+describe("the completion check on Postgres", () => {
+  it.live("reads the run's open units through their partial indexes, not every unit of the run", () =>
+    Effect.gen(function*() {
+      const schema = freshSchema("cw_check")
+      const sql = yield* SqlClient.SqlClient
+      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
+      yield* PgStateStore.migrate({ schema })
+      const s = sql(schema)
+      // A run of 3,000 partitions whose last (in key order) is the only one still open.
+      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
+      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight, status)
+        select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, 1, 'succeeded'
+        from generate_series(1, 3000) g`
+      yield* sql`update ${s}.units set status = 'pending' where unit_id = 'u03000'`
+      const check = sql.withTransaction(Effect.gen(function*() {
+        const [result] = yield* sql<{ readonly unitId: string | null }>`select ${s}.try_finalize('r1') as "unitId"`
+        // This transaction's reads of the units table so far (rows fetched by index and by scan).
+        const [reads] = yield* sql<{ readonly rows: number }>`
+          select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
+          from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`
+        return { finalized: result?.unitId ?? null, rowsRead: reads?.rows ?? 0 }
+      }))
+      const open = yield* check
+      expect(open.finalized).toBeNull()
+      // Walking the run's units, as the check did before migration 11, reads all 3,000 of them.
+      expect(open.rowsRead).toBeLessThan(10)
+      yield* sql`update ${s}.units set status = 'succeeded' where unit_id = 'u03000'`
+      const done = yield* check
+      expect(done.finalized).toBe("finalize-1")
+      expect(done.rowsRead).toBeLessThan(10)
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
+})
