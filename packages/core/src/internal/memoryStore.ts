@@ -25,10 +25,6 @@ type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 type Run = Mutable<RunRecord>
 type Unit = Mutable<UnitRecord>
 
-/**
- * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
- * one synchronous block at a time, so each operation is atomic, as one SQL statement is.
- */
 /** The feed's order: finalize units first, then heaviest first, then by id. */
 const feedOrder = (a: Unit, b: Unit) =>
   a.kind !== b.kind ? (a.kind === "finalize" ? -1 : 1) : b.weight - a.weight || (a.unitId < b.unitId ? -1 : 1)
@@ -51,6 +47,10 @@ const firstInOrder = <A>(items: ReadonlyArray<A>, count: number, order: (a: A, b
   return first
 }
 
+/**
+ * The in-memory state store. Every operation reads the clock, then runs synchronously: JavaScript runs
+ * one synchronous block at a time, so each operation is atomic, as one SQL statement is.
+ */
 export const make = Effect.sync(() => {
   const database = MemoryDatabase.make()
   const runs = new Map<string, Run>()
