@@ -21,14 +21,17 @@
  * SPLIT_CONCURRENCIES (4,8), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes), ROUNDS
  * (1: how often the before, floor, hand loop and chunkwise contenders run, each round starting one
  * further along; times are the medians, ratios the medians of the rounds' ratios), POLL_MS and FEED_MS
- * (the in-process workers' poll and feed intervals; default the worker's own, 1 s).
+ * (the in-process workers' poll and feed intervals; default the worker's own, 1 s), PROFILE_DIR (writes a
+ * V8 CPU profile of this process for each contender's run, `<contender>-<round>.cpuprofile`, to read
+ * where the Node side of a contender spends its time).
  */
 import { PgQueue, PgStateStore, QueueAdapter, Runner, StateStore, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { Session } from "node:inspector/promises"
 import { fileURLToPath } from "node:url"
 import * as Billing from "../src/Billing.js"
 import * as Expected from "../src/Expected.js"
@@ -46,6 +49,7 @@ const SPLIT_CONCURRENCIES = (process.env["SPLIT_CONCURRENCIES"] ?? "4,8").split(
 const SPLIT_RECORDS = Number(process.env["SPLIT_RECORDS"] ?? 50_000)
 const ONLY = process.env["ONLY"]?.split(",")
 const ROUNDS = Number(process.env["ROUNDS"] ?? 1)
+const PROFILE_DIR = process.env["PROFILE_DIR"]
 const MONTH = "2026-10"
 const CHUNK = 1000
 const SOURCE = "mb_bench_src"
@@ -400,12 +404,34 @@ const ownCpuSeconds = () => {
   return (user + system) / 1e6
 }
 
+/** Runs `effect` under the V8 CPU profiler when PROFILE_DIR is set, writing `<file>.cpuprofile` there. */
+const profiled = <A, E, R>(file: string, effect: Effect.Effect<A, E, R>) =>
+  PROFILE_DIR === undefined ? effect : Effect.acquireUseRelease(
+    Effect.promise(async () => {
+      const session = new Session()
+      session.connect()
+      await session.post("Profiler.enable")
+      await session.post("Profiler.start")
+      return session
+    }),
+    () => effect,
+    (session) =>
+      Effect.promise(async () => {
+        const { profile } = await session.post("Profiler.stop")
+        mkdirSync(PROFILE_DIR, { recursive: true })
+        writeFileSync(`${PROFILE_DIR}/${file.replace(/[^\w-]+/g, "_")}.cpuprofile`, JSON.stringify(profile))
+        session.disconnect()
+      })
+  )
+
+let profiles = 0
+
 const timed = <A, E, R>(name: string, schema: string, effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     yield* prepare(schema)
     const started = Date.now()
     const cpu = { machine: machineCpuSeconds(), own: ownCpuSeconds() }
-    const out = yield* effect
+    const out = yield* profiled(`${name}-${++profiles}`, effect)
     const seconds = (Date.now() - started) / 1000
     const own = ownCpuSeconds() - cpu.own
     const others = machineCpuSeconds() - cpu.machine - own
