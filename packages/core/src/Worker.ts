@@ -23,6 +23,7 @@ import {
   Exit,
   Fiber,
   FiberSet,
+  identity,
   Layer,
   Metric,
   Option,
@@ -171,9 +172,16 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const probe = yield* Probe.Probe
     const context = yield* Effect.context<Job.Context<Jobs[number]>>()
     const startedAt = yield* monotonicMs
-    /** Job effects are typed `any` in `Job.Any`; the worker's context provides what `Jobs` declared. */
+    /** A unit's execution runs with the worker's context, which provides what `Jobs` declared (once per unit). */
     const provideJobContext = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E> =>
       Effect.provide(effect, context) as Effect.Effect<A, E>
+    /**
+     * Job effects are typed `any` in `Job.Any`; inside a unit's execution (see `provideJobContext`) the
+     * context they need is there, so this only says so to the type checker. Providing it per chunk
+     * would merge and compare the whole context on every chunk.
+     */
+    const inJobContext = <A, E>(effect: Effect.Effect<A, E, unknown>): Effect.Effect<A, E> =>
+      effect as Effect.Effect<A, E>
 
     const active = new Map<string, Active>()
     let inflight = 0
@@ -585,7 +593,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     const stepDone = progress.next === Step.done
                     const nextCursor = stepDone || step._tag !== "Chunked"
                       ? null
-                      : yield* Effect.orDie(Schema.encode(step.cursor)(progress.next))
+                      : yield* Effect.orDie(Schema.encodeEither(step.cursor)(progress.next))
                     const to = stepDone
                       ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
                       : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
@@ -645,7 +653,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 const tookMs = (yield* monotonicMs) - began
                 yield* probe.at("after-commit", info)
                 return Option.some({ ...out, tookMs })
-              }).pipe(Effect.ensuring(givePermits(entry)), provideJobContext)
+              }).pipe(
+                step.resources.length === 0 || limiter === undefined ? identity : Effect.ensuring(givePermits(entry)),
+                inJobContext
+              )
           )
           if (result._tag === "end") return result.ending
           if (Option.isNone(result.value)) {
@@ -725,7 +736,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             })
           )
           return "split" as const
-        }).pipe(provideJobContext))
+        }).pipe(inJobContext))
 
     const runFinalize = (
       job: Job.Any,
@@ -779,7 +790,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 attributes: { "chunkwise.job": job.name, "chunkwise.run_id": run.runId }
               })
             )
-          }).pipe(provideJobContext))
+          }).pipe(inJobContext))
         if (result._tag === "end") return result.ending
         yield* Effect.logInfo(`chunkwise: run ${outcome}`).pipe(
           Effect.annotateLogs({ job: job.name, runId: run.runId, outcome, ...progress.units })
@@ -869,6 +880,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const began = yield* monotonicMs
         const exit = yield* Effect.gen(function*() {
           const fiber = yield* Effect.fork(execution.pipe(
+            provideJobContext,
             Effect.withSpan("chunkwise.unit", {
               captureStackTrace: false,
               parent: runParentSpan(message.runId),
