@@ -25,10 +25,10 @@
  * V8 CPU profile of this process for each contender's run, `<contender>-<round>.cpuprofile`, to read
  * where the Node side of a contender spends its time).
  */
-import { PgQueue, PgStateStore, QueueAdapter, Runner, StateStore, Worker } from "@chunkwise/core"
+import { PgQueue, PgStateStore, QueueAdapter, Runner, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Logger, LogLevel, Redacted } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { Session } from "node:inspector/promises"
@@ -254,21 +254,6 @@ const busy = (storeSchema: string) =>
   })
 
 /**
- * Waits for a run's end by reading its status row every 100 ms: one key lookup, where
- * `Runner.awaitTerminal` counts the run's units on every poll (a progress report), which would add
- * its own load to the contender it times.
- */
-const awaitEnd = (runId: string) =>
-  Effect.gen(function*() {
-    const store = yield* StateStore.StateStore
-    while (true) {
-      const run = yield* store.getRun(runId)
-      if (Option.isSome(run) && StateStore.isTerminalRun(run.value.status)) return run.value.status
-      yield* Effect.sleep("100 millis")
-    }
-  })
-
-/**
  * The worker's poll and feed intervals (POLL_MS, FEED_MS; default: the worker's own, 1 s each). The
  * feeder is kicked whenever units end or new work appears, so the intervals only bound waits; short
  * ones cost CPU on every tick (a timer wake-up costs 0.4-1 ms of CPU on the shared development VM).
@@ -285,8 +270,8 @@ const chunkwise = (schema: string, concurrency: number, splitRecords?: number) =
     return yield* Effect.gen(function*() {
       yield* Worker.make({ jobs: [job], concurrency, ...WORKER_INTERVALS })
       const { runId } = yield* Runner.start(job, { month: MONTH })
-      const status = yield* awaitEnd(runId)
-      if (status !== "succeeded") yield* log(`  run ended ${status}`)
+      const { run } = yield* Runner.awaitTerminal(runId, { pollInterval: "100 millis" })
+      if (run.status !== "succeeded") yield* log(`  run ended ${run.status}`)
       return yield* busy(`${schema}_cw`)
     }).pipe(
       Effect.scoped,
@@ -350,7 +335,7 @@ const processes = (schema: string, count: number, concurrency: number) =>
     const started = Date.now()
     yield* Effect.gen(function*() {
       const { runId } = yield* Runner.start(job, { month: MONTH })
-      yield* awaitEnd(runId)
+      yield* Runner.awaitTerminal(runId, { pollInterval: "100 millis" })
     }).pipe(
       Effect.provide(
         Layer.merge(

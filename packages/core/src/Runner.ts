@@ -229,8 +229,10 @@ export const retryQuarantine = (
   })
 
 /**
- * Waits until the run is terminal, polling the store; returns its final progress. A store that is
- * briefly unavailable (a restart, a dropped connection) is polled again, not reported.
+ * Waits until the run is terminal, polling the store; returns its final progress. A poll reads the
+ * run's status row only (one key lookup, however many units the run has); the progress, which counts
+ * the run's units, is read once, at the end. A store that is briefly unavailable (a restart, a dropped
+ * connection) is polled again, not reported.
  */
 export const awaitTerminal = (
   runId: string,
@@ -239,16 +241,19 @@ export const awaitTerminal = (
   Effect.gen(function*() {
     const store = yield* StateStore
     const interval = options.pollInterval ?? "500 millis"
-    const poll = store.progress(runId).pipe(
-      Effect.tapErrorTag(
-        "StoreUnavailable",
-        (e) => Effect.logWarning("chunkwise: status unavailable; polling again", e)
-      ),
-      Effect.retry({ while: (e) => e._tag === "StoreUnavailable", schedule: Schedule.spaced(interval) })
-    )
+    const patiently = <A, E extends { readonly _tag: string }>(effect: Effect.Effect<A, E>) =>
+      effect.pipe(
+        Effect.tapError((e) =>
+          e._tag === "StoreUnavailable"
+            ? Effect.logWarning("chunkwise: status unavailable; polling again", e)
+            : Effect.void
+        ),
+        Effect.retry({ while: (e) => e._tag === "StoreUnavailable", schedule: Schedule.spaced(interval) })
+      )
     while (true) {
-      const progress = yield* poll
-      if (isTerminalRun(progress.run.status)) return progress
+      const run = yield* patiently(store.getRun(runId))
+      // An unknown run: the progress read fails with the store's NotFound.
+      if (Option.isNone(run) || isTerminalRun(run.value.status)) return yield* patiently(store.progress(runId))
       yield* Effect.sleep(interval)
     }
   })

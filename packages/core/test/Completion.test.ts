@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, HashMap, Logger, LogLevel, Metric, MetricState } from "effect"
+import { Effect, Fiber, HashMap, Logger, LogLevel, Metric, MetricState, Option } from "effect"
 import { Errors, Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
 
@@ -18,6 +18,42 @@ describe("completion", () => {
       const store = yield* StateStore.StateStore
       const finalizers = (yield* store.listUnits(runId, { limit: 100 })).filter((u) => u.kind === "finalize")
       expect(finalizers.map((u) => u.status)).toEqual(["succeeded"])
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("awaitTerminal polls the run's status and reads its progress once, at the end", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 6, itemsPerPartition: 4, chunkDelay: "300 millis" })
+      const store = yield* StateStore.StateStore
+      let progressReads = 0
+      let runReads = 0
+      const counting = StateStore.StateStore.of({
+        ...store,
+        getRun: (runId) =>
+          Effect.suspend(() => {
+            runReads += 1
+            return store.getRun(runId)
+          }),
+        progress: (runId) =>
+          Effect.suspend(() => {
+            progressReads += 1
+            return store.progress(runId)
+          })
+      })
+      yield* Worker.make({ jobs: [job], ...fastWorker })
+      const { runId } = yield* Runner.start(job, { label: "await" })
+      const waiting = yield* Effect.fork(
+        Runner.awaitTerminal(runId, { pollInterval: "100 millis" }).pipe(
+          Effect.provideService(StateStore.StateStore, counting)
+        )
+      )
+      yield* driveUntil(Effect.map(Fiber.poll(waiting), Option.isSome))
+      const progress = yield* Fiber.join(waiting)
+      expect(runReads).toBeGreaterThan(3)
+      expect(progress.run.status).toBe("succeeded")
+      expect(progress.items).toBe(24)
+      expect(progressReads).toBe(1)
+      expect((yield* Effect.flip(Runner.awaitTerminal("no-such-run")))._tag).toBe("NotFound")
     }).pipe(Effect.provide(memoryEngine())))
 
   it.scoped("a finisher that dies between its commit and the completion check is repaired by the sweeper", () =>
