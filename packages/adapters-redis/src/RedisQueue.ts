@@ -11,10 +11,11 @@
  * when its idle time reaches a horizon of 7 days, so a receive or an extend with visibility V sets the
  * idle time to 7 days - V (XCLAIM IDLE JUSTID, which is not a delivery). A receipt is the entry id
  * with its delivery count, so a receipt is stale as soon as the message was delivered again.
- * Acks of one turn of the event loop share one script call and, while a consumer is receiving, fetch
- * its next messages in the same round trip (`prefetch`, BullMQ's fetch-next). Released messages wait
- * in a sorted set scored by their due time; dead letters go to a stream of their own with the reason. Every key of a queue shares one hash tag, so Redis Cluster keeps a queue
- * in one slot, and starts with `prefix`, so several applications share one Redis.
+ * Acks of one turn of the event loop (or every 16 of them, which start at once) share one script call,
+ * which, while a consumer is receiving, also fetches its next messages (`prefetch`, BullMQ's
+ * fetch-next). Released messages wait in a sorted set scored by their due time; dead letters go to a
+ * stream of their own with the reason. Every key of a queue shares one hash tag, so Redis Cluster keeps
+ * a queue in one slot, and starts with `prefix`, so several applications share one Redis.
  *
  * Outside the contract, as for every driver: ordering, exactly-once delivery. Messages live in Redis
  * memory: a Redis without persistence (AOF) loses them on restart, which chunkwise survives because
@@ -46,7 +47,7 @@ export interface QueueOptions {
   readonly blockInterval?: Duration.DurationInput | undefined
   /**
    * Fetch-next (default true): while a consumer is receiving, acks also fetch as many new messages in
-   * the same round trip, for its next receive, as BullMQ does. Such a message is in flight from then
+   * the same script call, for its next receive, as BullMQ does. Such a message is in flight from then
    * on; if no receive takes it within a second (a quarter of its visibility at most), or the queue
    * closes first, it is released, keeping its receive count.
    */
@@ -78,6 +79,12 @@ export const defaults = {
 const horizonMs = 7 * 24 * 60 * 60 * 1000
 /** Messages (or receipts) per script call or pipeline; keeps each call short on a shared Redis. */
 const batchSize = 500
+/**
+ * Acks that start their script call at once, without waiting for the end of the turn of the event
+ * loop: with many handlers ending together, Redis then acks (and fetches for) the first ones while the
+ * process is still running the others.
+ */
+const ackBatch = 16
 /** Due delayed messages moved into the stream by one receive. */
 const promoteLimit = 1000
 /** At most this many expired deliveries are counted by `depth`. */
@@ -190,55 +197,104 @@ const settingsOf = (options: QueueOptions): Effect.Effect<Settings, Errors.Confi
   })
 }
 
+/** A receipt: `<entry id>#<delivery count>`. */
+const receiptPattern = /^\d+-\d+#\d+$/
+
 const parseReceipt = (receipt: string): readonly [string, string] | undefined => {
-  const match = /^(\d+-\d+)#(\d+)$/.exec(receipt)
-  return match === null ? undefined : [match[1]!, match[2]!]
+  if (!receiptPattern.test(receipt)) return undefined
+  const hash = receipt.indexOf("#")
+  return [receipt.slice(0, hash), receipt.slice(hash + 1)]
 }
 
 /** Current receipts as (entry id, delivery count) pairs; malformed ones are stale by definition. */
-const receiptArgs = (receipts: ReadonlyArray<string>): Array<string> =>
-  receipts.flatMap((receipt) => parseReceipt(receipt) ?? [])
+const receiptArgs = (receipts: ReadonlyArray<string>): Array<string> => {
+  const out: Array<string> = []
+  for (const receipt of receipts) {
+    const parsed = parseReceipt(receipt)
+    if (parsed !== undefined) out.push(parsed[0], parsed[1])
+  }
+  return out
+}
 
 const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  if (items.length <= size) return [items]
   const out: Array<ReadonlyArray<A>> = []
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
   return out
 }
 
 /**
- * Joins the calls made in one turn of the event loop into one `run` over all their items (added in
- * groups of `unit`); every caller waits for that run and sees its outcome.
+ * Joins calls into batches, one `run` over the items of each (added in groups of `unit`); every caller
+ * waits for its batch's run and sees its outcome. A batch takes the calls of one turn of the event loop,
+ * or starts as soon as it holds `size` items, the next calls opening another: then Redis works on one
+ * batch while the process is still making the next.
  */
-const coalesce = <A>(run: (items: ReadonlyArray<A>) => Promise<unknown>, unit: number) => {
-  let open: { readonly items: Array<A>; readonly done: Promise<void> } | undefined
+const coalesce = <A>(run: (items: ReadonlyArray<A>) => Promise<unknown>, unit: number, size: number) => {
+  let open: { readonly items: Array<A>; readonly start: () => void; readonly done: Promise<void> } | undefined
   return (items: ReadonlyArray<A>): Promise<void> => {
-    if (open === undefined) {
-      const batch: Array<A> = []
-      open = {
-        items: batch,
-        done: new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-          open = undefined
-          return run(batch).then(() => undefined)
+    if (items.length % unit !== 0) throw new Error(`coalesce: items come in groups of ${unit}`)
+    let batch = open
+    if (batch === undefined) {
+      const batchItems: Array<A> = []
+      let start: () => void = () => {}
+      const started = new Promise<void>((resolve) => {
+        start = resolve
+        setImmediate(resolve)
+      })
+      const opened = {
+        items: batchItems,
+        start,
+        done: started.then(() => {
+          if (open === opened) open = undefined
+          return run(batchItems).then(() => undefined)
         })
       }
+      batch = open = opened
     }
-    if (items.length % unit !== 0) throw new Error(`coalesce: items come in groups of ${unit}`)
-    open.items.push(...items)
-    return open.done
+    for (const item of items) batch.items.push(item)
+    if (batch.items.length >= size * unit) {
+      open = undefined
+      batch.start()
+    }
+    return batch.done
   }
 }
 
 // The scripts' replies, checked on arrival: a Redis reply crosses a process.
-// A receive's reply is checked by shape only: a Schema over each of its fields costs more per message
-// than the rest of a receive (about 5 µs a message), and each field is converted where it is read.
+// Replies that carry deliveries are checked by shape only: a Schema over each of their fields costs
+// more per message than the rest of a receive (about 5 µs a message), and each field is converted where
+// it is read (see `deliveriesOf`).
+const isDeliveries = (flat: unknown): flat is ReadonlyArray<string | number> =>
+  Array.isArray(flat) && flat.length % 5 === 0
 const decodeReceived = Schema.decodeUnknownSync(
   Schema.declare(
     (reply: unknown): reply is readonly [ReadonlyArray<string | number>, number, string] =>
-      Array.isArray(reply) && reply.length === 3 && Array.isArray(reply[0]) && reply[0].length % 5 === 0 &&
-      typeof reply[1] === "number" && typeof reply[2] === "string",
+      Array.isArray(reply) && reply.length === 3 && isDeliveries(reply[0]) && typeof reply[1] === "number" &&
+      typeof reply[2] === "string",
     { identifier: "ReceiveReply", description: "[entryId, count, messageId, body, receives]*, nextDueMs, lastId" }
   )
 )
+const decodeAcked = Schema.decodeUnknownSync(
+  Schema.declare(
+    (reply: unknown): reply is readonly [number, ReadonlyArray<string | number>] =>
+      Array.isArray(reply) && reply.length === 2 && typeof reply[0] === "number" && isDeliveries(reply[1]),
+    { identifier: "AckReply", description: "acked, [entryId, count, messageId, body, receives]*" }
+  )
+)
+
+/** The deliveries of a receive's flat list (entryId, count, messageId, body, receives per message). */
+const deliveriesOf = (flat: ReadonlyArray<string | number>): Array<QueueAdapter.Delivery> => {
+  const deliveries: Array<QueueAdapter.Delivery> = []
+  for (let i = 0; i < flat.length; i += 5) {
+    deliveries.push({
+      receipt: `${flat[i]}#${flat[i + 1]}`,
+      messageId: String(flat[i + 2]),
+      body: String(flat[i + 3]),
+      receiveCount: Number(flat[i + 4])
+    })
+  }
+  return deliveries
+}
 const decodeDepth = Schema.decodeUnknownSync(
   Schema.Tuple(Schema.Number, Schema.Number, Schema.Number, Schema.Number, Schema.Number)
 )
@@ -317,28 +373,15 @@ export const makeFromClient = (
       return waking
     }
 
+    // The keys of a receive, and of an ack, which may receive too.
+    const receiveKeys = [k.stream, k.delayed, k.dead, k.cursor]
     const fetch = (max: number, visibilityMs: number) =>
-      script("receive", [k.stream, k.delayed, k.dead, k.cursor], [
-        group,
-        consumer,
-        max,
-        visibilityMs,
-        horizonMs,
-        maxReceives,
-        promoteLimit
-      ]).then((reply) => {
-        const [flat, nextDueMs, lastId] = decodeReceived(reply)
-        const deliveries: Array<QueueAdapter.Delivery> = []
-        for (let i = 0; i < flat.length; i += 5) {
-          deliveries.push({
-            receipt: `${flat[i]}#${flat[i + 1]}`,
-            messageId: String(flat[i + 2]),
-            body: String(flat[i + 3]),
-            receiveCount: Number(flat[i + 4])
-          })
+      script("receive", receiveKeys, [group, consumer, max, visibilityMs, horizonMs, maxReceives, promoteLimit]).then(
+        (reply) => {
+          const [flat, nextDueMs, lastId] = decodeReceived(reply)
+          return { deliveries: deliveriesOf(flat), nextDueMs, lastId }
         }
-        return { deliveries, nextDueMs, lastId }
-      })
+      )
 
     const release = (receipt: string, delayMs: number) => {
       const parsed = parseReceipt(receipt)
@@ -355,7 +398,7 @@ export const makeFromClient = (
     /**
      * Fetch-next, as BullMQ does on completion. A consumer acks a message, its slot frees and its next
      * receive follows at once; so while a consumer is receiving, the acks of one turn of the event loop
-     * also fetch as many messages, pipelined with them, and the next receive with the same visibility
+     * also fetch as many messages, in their script call, and the next receive with the same visibility
      * takes those without a round trip. One not taken while fresh, or still held at close, is released
      * (it keeps its receive count).
      */
@@ -373,38 +416,81 @@ export const makeFromClient = (
       })
     yield* Effect.addFinalizer(() => Effect.suspend(() => releaseAll(prefetched.splice(0))))
 
-    /** Prefetched deliveries for a receive: fresh ones with its visibility; the stale ones are released. */
-    const takePrefetched = (max: number, visibilityMs: number) =>
-      Effect.suspend(() => {
-        if (prefetched.length === 0) return Effect.succeed([])
-        const now = Date.now()
-        const out: Array<QueueAdapter.Delivery> = []
-        const stale: Array<Prefetched> = []
-        const kept: Array<Prefetched> = []
-        for (const p of prefetched) {
-          if (p.freshUntil < now || p.visibilityMs !== visibilityMs) stale.push(p)
-          else if (out.length < max) out.push(p.delivery)
-          else kept.push(p)
-        }
-        prefetched = kept
-        return Effect.as(releaseAll(stale), out)
-      })
+    /**
+     * Prefetched deliveries for a receive: up to `max` fresh ones with its visibility, released first
+     * with the stale ones.
+     */
+    const takePrefetched = (max: number, visibilityMs: number): Effect.Effect<Array<QueueAdapter.Delivery>> => {
+      const now = Date.now()
+      const out: Array<QueueAdapter.Delivery> = []
+      const stale: Array<Prefetched> = []
+      const kept: Array<Prefetched> = []
+      for (const p of prefetched) {
+        if (p.freshUntil < now || p.visibilityMs !== visibilityMs) stale.push(p)
+        else if (out.length < max) out.push(p.delivery)
+        else kept.push(p)
+      }
+      prefetched = kept
+      return stale.length === 0 ? Effect.succeed(out) : Effect.as(releaseAll(stale), out)
+    }
 
-    // Every handler acks its own message: the acks of one turn of the event loop share one script call.
-    const acks = coalesce<string>((args) => {
-      const acked = Promise.all(
-        chunks(args, batchSize * 2).map((batch) => script("ack", [k.stream], [group, ...batch]))
-      )
-      const receiving = lastReceive
-      if (!prefetch || receiving === undefined || Date.now() - receiving.at > prefetchWindowMs) return acked
-      const fetched = fetch(Math.min(args.length / 2, 1000), receiving.visibilityMs).then(({ deliveries }) => {
-        const freshUntil = Date.now() + Math.min(receiving.visibilityMs / 4, prefetchWindowMs)
-        for (const delivery of deliveries) {
-          prefetched.push({ delivery, visibilityMs: receiving.visibilityMs, freshUntil })
+    /**
+     * Every handler acks its own message: the acks of one turn of the event loop, or each `ackBatch` of
+     * them, share one script call (one per `batchSize` receipts), which, while a consumer is receiving,
+     * also fetches as many messages for its next receive (fetch-next; at most 1,000 a batch).
+     */
+    const acks = coalesce<string>(
+      (args) => {
+        const receiving = lastReceive
+        const fetching = prefetch && receiving !== undefined && Date.now() - receiving.at <= prefetchWindowMs
+        const visibilityMs = receiving?.visibilityMs ?? 0
+        let toFetch = fetching ? Math.min(args.length / 2, 1000) : 0
+        return Promise.all(
+          chunks(args, batchSize * 2).map((batch) => {
+            const fetch = Math.min(batch.length / 2, toFetch)
+            toFetch -= fetch
+            return script("ack", receiveKeys, [
+              group,
+              consumer,
+              fetch,
+              visibilityMs,
+              horizonMs,
+              maxReceives,
+              promoteLimit,
+              ...batch
+            ]).then((reply) => {
+              const [, flat] = decodeAcked(reply)
+              if (flat.length === 0) return
+              const freshUntil = Date.now() + Math.min(visibilityMs / 4, prefetchWindowMs)
+              for (const delivery of deliveriesOf(flat)) prefetched.push({ delivery, visibilityMs, freshUntil })
+            })
+          })
+        )
+      },
+      2,
+      ackBatch
+    )
+
+    /** A receive that found nothing prefetched: fetches, and waits for messages up to `waitMs`. */
+    const poll = (count: number, visibility: number, waitMs: number) =>
+      Effect.gen(function*() {
+        const deadline = (yield* Clock.currentTimeMillis) + waitMs
+        while (true) {
+          const { deliveries, lastId, nextDueMs } = yield* call("receive", () => fetch(count, visibility))
+          const left = deadline - (yield* Clock.currentTimeMillis)
+          if (deliveries.length > 0 || left <= 0) {
+            lastReceive = { visibilityMs: visibility, at: Date.now() }
+            return deliveries
+          }
+          const timeout = Math.ceil(Math.max(1, Math.min(left, blockMs, nextDueMs >= 0 ? nextDueMs + 1 : Infinity)))
+          const woke = yield* Effect.raceFirst(
+            Effect.promise(() => activity(lastId, timeout)),
+            Effect.as(Effect.sleep(timeout), true)
+          )
+          // The blocking connection failed (it reconnects by itself): pause instead of spinning.
+          if (!woke) yield* Effect.sleep(Math.min(100, left))
         }
-      }, () => {}) // a failed prefetch only misses a shortcut
-      return Promise.all([acked, fetched])
-    }, 2)
+      })
 
     const shape: QueueAdapter.QueueAdapterShape = {
       kind: "redis",
@@ -441,29 +527,16 @@ export const makeFromClient = (
       },
 
       receive: ({ max, visibilityMs, waitMs }) =>
-        Effect.gen(function*() {
+        Effect.suspend(() => {
           const count = Math.min(Math.floor(max), 1000)
-          if (!(count >= 1)) return []
+          if (!(count >= 1)) return Effect.succeed([])
           const visibility = Math.min(Math.max(0, Math.round(visibilityMs)), horizonMs)
           lastReceive = { visibilityMs: visibility, at: Date.now() }
-          const ready = yield* takePrefetched(count, visibility)
-          if (ready.length > 0) return ready
-          const deadline = (yield* Clock.currentTimeMillis) + waitMs
-          while (true) {
-            const { deliveries, lastId, nextDueMs } = yield* call("receive", () => fetch(count, visibility))
-            const left = deadline - (yield* Clock.currentTimeMillis)
-            if (deliveries.length > 0 || left <= 0) {
-              lastReceive = { visibilityMs: visibility, at: Date.now() }
-              return deliveries
-            }
-            const timeout = Math.ceil(Math.max(1, Math.min(left, blockMs, nextDueMs >= 0 ? nextDueMs + 1 : Infinity)))
-            const woke = yield* Effect.raceFirst(
-              Effect.promise(() => activity(lastId, timeout)),
-              Effect.as(Effect.sleep(timeout), true)
-            )
-            // The blocking connection failed (it reconnects by itself): pause instead of spinning.
-            if (!woke) yield* Effect.sleep(Math.min(100, left))
-          }
+          if (prefetched.length === 0) return poll(count, visibility, waitMs)
+          return Effect.flatMap(
+            takePrefetched(count, visibility),
+            (ready) => ready.length > 0 ? Effect.succeed(ready) : poll(count, visibility, waitMs)
+          )
         }),
 
       ack: (receipts) => {

@@ -1,6 +1,7 @@
 /**
  * What the conformance suite does not cover: key prefixes and hash tags, a client the service owns,
- * stale and malformed receipts on every operation, receive counts across releases, depth of due and
+ * stale and malformed receipts on every operation, acks of many receipts and many acks at once,
+ * reclaiming with a short and a long pending list, receive counts across releases, depth of due and
  * expired messages, recovery when the queue's keys vanish, prefetched messages at close, and
  * configuration errors. Real Redis at 127.0.0.1:6379, one key prefix for this file.
  */
@@ -174,6 +175,59 @@ describe("RedisQueue", () => {
       yield* queue.extend(["not a receipt"], 1000)
       yield* queue.deadLetter("1-1#1", "no such delivery")
       expect(yield* queue.depth).toMatchObject({ ready: 0, inFlight: 1, dead: 0 })
+    }))
+
+  it.scopedLive("one ack of several receipts acks the current ones, among other deliveries and stale receipts", () =>
+    Effect.gen(function*() {
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh(), prefetch: false })
+      yield* queue.send(["a", "b", "c", "d", "e"].map((body) => ({ body })))
+      const got = yield* queue.receive({ max: 5, visibilityMs: 60_000, waitMs: 1000 })
+      expect(got.map((d) => d.body)).toEqual(["a", "b", "c", "d", "e"])
+      const [a, b, c, d, e] = got as [QueueAdapter.Delivery, ...Array<QueueAdapter.Delivery>]
+      // c is delivered again: its first receipt is stale.
+      yield* queue.release(c!.receipt, 0)
+      const again = yield* receiveOne(queue)
+      expect([again.body, again.receiveCount]).toEqual(["c", 2])
+      // Out of order, with a stale and a malformed receipt, around deliveries that are not acked (b, d).
+      yield* queue.ack([e!.receipt, c!.receipt, "nonsense", a!.receipt, e!.receipt])
+      expect(yield* queue.depth).toMatchObject({ ready: 0, inFlight: 3 })
+      yield* queue.ack([d!.receipt, again.receipt, b!.receipt])
+      expect(yield* idle(queue)).toBe(0)
+    }))
+
+  it.scopedLive("many acks at once all land, in batches that start before the turn ends, and fetch the next", () =>
+    Effect.gen(function*() {
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh() })
+      yield* queue.send(Array.from({ length: 150 }, (_, i) => ({ body: String(i) })))
+      const first = yield* queue.receive({ max: 100, visibilityMs: 60_000, waitMs: 1000 })
+      expect(first).toHaveLength(100)
+      // Every handler acks its own message, all in one turn of the event loop.
+      yield* Effect.forEach(first, (d) => queue.ack([d.receipt]), { concurrency: "unbounded", discard: true })
+      // The acks fetched the remaining 50 for this consumer's next receive.
+      const rest = yield* queue.receive({ max: 100, visibilityMs: 60_000, waitMs: 0 })
+      expect(rest.map((d) => Number(d.body)).sort((x, y) => x - y)).toEqual(
+        Array.from({ length: 50 }, (_, i) => 100 + i)
+      )
+      yield* queue.ack(rest.map((d) => d.receipt))
+      expect(yield* idle(queue)).toBe(0)
+    }))
+
+  it.scopedLive("an expired delivery comes back whether the pending list is short or long for the receive", () =>
+    Effect.gen(function*() {
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh(), prefetch: false })
+      yield* queue.send(Array.from({ length: 30 }, (_, i) => ({ body: String(i) })))
+      const held = yield* queue.receive({ max: 28, visibilityMs: 60_000, waitMs: 1000 })
+      const short = yield* queue.receive({ max: 2, visibilityMs: 200, waitMs: 1000 })
+      expect([held.length, short.length]).toEqual([28, 2])
+      yield* Effect.sleep(500)
+      // 30 pending: more than a receive of 1 scans (XAUTOCLAIM), within what a receive of 5 does.
+      const one = yield* queue.receive({ max: 1, visibilityMs: 60_000, waitMs: 0 })
+      const other = yield* queue.receive({ max: 5, visibilityMs: 60_000, waitMs: 0 })
+      expect([...one, ...other].map((d) => [d.body, d.receiveCount]).sort()).toEqual(
+        short.map((d) => [d.body, 2]).sort()
+      )
+      yield* queue.ack([...held, ...one, ...other].map((d) => d.receipt))
+      expect(yield* idle(queue)).toBe(0)
     }))
 
   it.scopedLive("a released message keeps its receive count, so endless releases still dead-letter", () =>

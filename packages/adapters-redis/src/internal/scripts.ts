@@ -11,7 +11,7 @@ export type Table = Readonly<Record<string, number | "any">>
 /** The queue's scripts. */
 export const queue = {
   receive: 4,
-  ack: 1,
+  ack: 4,
   extend: 1,
   release: 2,
   "dead-letter": 2,
@@ -79,10 +79,12 @@ export const define = <T extends Table>(
     client.defineCommand(command(name), { ...(keys === "any" ? {} : { numberOfKeys: keys }), lua: load(name) })
   }
   const commands = client as unknown as Record<string, Invoke>
+  const invokers = new Map(Object.keys(table).map((name) => [name, commands[command(name)]!]))
   return (name, keys, args) => {
     const count = table[name]!
-    if (count === "any") return commands[command(name)]!.call(client, keys.length, ...keys, ...args)
+    const invoke = invokers.get(name)!
+    if (count === "any") return invoke.call(client, keys.length, ...keys, ...args)
     if (keys.length !== count) throw new Error(`script ${name} takes ${count} keys, got ${keys.length}`)
-    return commands[command(name)]!.call(client, ...keys, ...args)
+    return invoke.call(client, ...keys, ...args)
   }
 }

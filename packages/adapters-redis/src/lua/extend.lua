@@ -15,9 +15,6 @@
 ]]
 -- @include common
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local ids = {}
-for i = 5, #ARGV, 2 do
-  if isCurrent(stream, group, ARGV[i], ARGV[i + 1]) then ids[#ids + 1] = ARGV[i] end
-end
+local ids = currentIds(stream, group, ARGV, 5)
 if #ids > 0 then setVisibility(stream, group, consumer, ids, tonumber(ARGV[3]), tonumber(ARGV[4])) end
 return #ids
