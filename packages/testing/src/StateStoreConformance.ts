@@ -186,6 +186,24 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "feed hands a large run out in feed order across feeds, each unit once",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        // 300 distinct weights in a shuffled order (37 and 300 are coprime).
+        const weights = Array.from({ length: 300 }, (_, i) => ((i * 37) % 300) + 1)
+        const { runId, unitIds } = yield* openRun(weights)
+        const heaviestFirst = unitIds.map((id, i) => ({ id, weight: weights[i]! }))
+          .sort((a, b) => b.weight - a.weight).map((u) => u.id)
+        const handed: Array<string> = []
+        for (const maxOutstanding of [40, 80, 80, 300, 300]) {
+          const messages = yield* store.feed({ maxOutstanding, redeliverAfterMs: 3_600_000 })
+          handed.push(...messages.filter((m) => m.runId === runId).map((m) => m.unitId))
+        }
+        expect(handed).toEqual(heaviestFirst)
+      })
+    )
+
+    test(
       "a claim fences the unit: another worker is told to come back later, a stale message is acked",
       Effect.gen(function*() {
         const { runId, unitIds } = yield* openRun([1])

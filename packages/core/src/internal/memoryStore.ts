@@ -86,39 +86,68 @@ export const make = Effect.sync(() => {
     return map
   }
   /**
-   * Each run's open units (pending, leased or waiting), and some that have ended since: the feed and
-   * the completion check visit these, not every unit of every run (as Postgres reads its partial
-   * indexes of open units). A unit joins when it is made or reopened; ended ones drop out when met.
+   * Each run's open units (pending, leased or waiting), and some that have ended since, as the feed
+   * and the completion check read them (Postgres reads its partial indexes of open units):
+   * - `sent`: units the feed has sent or a worker has claimed at least once, about as many as are in
+   *   flight; a feed visits each of them;
+   * - `unsent`: units never sent, in feed order (`incoming`: made since the last feed, not yet ordered);
+   *   a feed takes the first few it needs, so a run of 100,000 partitions costs a feed what it sends.
+   * A unit joins when it is made or reopened; ended ones, and unsent ones sent since, drop out when met.
    */
-  const openUnits = new Map<string, Set<Unit>>()
-  const opened = (unit: Unit): Unit => {
-    let set = openUnits.get(unit.runId)
-    if (set === undefined) {
-      set = new Set()
-      openUnits.set(unit.runId, set)
+  interface OpenUnits {
+    readonly sent: Set<Unit>
+    unsent: Array<Unit>
+    /** The index of `unsent`'s first entry not yet dropped. */
+    head: number
+    readonly incoming: Array<Unit>
+  }
+  const openUnits = new Map<string, OpenUnits>()
+  const openOf = (runId: string): OpenUnits => {
+    let open = openUnits.get(runId)
+    if (open === undefined) {
+      open = { sent: new Set(), unsent: [], head: 0, incoming: [] }
+      openUnits.set(runId, open)
     }
-    set.add(unit)
+    return open
+  }
+  const wasSent = (unit: Unit) => unit.enqueueSeq > 0 || unit.fencingToken > 0
+  const opened = (unit: Unit): Unit => {
+    const open = openOf(unit.runId)
+    if (wasSent(unit)) open.sent.add(unit)
+    else open.incoming.push(unit)
     return unit
   }
+  /** A unit the feed sends or a worker claims: from now on among the run's `sent` units. */
+  const markSent = (unit: Unit) => openOf(unit.runId).sent.add(unit)
   const ended = (unit: Unit) => isTerminalUnit(unit.status) || units.get(unit.runId)?.get(unit.unitId) !== unit
-  const openUnitsOf = (runId: string): Array<Unit> => {
-    const set = openUnits.get(runId)
-    const out: Array<Unit> = []
-    if (set === undefined) return out
-    for (const unit of set) {
-      if (ended(unit)) set.delete(unit)
-      else out.push(unit)
+  /** The run's never-sent open units in feed order, from the first; drops those ended or sent since. */
+  function* unsentOf(open: OpenUnits): Generator<Unit> {
+    if (open.incoming.length > 0) {
+      open.unsent = open.unsent.slice(open.head).concat(open.incoming.splice(0)).sort(feedOrder)
+      open.head = 0
     }
-    return out
+    for (let i = open.head; i < open.unsent.length; i++) {
+      const unit = open.unsent[i]!
+      if (ended(unit) || wasSent(unit)) {
+        if (i === open.head) open.head += 1
+        continue
+      }
+      yield unit
+    }
+    if (open.head > 1024 && open.head * 2 > open.unsent.length) {
+      open.unsent = open.unsent.slice(open.head)
+      open.head = 0
+    }
   }
   /** Whether a unit other than the finalize unit is open; stops at the first (units end about in order). */
   const hasOpenWork = (runId: string): boolean => {
-    const set = openUnits.get(runId)
-    if (set === undefined) return false
-    for (const unit of set) {
-      if (ended(unit)) set.delete(unit)
+    const open = openUnits.get(runId)
+    if (open === undefined) return false
+    for (const unit of open.sent) {
+      if (ended(unit)) open.sent.delete(unit)
       else if (unit.kind !== "finalize") return true
     }
+    for (const unit of unsentOf(open)) if (unit.kind !== "finalize") return true
     return false
   }
   const push = <A>(map: Map<string, Array<A>>, key: string, value: A) => {
@@ -510,23 +539,50 @@ export const make = Effect.sync(() => {
     feed: ({ maxOutstanding, redeliverAfterMs }) =>
       Effect.map(now, (at) => {
         const fresh = (u: Unit) => u.enqueuedAt !== null && u.enqueuedAt + redeliverAfterMs > at
+        const runnable = (run: Run, unit: Unit) =>
+          unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
         let outstanding = 0
         const candidates: Array<Unit> = []
         for (const run of runs.values()) {
-          for (const unit of openUnitsOf(run.runId)) {
+          const open = openUnits.get(run.runId)
+          if (open === undefined) continue
+          for (const unit of open.sent) {
+            if (ended(unit)) {
+              open.sent.delete(unit)
+              continue
+            }
             if (liveLease(unit, at) || (unit.status === "pending" && fresh(unit))) {
               outstanding += 1
               continue
             }
-            const runnable = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
             const due = unit.status === "pending"
               ? unit.retryAt === null || unit.retryAt <= at
               : unit.status === "leased"
-            if (runnable && due) candidates.push(unit)
+            if (runnable(run, unit) && due) candidates.push(unit)
+          }
+        }
+        const wanted = maxOutstanding - outstanding
+        // Never-sent units are due (only a failure sets a retry time) and come in feed order: each run
+        // gives at most the `wanted` first of those that can run now.
+        for (const run of runs.values()) {
+          const open = openUnits.get(run.runId)
+          if (open === undefined || wanted <= 0) continue
+          let taken = 0
+          for (const unit of unsentOf(open)) {
+            if (taken >= wanted) break
+            if (!runnable(run, unit)) {
+              // Finalize units come first: past them, a run that is not running has nothing to run.
+              if (run.status !== "running" && unit.kind !== "finalize") break
+              continue
+            }
+            if (unit.status !== "pending" || (unit.retryAt !== null && unit.retryAt > at)) continue
+            candidates.push(unit)
+            taken += 1
           }
         }
         const messages: Array<WorkMessage> = []
-        for (const unit of firstInOrder(candidates, maxOutstanding - outstanding, feedOrder)) {
+        for (const unit of firstInOrder(candidates, wanted, feedOrder)) {
+          markSent(unit)
           unit.enqueueSeq += 1
           unit.enqueuedAt = at
           messages.push({ v: 1, job: unit.job, runId: unit.runId, unitId: unit.unitId, seq: unit.enqueueSeq })
@@ -563,6 +619,7 @@ export const make = Effect.sync(() => {
           unit.crashesSinceProgress += 1
           unit.attempt += 1
         }
+        markSent(unit)
         unit.status = "leased"
         unit.fencingToken += 1
         unit.leaseOwner = workerId
