@@ -541,6 +541,8 @@ export const make = Effect.sync(() => {
         const fresh = (u: Unit) => u.enqueuedAt !== null && u.enqueuedAt + redeliverAfterMs > at
         const runnable = (run: Run, unit: Unit) =>
           unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
+        const due = (unit: Unit) =>
+          unit.status === "pending" ? unit.retryAt === null || unit.retryAt <= at : unit.status === "leased"
         let outstanding = 0
         const candidates: Array<Unit> = []
         for (const run of runs.values()) {
@@ -555,18 +557,15 @@ export const make = Effect.sync(() => {
               outstanding += 1
               continue
             }
-            const due = unit.status === "pending"
-              ? unit.retryAt === null || unit.retryAt <= at
-              : unit.status === "leased"
-            if (runnable(run, unit) && due) candidates.push(unit)
+            if (runnable(run, unit) && due(unit)) candidates.push(unit)
           }
         }
         const wanted = maxOutstanding - outstanding
-        // Never-sent units are due (only a failure sets a retry time) and come in feed order: each run
-        // gives at most the `wanted` first of those that can run now.
-        for (const run of runs.values()) {
+        // Never-sent units come in feed order: each run gives at most the `wanted` first of those that
+        // can run now.
+        for (const run of wanted > 0 ? runs.values() : []) {
           const open = openUnits.get(run.runId)
-          if (open === undefined || wanted <= 0) continue
+          if (open === undefined) continue
           let taken = 0
           for (const unit of unsentOf(open)) {
             if (taken >= wanted) break
@@ -575,7 +574,7 @@ export const make = Effect.sync(() => {
               if (run.status !== "running" && unit.kind !== "finalize") break
               continue
             }
-            if (unit.status !== "pending" || (unit.retryAt !== null && unit.retryAt > at)) continue
+            if (!due(unit)) continue
             candidates.push(unit)
             taken += 1
           }
