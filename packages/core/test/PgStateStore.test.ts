@@ -320,3 +320,56 @@ describe("the completion check on Postgres", () => {
       expect(done.rowsRead).toBeLessThan(10)
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
 })
+
+describe("the claim and the commit on Postgres", () => {
+  it.live("reach their unit by its primary key, not by walking the run's live units", () =>
+    Effect.gen(function*() {
+      const schema = freshSchema("cw_claim")
+      const sql = yield* SqlClient.SqlClient
+      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
+      yield* PgStateStore.migrate({ schema })
+      const s = sql(schema)
+      // A run of 3,000 partitions, all of them pending: the start of a large run.
+      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
+      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+        select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, 1
+        from generate_series(1, 3000) g`
+      /** The rows of the units table this connection has read and not yet reported (by index and by scan). */
+      const reads = Effect.map(
+        sql<{ readonly rows: number }>`
+          select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
+          from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`,
+        (rows) => rows[0]?.rows ?? 0
+      )
+      /** `statement`'s result, with the rows of the units table it read. */
+      const reading = <A>(statement: Effect.Effect<ReadonlyArray<A>, unknown>) =>
+        sql.withTransaction(Effect.gen(function*() {
+          const before = yield* reads
+          const rows = yield* statement
+          return { rows, rowsRead: (yield* reads) - before }
+        }))
+      // Twenty claims, then their commits, on one connection: PL/pgSQL settles on its cached (generic)
+      // plans, and twenty units are leased at once while the commits run.
+      const units = Array.from({ length: 20 }, (_, i) => `u${String(i + 1).padStart(5, "0")}`)
+      for (const unit of units) {
+        const claim = yield* reading(sql<{ readonly token: string }>`
+          select fencing_token::text as token from ${s}.claim_unit('r1', ${unit}, 0, 'w', 60000, 'j', null)`)
+        expect(claim.rows, unit).toEqual([{ token: "1" }])
+        expect(claim.rowsRead, unit).toBeLessThan(5)
+      }
+      for (const unit of units) {
+        const commit = yield* reading(sql<{ readonly status: string | null }>`
+          select ${s}.commit_chunk('r1', ${unit}, 1, 'w', 0, 0, 0, 1, '{"at":1}'::jsonb, 5, false, ${`k-${unit}`},
+            'apply', 60000) as status`)
+        expect(commit.rows, unit).toEqual([{ status: "running" }])
+        expect(commit.rowsRead, unit).toBeLessThan(5)
+      }
+      // And a claim or commit that does not hold still says so: a stale token commits nothing.
+      const stale = yield* reading(sql<{ readonly status: string | null }>`
+        select ${s}.commit_chunk('r1', 'u00001', 0, 'w', 0, 1, 0, 2, null, 0, false, 'k', 'apply', 60000) as status`)
+      expect(stale.rows).toEqual([{ status: null }])
+      const taken = yield* reading(sql`select * from ${s}.claim_unit('r1', 'u00001', 0, 'w2', 60000, 'j', null)`)
+      expect(taken.rows).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
+})

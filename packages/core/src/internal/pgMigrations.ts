@@ -554,5 +554,108 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return next v_unit;
       end
       $$`
+  }),
+  "13_claim_and_commit_by_key": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // The claim (12) and the commit (10) each updated their unit with its state in the WHERE clause
+    // (status pending or leased), which the partial index units_live implies. On a freshly filled units
+    // table both indexes look alike to the planner, and the plan PL/pgSQL caches per connection walked
+    // units_live by run_id, filtering on unit_id: every claim read all of the run's live units (3,000
+    // reads per claim at the start of a 3,000-partition run, quadratic over the run), every commit all
+    // of its leased units. Here each locks its unit by primary key (a lookup no partial index can serve),
+    // checks the same conditions on the row it holds, and updates it by primary key. Same conditions,
+    // same effect, same lock order (job slot, then run, then unit).
+    yield* sql`
+      create or replace function ${s}.claim_unit(
+        p_run text, p_unit text, p_seq integer, p_worker text, p_lease_ms double precision, p_job text,
+        p_slots integer
+      ) returns setof ${s}.units language plpgsql rows 1 as $$
+      declare
+        v_slot integer;
+        v_unit ${s}.units;
+        v_run_status text;
+      begin
+        if p_slots is not null then
+          select slot into v_slot from ${s}.job_slots
+          where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())
+          order by slot limit 1
+          for update skip locked;
+          if v_slot is null then
+            return;
+          end if;
+        end if;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        if not found then
+          return;
+        end if;
+        select status into v_run_status from ${s}.runs where run_id = p_run;
+        if (v_unit.enqueue_seq <= p_seq
+            and case when v_unit.kind = 'finalize' then v_run_status = 'finalizing' else v_run_status = 'running' end
+            and (v_unit.status = 'pending'
+              or (v_unit.status = 'leased' and v_unit.lease_expires_at <= clock_timestamp()))
+            and (v_unit.retry_at is null or v_unit.retry_at <= clock_timestamp() or v_unit.status = 'leased'))
+          is not true then
+          return;
+        end if;
+        update ${s}.units u set
+          status = 'leased',
+          fencing_token = u.fencing_token + 1,
+          lease_owner = p_worker,
+          lease_expires_at = clock_timestamp() + p_lease_ms * interval '1 millisecond',
+          retry_at = null,
+          started_at = coalesce(u.started_at, clock_timestamp()),
+          crashes_since_progress = u.crashes_since_progress + case when u.status = 'leased' then 1 else 0 end,
+          attempt = u.attempt + case when u.status = 'leased' then 1 else 0 end
+        where u.run_id = p_run and u.unit_id = p_unit
+        returning u.* into v_unit;
+        if v_slot is not null then
+          update ${s}.job_slots set run_id = v_unit.run_id, unit_id = v_unit.unit_id,
+            fencing_token = v_unit.fencing_token, expires_at = v_unit.lease_expires_at
+          where job = p_job and slot = v_slot;
+        end if;
+        return next v_unit;
+      end
+      $$`
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+        v_unit ${s}.units;
+      begin
+        if p_done then
+          perform 1 from ${s}.runs where run_id = p_run for no key update;
+        end if;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        if (v_unit.fencing_token = p_token and v_unit.lease_owner = p_worker and v_unit.status = 'leased'
+            and v_unit.lease_expires_at > clock_timestamp()
+            and v_unit.step_index = p_from_step and v_unit.chunk_seq = p_from_seq) is not true then
+          return null;
+        end if;
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+        values (p_run, p_unit, p_key, p_step, p_from_seq, p_items)
+        on conflict do nothing;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+          perform ${s}.try_finalize(p_run);
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
