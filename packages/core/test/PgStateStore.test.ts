@@ -126,6 +126,28 @@ describe("PgStateStore on real Postgres", () => {
     60_000
   )
 
+  it.live(
+    "finishes a run of many small units on several workers without the sweeper; the hook commits once",
+    () =>
+      onPostgres((app) =>
+        Effect.gen(function*() {
+          // Unit ends race all the time here; completion must come from the ends themselves (D7), with no
+          // sweep to repair a missed check.
+          const job = pgJob(app, { partitions: 150, size: 2, chunkSize: 2 })
+          for (const workerId of ["a", "b", "c"]) {
+            yield* Worker.make({ jobs: [job], ...liveWorker, sweepInterval: "1 hour", concurrency: 4, workerId })
+          }
+          const { runId } = yield* Runner.start(job, { label: "many" })
+          const progress = yield* awaitRun(runId, 30)
+          expect(progress.run.status).toBe("succeeded")
+          expect(yield* applied(app)).toEqual(expectedApplied(150, 2))
+          const sql = yield* SqlClient.SqlClient
+          expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
+        })
+      ),
+    60_000
+  )
+
   it.live("works on a client with name transforms and a custom int8 parser (D15)", () =>
     onPostgres(
       (app) =>
@@ -372,4 +394,62 @@ describe("the claim and the commit on Postgres", () => {
       const taken = yield* reading(sql`select * from ${s}.claim_unit('r1', 'u00001', 0, 'w2', 60000, 'j', null)`)
       expect(taken.rows).toEqual([])
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
+})
+
+describe("a unit's end on Postgres", () => {
+  it.live("does not wait for another unit's end while a pending unit is left to check completion after both", () =>
+    Effect.gen(function*() {
+      const schema = freshSchema("cw_end")
+      const sql = yield* SqlClient.SqlClient
+      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
+      yield* PgStateStore.migrate({ schema })
+      const s = sql(schema)
+      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
+      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+        select 'r1', 'u' || g, 'j', 'partition', g::text, 1 from generate_series(1, 4) g`
+      const connect = Effect.acquireRelease(
+        Effect.promise(async () => {
+          const client = new pg.Client({ host: "127.0.0.1", port: 5432, user: "postgres", database: "test" })
+          await client.connect()
+          return client
+        }),
+        (client) => Effect.promise(() => client.end())
+      )
+      const [a, b, c] = [yield* connect, yield* connect, yield* connect]
+      const query = (client: pg.Client, text: string) =>
+        Effect.tryPromise(() => client.query(text)).pipe(Effect.map((r) => r.rows as Array<Record<string, unknown>>))
+      const claim = (client: pg.Client, unit: string) =>
+        query(
+          client,
+          `select fencing_token::text as token from ${schema}.claim_unit('r1', '${unit}', 0, 'w', 60000, 'j', null)`
+        )
+      const end = (client: pg.Client, unit: string) =>
+        query(
+          client,
+          `select ${schema}.commit_chunk('r1', '${unit}', 1, 'w', 0, 0, 1, 0, null, 0, true, 'end-${unit}', 'go', 60000) as status`
+        ).pipe(Effect.map((rows) => rows[0]?.["status"]))
+      expect(yield* claim(a, "u1")).toEqual([{ token: "1" }])
+      expect(yield* claim(a, "u2")).toEqual([{ token: "1" }])
+      // Two units end at once, each in its own open transaction; the second must not queue behind the first.
+      yield* query(a, "begin")
+      expect(yield* end(a, "u1")).toBe("running")
+      yield* query(b, "begin")
+      yield* query(b, "set local lock_timeout = '500ms'")
+      expect(yield* end(b, "u2")).toBe("running")
+      // Each holds a pending unit as its witness: that unit cannot be claimed until both ends are visible.
+      yield* query(c, "set lock_timeout = '300ms'")
+      const claims = yield* Effect.all(["u3", "u4"].map((u) => Effect.either(claim(c, u))))
+      expect(claims.some((r) => r._tag === "Left")).toBe(true)
+      yield* query(a, "commit")
+      yield* query(b, "commit")
+      // The remaining units run and end; the last end sees every other end and finalizes the run.
+      for (const unit of ["u3", "u4"]) {
+        const left = (yield* query(c, `select status from ${schema}.units where unit_id = '${unit}'`))[0]?.["status"]
+        if (left === "pending") expect(yield* claim(c, unit)).toEqual([{ token: "1" }])
+      }
+      expect(yield* end(c, "u3")).toBe("running")
+      expect(yield* end(c, "u4")).toBe("finalizing")
+      expect(yield* sql`select unit_id from ${s}.units where kind = 'finalize'`).toEqual([{ unit_id: "finalize-1" }])
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
 })

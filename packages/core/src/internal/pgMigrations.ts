@@ -657,5 +657,87 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return v_status;
       end
       $$`
+  }),
+  "14_unit_end_without_run_lock": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // Every commit that ended a unit took the run row's lock (10) and held it through its COMMIT, so the
+    // run's unit ends queued behind each other's WAL flush: about 2 ms each on the development VM, a
+    // ceiling of some 450 unit ends a second per run, however many workers. The lock is what makes the
+    // completion check race-free; it is only needed when no other unit is sure to check after us.
+    //
+    // A pending unit is sure to: the ending commit locks one (FOR SHARE, which a claim, a cancel or a
+    // skip must wait for), so that unit is claimed, ends, and checks only after this commit is visible,
+    // and by induction some later check sees every end. Such a commit takes no run lock and checks
+    // nothing. Only a commit that finds no pending unit (the run's tail: every open unit running or
+    // waiting for its ranges) takes the run lock and checks, as before: the run first, then the unit,
+    // the order operator actions take them in. A never-sent unit is the preferred witness, since a
+    // worker may be about to claim a sent one.
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+        v_unit ${s}.units;
+        v_witness text;
+        v_tail boolean := false;
+      begin
+        -- The tail (no pending unit left): the run lock first, then the unit, as operator actions take them.
+        if p_done and not exists (
+          select 1 from ${s}.units where run_id = p_run and status = 'pending' and kind <> 'finalize'
+        ) then
+          v_tail := true;
+          perform 1 from ${s}.runs where run_id = p_run for no key update;
+        end if;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        if (v_unit.fencing_token = p_token and v_unit.lease_owner = p_worker and v_unit.status = 'leased'
+            and v_unit.lease_expires_at > clock_timestamp()
+            and v_unit.step_index = p_from_step and v_unit.chunk_seq = p_from_seq) is not true then
+          return null;
+        end if;
+        if p_done and not v_tail then
+          -- SKIP LOCKED: taking a witness never waits, so holding the unit's row here makes no cycle.
+          select unit_id into v_witness from ${s}.units
+          where run_id = p_run and status = 'pending' and kind <> 'finalize' and enqueued_at is null
+          limit 1 for share skip locked;
+          if v_witness is null then
+            select unit_id into v_witness from ${s}.units
+            where run_id = p_run and status = 'pending' and kind <> 'finalize'
+            limit 1 for share skip locked;
+          end if;
+          if v_witness is null then
+            -- Every pending unit was claimed or locked since the probe above: check under the lock. The
+            -- one place the unit's row is held before the run's: an operator action on the run at this
+            -- very moment can deadlock with it, and Postgres aborts one of the two (the chunk retries).
+            v_tail := true;
+            perform 1 from ${s}.runs where run_id = p_run for no key update;
+          end if;
+        end if;
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + 1, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+        values (p_run, p_unit, p_key, p_step, p_from_seq, p_items)
+        on conflict do nothing;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+          if v_tail then
+            perform ${s}.try_finalize(p_run);
+          end if;
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
