@@ -7,9 +7,9 @@
  *  - loop:        BEGIN; the chunk's INSERT ... SELECT; COMMIT            (the bare baseline of D20)
  *  - loop+ckpt:   the same plus an UPDATE of a checkpoint row in the transaction (a hand-written resumable loop)
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
- * WARMUP (default 1) rounds run first, uncounted. ONLY=chunkwise or ONLY=loop runs that contender alone,
- * MODE=none runs the chunkwise step in mode "none"
- * (for profiling).
+ * WARMUP (default 1) rounds run first, uncounted. ONLY (comma-separated contender names, e.g.
+ * ONLY=chunkwise or ONLY=loop+ckpt) runs those contenders alone, to profile one (node --cpu-prof);
+ * MODE=none runs the chunkwise step in mode "none".
  */
 import { SqlClient } from "@effect/sql"
 import { type Duration, Effect, LogLevel, Schema } from "effect"
@@ -75,12 +75,15 @@ const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* createData(schema, targets)
   const results: Record<string, Rounds> = { loop: [], "loop+ckpt": [], chunkwise: [] }
-  const contenders: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
-    ...(process.env["ONLY"] !== "chunkwise" ? [["loop", () => handLoop(schema, "t_loop", false)] as const] : []),
-    ...(process.env["ONLY"] === undefined ? [["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)] as const] : []),
-    ...(process.env["ONLY"] !== "loop" ? [["chunkwise", chunkwise] as const] : [])
+  const only = process.env["ONLY"]?.split(",")
+  const all: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
+    ["loop", () => handLoop(schema, "t_loop", false)],
+    ["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)],
+    ["chunkwise", chunkwise]
   ]
-  if (process.env["ONLY"] !== "loop") {
+  const contenders = all.filter(([name]) => only === undefined || only.includes(name))
+  const runsChunkwise = contenders.some(([name]) => name === "chunkwise")
+  if (runsChunkwise) {
     yield* Worker.make({
       jobs: [job],
       concurrency: CONCURRENCY,
@@ -97,10 +100,12 @@ const program = Effect.gen(function*() {
     }
   }
   const [copied] = yield* sql<{ readonly n: number }>`select count(*)::int as n from ${sql(schema)}.t_chunkwise`
-  if (process.env["ONLY"] !== "loop" && copied?.n !== PARTITIONS * ROWS) {
+  if (runsChunkwise && copied?.n !== PARTITIONS * ROWS) {
     throw new Error(`chunkwise copied ${copied?.n} rows`)
   }
-  const base = median((results["loop"]!.length > 0 ? results["loop"]! : results["chunkwise"]!).map((r) => r.wallMs))
+  const base = median(
+    (results["loop"]!.length > 0 ? results["loop"]! : results[contenders[0]![0]]!).map((r) => r.wallMs)
+  )
   console.log(
     `chunk overhead: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rounds in rotated order after ${WARMUP} warm-up`
