@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 14
+const LATEST = 15
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -780,24 +780,49 @@ export const make = (options: Options = {}): Effect.Effect<
             // picked. The statement's snapshot predates the lock, so a feeder that waited for another's
             // commit may count that one's messages short and send up to one batch over the cap; it can
             // never pick the same unit, since FOR UPDATE re-checks each picked row's latest version.
+            // Each part reads through an index (migration 15) and stops early: the count stops at the cap,
+            // the never-sent units come in feed order from theirs, and the stale ones (sent, no live
+            // lease, message older than redeliverAfter) from the sent units' age (bounded by the
+            // statement's time: a volatile clock cannot bound an index scan); the best of both halves,
+            // in feed order, are the best of all.
             const rows = yield* sql<Row>`
               with lock as (
                 select pg_try_advisory_xact_lock(hashtext(${"chunkwise:feed:" + schema})) as ok),
               outstanding as (
-                select count(*) as n from ${s}.units
-                where (select ok from lock) and status in ('pending', 'leased')
-                  and ((status = 'leased' and lease_expires_at > clock_timestamp())
-                    or (status = 'pending' and enqueued_at > clock_timestamp() - ${ms(redeliverAfterMs)}))),
-              candidates as (
-                select u.run_id, u.unit_id from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
+                select count(*) as n from (
+                  select 1 from ${s}.units
+                  where (select ok from lock) and status = 'pending'
+                    and enqueued_at > statement_timestamp() - ${ms(redeliverAfterMs)}
+                  limit ${maxOutstanding}) sent
+                union all
+                select count(*) as n from (
+                  select 1 from ${s}.units
+                  where (select ok from lock) and status = 'leased' and enqueued_at is not null
+                    and lease_expires_at > clock_timestamp()
+                  limit ${maxOutstanding}) running),
+              room as (select greatest(0, ${maxOutstanding} - (select sum(n) from outstanding))::bigint as n),
+              unsent as (
+                select u.run_id, u.unit_id, u.kind, u.weight from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
+                where (select ok from lock) and u.status = 'pending' and u.enqueued_at is null
+                  and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
+                  and (u.retry_at is null or u.retry_at <= clock_timestamp())
+                order by (u.kind = 'finalize') desc, u.weight desc, u.unit_id
+                limit (select n from room)
+                for update of u skip locked),
+              stale as (
+                select u.run_id, u.unit_id, u.kind, u.weight from ${s}.units u join ${s}.runs r on r.run_id = u.run_id
                 where (select ok from lock) and u.status in ('pending', 'leased')
+                  and u.enqueued_at <= statement_timestamp() - ${ms(redeliverAfterMs)}
                   and case when u.kind = 'finalize' then r.status = 'finalizing' else r.status = 'running' end
                   and case when u.status = 'pending' then u.retry_at is null or u.retry_at <= clock_timestamp()
                            else u.lease_expires_at <= clock_timestamp() end
-                  and (u.enqueued_at is null or u.enqueued_at <= clock_timestamp() - ${ms(redeliverAfterMs)})
                 order by (u.kind = 'finalize') desc, u.weight desc, u.unit_id
-                limit greatest(0, ${maxOutstanding} - (select n from outstanding))
-                for update of u skip locked)
+                limit (select n from room)
+                for update of u skip locked),
+              candidates as (
+                select run_id, unit_id from (select * from unsent union all select * from stale) c
+                order by (kind = 'finalize') desc, weight desc, unit_id
+                limit (select n from room))
               update ${s}.units u set enqueue_seq = u.enqueue_seq + 1, enqueued_at = clock_timestamp()
               from candidates c where u.run_id = c.run_id and u.unit_id = c.unit_id
               returning u.job, u.run_id as "runId", u.unit_id as "unitId", u.enqueue_seq as seq, u.weight,

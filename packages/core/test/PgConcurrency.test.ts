@@ -103,12 +103,13 @@ describe("job-wide concurrency on Postgres (D16)", () => {
           const job = cappedJob(app, { partitions: 3, size: 4, total: 1, delayMs: 10 })
           const sql = yield* SqlClient.SqlClient
           const { runId } = yield* Runner.start(job, { label: "dead-holder" })
-          // A worker died holding the only slot for p0: its lease (and so the slot) expires in 1 s.
+          // A worker died holding the only slot for p0: its lease (and so the slot) expires in 1 s. Like any
+          // claimed unit, p0 was sent (an hour ago, say).
           yield* sql`insert into ${sql(store)}.job_slots (job, slot) values (${job.name}, 1) on conflict do nothing`
           yield* sql`
           with u as (
             update ${sql(store)}.units set status = 'leased', fencing_token = fencing_token + 1, lease_owner = 'dead',
-              lease_expires_at = clock_timestamp() + interval '1 second'
+              lease_expires_at = clock_timestamp() + interval '1 second', enqueued_at = clock_timestamp() - interval '1 hour'
             where run_id = ${runId} and partition_key = 'p0'
             returning run_id, unit_id, fencing_token, lease_expires_at)
           update ${sql(store)}.job_slots j set run_id = u.run_id, unit_id = u.unit_id, fencing_token = u.fencing_token,

@@ -453,3 +453,48 @@ describe("a unit's end on Postgres", () => {
       expect(yield* sql`select unit_id from ${s}.units where kind = 'finalize'`).toEqual([{ unit_id: "finalize-1" }])
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
 })
+
+describe("the feeder on Postgres", () => {
+  it.live("reads the next units to send and the units in flight, not every live unit of the run", () =>
+    Effect.gen(function*() {
+      const schema = freshSchema("cw_feed")
+      const sql = yield* SqlClient.SqlClient
+      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
+      const s = sql(schema)
+      return yield* Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+          values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
+        yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+          select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, g from generate_series(1, 3000) g`
+        const feed = (maxOutstanding = 10) =>
+          sql.withTransaction(Effect.gen(function*() {
+            const reads = sql<{ readonly rows: number }>`
+            select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
+            from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`
+            const [before] = yield* reads
+            const messages = yield* store.feed({ maxOutstanding, redeliverAfterMs: 60_000 })
+            const [after] = yield* reads
+            return { units: messages.map((m) => m.unitId), rowsRead: after!.rows - before!.rows }
+          }))
+        const first = yield* feed()
+        expect(first.units).toEqual(Array.from({ length: 10 }, (_, i) => `u0${3000 - i}`))
+        // Sorting every live unit, as the feeder did before migration 15, reads all 3,000.
+        expect(first.rowsRead).toBeLessThan(100)
+        // Ten in flight, none stale: nothing more to send, and still no walk over the run.
+        const full = yield* feed()
+        expect(full.units).toEqual([])
+        expect(full.rowsRead).toBeLessThan(100)
+        // A unit made pending by a retry has no send time; claimed through its old message, it gets one,
+        // so once its worker dies and its message goes stale the feeder sends it again.
+        yield* sql`update ${s}.units set enqueued_at = null where unit_id = 'u03000'`
+        yield* sql`select * from ${s}.claim_unit('r1', 'u03000', 1, 'w', 60000, 'j', null)`
+        const [claimed] = yield* sql<{ readonly sent: boolean }>`
+          select enqueued_at is not null as sent from ${s}.units where unit_id = 'u03000'`
+        expect(claimed!.sent).toBe(true)
+        yield* sql`update ${s}.units set lease_expires_at = clock_timestamp() - interval '1 second',
+          enqueued_at = clock_timestamp() - interval '1 hour' where unit_id = 'u03000'`
+        expect((yield* feed()).units).toEqual(["u03000"])
+      }).pipe(Effect.provide(PgStateStore.layer({ schema })))
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
+})

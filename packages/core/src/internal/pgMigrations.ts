@@ -739,5 +739,74 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return v_status;
       end
       $$`
+  }),
+  "15_feed_by_index": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // The feeder counted and sorted every live unit of every run on each feed (a 20,000-unit run: about
+    // 32 ms a feed, hundreds of feeds). It needs only the units sent and not ended (bounded by the
+    // outstanding cap, plus the few whose message went stale) and the next few never-sent ones in
+    // feed order: one index for each.
+    yield* sql`
+      create index units_sent on ${s}.units (enqueued_at)
+      where status in ('pending', 'leased') and enqueued_at is not null`
+    yield* sql`
+      create index units_unsent on ${s}.units (((kind = 'finalize')) desc, weight desc, unit_id)
+      where status = 'pending' and enqueued_at is null`
+    // A unit made pending again by a retry has no send time, yet its old message can still claim it:
+    // a claim now stamps one, so every leased unit is among the sent ones the feeder reads.
+    yield* sql`
+      create or replace function ${s}.claim_unit(
+        p_run text, p_unit text, p_seq integer, p_worker text, p_lease_ms double precision, p_job text,
+        p_slots integer
+      ) returns setof ${s}.units language plpgsql rows 1 as $$
+      declare
+        v_slot integer;
+        v_unit ${s}.units;
+        v_run_status text;
+      begin
+        if p_slots is not null then
+          select slot into v_slot from ${s}.job_slots
+          where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())
+          order by slot limit 1
+          for update skip locked;
+          if v_slot is null then
+            return;
+          end if;
+        end if;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        if not found then
+          return;
+        end if;
+        select status into v_run_status from ${s}.runs where run_id = p_run;
+        if (v_unit.enqueue_seq <= p_seq
+            and case when v_unit.kind = 'finalize' then v_run_status = 'finalizing' else v_run_status = 'running' end
+            and (v_unit.status = 'pending'
+              or (v_unit.status = 'leased' and v_unit.lease_expires_at <= clock_timestamp()))
+            and (v_unit.retry_at is null or v_unit.retry_at <= clock_timestamp() or v_unit.status = 'leased'))
+          is not true then
+          return;
+        end if;
+        update ${s}.units u set
+          status = 'leased',
+          fencing_token = u.fencing_token + 1,
+          lease_owner = p_worker,
+          enqueued_at = coalesce(u.enqueued_at, clock_timestamp()),
+          lease_expires_at = clock_timestamp() + p_lease_ms * interval '1 millisecond',
+          retry_at = null,
+          started_at = coalesce(u.started_at, clock_timestamp()),
+          crashes_since_progress = u.crashes_since_progress + case when u.status = 'leased' then 1 else 0 end,
+          attempt = u.attempt + case when u.status = 'leased' then 1 else 0 end
+        where u.run_id = p_run and u.unit_id = p_unit
+        returning u.* into v_unit;
+        if v_slot is not null then
+          update ${s}.job_slots set run_id = v_unit.run_id, unit_id = v_unit.unit_id,
+            fencing_token = v_unit.fencing_token, expires_at = v_unit.lease_expires_at
+          where job = p_job and slot = v_slot;
+        end if;
+        return next v_unit;
+      end
+      $$`
+    yield* sql`update ${s}.units set enqueued_at = clock_timestamp() where status = 'leased' and enqueued_at is null`
   })
 })
