@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 15
+const LATEST = 16
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
