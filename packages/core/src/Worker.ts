@@ -462,6 +462,87 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const endStep = unit.kind === "range" || unit.kind === "items" ? unit.stepIndex + 1 : job.steps.length
         /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
         let size = { stepIndex: -1, items: 1 }
+        /** Off once a fused step failed in this execution: every step then runs in its own transaction. */
+        let fusion = true
+        const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        /**
+         * Runs `next`, a single `chunk`-mode step after the step that just finished, inside that step's
+         * last transaction, with its own checkpoint (its ledger row), step and chunk spans and probe
+         * points: one transaction where there would be two. Its failure fails the transaction with
+         * `FusedStepFailed`, so both roll back and the caller redoes the chunk alone.
+         */
+        const runFused = (
+          next: FusableStep,
+          at: { readonly stepIndex: number; readonly chunkSeq: number },
+          keyInput: Step.KeyInput,
+          ctx: Step.StepContext<unknown>,
+          parent: Tracer.AnySpan | undefined
+        ) =>
+          Effect.gen(function*() {
+            const nextKey = { ...keyInput, step: next.name, chunkSeq: 0 }
+            const key = next.idempotencyKey?.(nextKey) ?? defaultKey(nextKey)
+            const info = infoOf(lease, job.name, next.name, 0, 1)
+            const attributes = {
+              "chunkwise.job": job.name,
+              "chunkwise.run_id": lease.runId,
+              "chunkwise.partition": partition.key,
+              "chunkwise.step": next.name
+            }
+            const span = yield* Effect.makeSpan("chunkwise.step", {
+              captureStackTrace: false,
+              ...(parent === undefined ? {} : { parent }),
+              attributes: { ...attributes, "chunkwise.step_index": at.stepIndex, "chunkwise.chunk_seq": 0 }
+            })
+            const exit = yield* Effect.exit(
+              Effect.gen(function*() {
+                yield* probe.at("before-effect", info)
+                yield* Effect.suspend(() =>
+                  next.run({
+                    job: ctx.job,
+                    runId: ctx.runId,
+                    params: ctx.params,
+                    partition: ctx.partition,
+                    step: next.name,
+                    idempotencyKey: key,
+                    itemKey: (id) => itemKeyOf(key, id),
+                    attempt: 1,
+                    fencingToken: ctx.fencingToken,
+                    chunkSeq: 0
+                  })
+                )
+                yield* probe.at("after-effect", info)
+                const to = { stepIndex: at.stepIndex + 1, chunkSeq: 0, cursor: null }
+                const committed = yield* store.commitChunk({
+                  lease,
+                  from: { stepIndex: at.stepIndex, chunkSeq: at.chunkSeq },
+                  to,
+                  unitDone: to.stepIndex === endStep,
+                  items: 0,
+                  idempotencyKey: key,
+                  step: next.name,
+                  leaseMs,
+                  quarantine: undefined
+                })
+                return { to, runStatus: committed.runStatus }
+              }).pipe(Effect.withSpan("chunkwise.chunk", {
+                captureStackTrace: false,
+                parent: span,
+                attributes: {
+                  ...attributes,
+                  "chunkwise.chunk_seq": 0,
+                  "chunkwise.cursor": "start",
+                  "chunkwise.chunk_size": 1,
+                  "chunkwise.attempt": 1,
+                  "chunkwise.idempotency_key": key
+                }
+              }))
+            )
+            // The step's span stays open as the unit's current step (the loop ends it), unless it failed.
+            if (Exit.isSuccess(exit)) return { ...exit.value, span }
+            span.end(yield* Clock.currentTimeNanos, exit)
+            if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+            return yield* Effect.fail(new FusedStepFailed())
+          })
         while (stepIndex < endStep) {
           const step = job.steps[stepIndex]!
           if (size.stepIndex !== stepIndex) {
@@ -532,6 +613,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           }
           const idempotencyKey = step.idempotencyKey?.(keyInput) ?? defaultKey(keyInput)
           const from = { stepIndex, chunkSeq }
+          const fusable = unit.kind === "partition" && step.transaction === "chunk"
+            ? fusableAfter(job, stepIndex, endStep)
+            : undefined
           const result = yield* withRetries(
             job,
             unit,
@@ -608,22 +692,38 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       leaseMs,
                       quarantine: progress.quarantine
                     })
-                    return {
+                    const done = {
                       to,
                       runStatus: committed.runStatus,
                       items: progress.items,
-                      setAside: progress.quarantine?.items ?? []
+                      setAside: progress.quarantine?.items ?? [],
+                      fused: undefined as { readonly step: string; readonly span: Tracer.Span } | undefined
+                    }
+                    if (!stepDone || fusable === undefined || !fusion || stopsWork(committed.runStatus)) return done
+                    const fused = yield* runFused(fusable, to, keyInput, ctx, unitSpan)
+                    return {
+                      ...done,
+                      to: fused.to,
+                      runStatus: fused.runStatus,
+                      fused: { step: fusable.name, span: fused.span }
                     }
                   })
                 const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
                   step.transaction === "chunk"
                     ? store.transaction(Effect.flatMap(timed(effect), commit))
                     : Effect.flatMap(timed(effect), commit)
+                // A fused step that failed rolled this chunk back with it: redo the chunk alone, and let
+                // that step run in its own transaction, with its own retries and failure record.
+                const alone = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  committed(effect).pipe(Effect.catchIf(
+                    (error): error is FusedStepFailed => error instanceof FusedStepFailed,
+                    () => Effect.suspend(() => (fusion = false, committed(effect)))
+                  ))
                 // D17: a skippable write failure rolls the chunk back; the isolation pass redoes it.
-                const run = committed(chunk).pipe(Effect.catchIf(
+                const run = alone(chunk).pipe(Effect.catchIf(
                   (error): error is Skips.IsolateChunk => error instanceof Skips.IsolateChunk,
                   ({ skip }) =>
-                    committed(Skips.isolateChunk(store, job, skip, ctx, {
+                    alone(Skips.isolateChunk(store, job, skip, ctx, {
                       cursor: encodedCursor,
                       range: unit.kind === "range" ? unit.range : null
                     }))
@@ -664,7 +764,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
           }
-          const { items, runStatus, setAside, to, tookMs } = result.value.value
+          const { fused, items, runStatus, setAside, to, tookMs } = result.value.value
+          if (fused !== undefined) {
+            yield* probe.at("after-commit", infoOf(lease, job.name, fused.step, 0, 1))
+            yield* Metric.increment(labelled(Metrics.chunks, [["job", job.name], ["step", fused.step]]))
+            yield* endStepSpan(stepSpan, Exit.void)
+            stepSpan.span = fused.span
+            stepSpan.index = to.stepIndex - 1
+          }
           if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
           entry.deadline = (yield* monotonicMs) + leaseMs
           if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
@@ -1247,6 +1354,26 @@ const survive =
     )
 
 const monotonicMs = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1_000_000n))
+
+/** A single step that can run inside the transaction of the step before it. */
+type FusableStep = Extract<Job.Any["steps"][number], { readonly _tag: "Single" }>
+
+/**
+ * The step after `stepIndex` when it can share that step's last transaction: a single step in mode
+ * `chunk`, with no resource permits and no timeout of its own.
+ */
+const fusableAfter = (job: Job.Any, stepIndex: number, endStep: number): FusableStep | undefined => {
+  const next = stepIndex + 1 < endStep ? job.steps[stepIndex + 1] : undefined
+  return next !== undefined && next._tag === "Single" && next.transaction === "chunk" &&
+      next.resources.length === 0 && next.timeout === undefined
+    ? next
+    : undefined
+}
+
+/** A fused step failed: its transaction, and the chunk's before it, roll back; the chunk is redone alone. */
+class FusedStepFailed {
+  readonly _tag = "chunkwise/FusedStepFailed"
+}
 
 const stopsWork = (status: RunStatus) => status !== "running"
 

@@ -2,7 +2,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Schema, type Scope } from "effect"
 import pg from "pg"
-import { Job, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { Job, PgStateStore, Probe, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
 import { migrations } from "../src/internal/pgMigrations.js"
 import { crashOnce } from "./fixtures.js"
 import {
@@ -145,6 +145,88 @@ describe("PgStateStore on real Postgres", () => {
           expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
         })
       ),
+    60_000
+  )
+
+  it.live(
+    "runs a single chunk-mode step in the last transaction of the step before it; its failure stays its own",
+    () =>
+      Effect.gen(function*() {
+        for (const failing of [false, true]) {
+          yield* onPostgres((app) =>
+            Effect.gen(function*() {
+              const tx = { apply: [] as Array<string>, total: [] as Array<string> }
+              const job = Job.make({
+                name: "pg-fused",
+                params: Schema.Struct({}),
+                partitions: () => ["p0"],
+                steps: (step) => [
+                  step.chunked("apply", {
+                    cursor: Schema.Number,
+                    start: 0,
+                    chunkSize: 1,
+                    transaction: "chunk",
+                    process: ({ cursor }) =>
+                      Effect.gen(function*() {
+                        const sql = yield* SqlClient.SqlClient
+                        const [row] = yield* sql<{ readonly tx: string }>`
+                        insert into ${sql(app)}.applied (item, count) values (${cursor}, 1)
+                        on conflict (item) do update set count = applied.count + 1
+                        returning txid_current()::text as tx`
+                        tx.apply.push(row!.tx)
+                        return Step.advance(cursor + 1 >= 3 ? Step.done : cursor + 1, 1)
+                      })
+                  }),
+                  step.single("total", {
+                    transaction: "chunk",
+                    run: () =>
+                      Effect.gen(function*() {
+                        const sql = yield* SqlClient.SqlClient
+                        const [row] = yield* sql<{ readonly tx: string }>`
+                        insert into ${sql(app)}.summaries values ('p0', 1)
+                        on conflict (partition) do update set count = summaries.count + 1
+                        returning txid_current()::text as tx`
+                        tx.total.push(row!.tx)
+                        if (failing) return yield* Effect.fail(new Error("the total does not add up"))
+                      })
+                  })
+                ]
+              })
+              yield* Worker.make({ jobs: [job], ...liveWorker })
+              const { runId } = yield* Runner.start(job, {})
+              const progress = yield* awaitRun(runId, 20)
+              const sql = yield* SqlClient.SqlClient
+              const applied = yield* sql`select item, count from ${sql(app)}.applied order by item`
+              const summaries = yield* sql`select partition, count from ${sql(app)}.summaries`
+              if (!failing) {
+                expect(progress.run.status).toBe("succeeded")
+                // One transaction for the last chunk and the step after it: three chunks, three transactions.
+                expect(tx.total).toEqual([tx.apply[2]])
+                expect(applied).toEqual([0, 1, 2].map((item) => ({ item, count: 1 })))
+                expect(summaries).toEqual([{ partition: "p0", count: 1 }])
+                const store = yield* StateStore.StateStore
+                const [unit] = (yield* store.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "partition")
+                // Still one checkpoint and ledger row per chunk and per step.
+                expect(yield* store.ledger(runId, unit!.unitId)).toHaveLength(4)
+              } else {
+                // The failing step rolled the last chunk back with it; the chunk was redone alone and kept,
+                // and the step failed on its own (unclassified: not retried), its writes rolled back.
+                expect(progress.run.status).toBe("failed")
+                expect(tx.apply).toHaveLength(4)
+                expect(tx.total).toHaveLength(2)
+                expect(tx.total[1]).not.toBe(tx.apply[3])
+                expect(applied).toEqual([0, 1, 2].map((item) => ({ item, count: 1 })))
+                expect(summaries).toEqual([])
+                const [failure] = yield* Effect.flatMap(
+                  StateStore.StateStore,
+                  (st) => st.listFailures(runId, { limit: 10 })
+                )
+                expect(failure).toMatchObject({ errorTag: "Unclassified", step: "total" })
+              }
+            })
+          )
+        }
+      }),
     60_000
   )
 
