@@ -465,6 +465,44 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         /** Off once a fused step failed in this execution: every step then runs in its own transaction. */
         let fusion = true
         const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        /** The attributes every step and chunk span of this unit carries. */
+        const spanAttributes = (stepName: string) => ({
+          "chunkwise.job": job.name,
+          "chunkwise.run_id": lease.runId,
+          "chunkwise.partition": partition.key,
+          "chunkwise.step": stepName
+        })
+        /** Opens the span of the step `stepName` under the unit's span, at its chunk `chunkSeq`. */
+        const openStepSpan = (stepName: string, index: number, chunkSeq: number) =>
+          Effect.makeSpan("chunkwise.step", {
+            captureStackTrace: false,
+            ...(unitSpan === undefined ? {} : { parent: unitSpan }),
+            attributes: { ...spanAttributes(stepName), "chunkwise.step_index": index, "chunkwise.chunk_seq": chunkSeq }
+          })
+        /** Wraps a chunk of the step `stepName` in its span, under the step's span. */
+        const inChunkSpan = (
+          stepName: string,
+          parent: Tracer.AnySpan | undefined,
+          chunk: {
+            readonly chunkSeq: number
+            readonly cursor: unknown
+            readonly chunkSize: number
+            readonly attempt: number
+            readonly idempotencyKey: string
+          }
+        ) =>
+          Effect.withSpan("chunkwise.chunk", {
+            captureStackTrace: false,
+            ...(parent === undefined ? {} : { parent }),
+            attributes: {
+              ...spanAttributes(stepName),
+              "chunkwise.chunk_seq": chunk.chunkSeq,
+              "chunkwise.cursor": chunk.cursor === null ? "start" : JSON.stringify(chunk.cursor),
+              "chunkwise.chunk_size": chunk.chunkSize,
+              "chunkwise.attempt": chunk.attempt,
+              "chunkwise.idempotency_key": chunk.idempotencyKey
+            }
+          })
         /**
          * Runs `next`, a single `chunk`-mode step after the step that just finished, inside that step's
          * last transaction, with its own checkpoint (its ledger row), step and chunk spans and probe
@@ -475,24 +513,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           next: FusableStep,
           at: { readonly stepIndex: number; readonly chunkSeq: number },
           keyInput: Step.KeyInput,
-          ctx: Step.StepContext<unknown>,
-          parent: Tracer.AnySpan | undefined
+          ctx: Step.StepContext<unknown>
         ) =>
           Effect.gen(function*() {
-            const nextKey = { ...keyInput, step: next.name, chunkSeq: 0 }
-            const key = next.idempotencyKey?.(nextKey) ?? defaultKey(nextKey)
+            const key = keyOf(next, { ...keyInput, step: next.name, chunkSeq: 0 })
             const info = infoOf(lease, job.name, next.name, 0, 1)
-            const attributes = {
-              "chunkwise.job": job.name,
-              "chunkwise.run_id": lease.runId,
-              "chunkwise.partition": partition.key,
-              "chunkwise.step": next.name
-            }
-            const span = yield* Effect.makeSpan("chunkwise.step", {
-              captureStackTrace: false,
-              ...(parent === undefined ? {} : { parent }),
-              attributes: { ...attributes, "chunkwise.step_index": at.stepIndex, "chunkwise.chunk_seq": 0 }
-            })
+            const span = yield* openStepSpan(next.name, at.stepIndex, 0)
             const exit = yield* Effect.exit(
               Effect.gen(function*() {
                 yield* probe.at("before-effect", info)
@@ -524,17 +550,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   quarantine: undefined
                 })
                 return { to, runStatus: committed.runStatus }
-              }).pipe(Effect.withSpan("chunkwise.chunk", {
-                captureStackTrace: false,
-                parent: span,
-                attributes: {
-                  ...attributes,
-                  "chunkwise.chunk_seq": 0,
-                  "chunkwise.cursor": "start",
-                  "chunkwise.chunk_size": 1,
-                  "chunkwise.attempt": 1,
-                  "chunkwise.idempotency_key": key
-                }
+              }).pipe(inChunkSpan(next.name, span, {
+                chunkSeq: 0,
+                cursor: null,
+                chunkSize: 1,
+                attempt: 1,
+                idempotencyKey: key
               }))
             )
             // The step's span stays open as the unit's current step (the loop ends it), unless it failed.
@@ -550,17 +571,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           }
           if (stepSpan.index !== stepIndex) {
             yield* endStepSpan(stepSpan, Exit.void)
-            stepSpan.span = yield* Effect.makeSpan("chunkwise.step", {
-              captureStackTrace: false,
-              attributes: {
-                "chunkwise.job": job.name,
-                "chunkwise.run_id": lease.runId,
-                "chunkwise.partition": partition.key,
-                "chunkwise.step": step.name,
-                "chunkwise.step_index": stepIndex,
-                "chunkwise.chunk_seq": chunkSeq
-              }
-            })
+            stepSpan.span = yield* openStepSpan(step.name, stepIndex, chunkSeq)
             stepSpan.index = stepIndex
           }
           if (draining) {
@@ -611,7 +622,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             generation: unit.generation,
             chunkSeq
           }
-          const idempotencyKey = step.idempotencyKey?.(keyInput) ?? defaultKey(keyInput)
+          const idempotencyKey = keyOf(step, keyInput)
           const from = { stepIndex, chunkSeq }
           const fusable = unit.kind === "partition" && step.transaction === "chunk"
             ? fusableAfter(job, stepIndex, endStep)
@@ -700,7 +711,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       fused: undefined as { readonly step: string; readonly span: Tracer.Span } | undefined
                     }
                     if (!stepDone || fusable === undefined || !fusion || stopsWork(committed.runStatus)) return done
-                    const fused = yield* runFused(fusable, to, keyInput, ctx, unitSpan)
+                    const fused = yield* runFused(fusable, to, keyInput, ctx)
                     return {
                       ...done,
                       to: fused.to,
@@ -733,20 +744,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   Effect.tapErrorCause((cause) =>
                     Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
                   ),
-                  Effect.withSpan("chunkwise.chunk", {
-                    captureStackTrace: false,
-                    parent: stepSpan.span,
-                    attributes: {
-                      "chunkwise.job": job.name,
-                      "chunkwise.run_id": lease.runId,
-                      "chunkwise.partition": partition.key,
-                      "chunkwise.step": step.name,
-                      "chunkwise.chunk_seq": chunkSeq,
-                      "chunkwise.cursor": encodedCursor === null ? "start" : JSON.stringify(encodedCursor),
-                      "chunkwise.chunk_size": ctx.chunkSize,
-                      "chunkwise.attempt": n,
-                      "chunkwise.idempotency_key": idempotencyKey
-                    }
+                  inChunkSpan(step.name, stepSpan.span, {
+                    chunkSeq,
+                    cursor: encodedCursor,
+                    chunkSize: ctx.chunkSize,
+                    attempt: n,
+                    idempotencyKey
                   })
                 )
                 // The chunk's time, transaction included: its lock time in mode chunk.
@@ -1376,6 +1379,10 @@ class FusedStepFailed {
 }
 
 const stopsWork = (status: RunStatus) => status !== "running"
+
+/** A chunk's idempotency key: the step's own, or the default. */
+const keyOf = (step: Job.Any["steps"][number], input: Step.KeyInput): string =>
+  step.idempotencyKey?.(input) ?? defaultKey(input)
 
 /** The default idempotency key (D9). */
 export const defaultKey = (input: Step.KeyInput): string =>
