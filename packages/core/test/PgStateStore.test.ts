@@ -34,6 +34,51 @@ const onPostgres = <A, E>(
   }).pipe(Effect.scoped, Effect.provide(Layer.orDie(client)))
 }
 
+/**
+ * A fresh store schema, dropped when the scope closes, holding run `r1` (running) and `count` units
+ * `u00001`, `u00002`, ...: pending unless `status` says otherwise, of weight 1, or their number when
+ * `weighted`.
+ */
+const storeWithRun = (
+  prefix: string,
+  count: number,
+  options: { readonly status?: string; readonly weighted?: boolean } = {}
+) =>
+  Effect.gen(function*() {
+    const schema = freshSchema(prefix)
+    const sql = yield* SqlClient.SqlClient
+    yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
+    yield* PgStateStore.migrate({ schema })
+    const s = sql(schema)
+    yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
+      values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
+    yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight, status)
+      select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text,
+        case when ${options.weighted === true}::boolean then g else 1 end, ${options.status ?? "pending"}
+      from generate_series(1, ${count}::int) g`
+    return schema
+  })
+
+/**
+ * `effect`'s result, in a transaction, with the rows of the store's units table it read (by index and
+ * by scan): the difference of this connection's unreported reads, which add up across transactions.
+ */
+const readingUnits = <A, E, R>(schema: string, effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const reads = Effect.map(
+      sql<{ readonly rows: number }>`
+        select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
+        from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`,
+      (rows) => rows[0]?.rows ?? 0
+    )
+    return yield* sql.withTransaction(Effect.gen(function*() {
+      const before = yield* reads
+      const result = yield* effect
+      return { result, rowsRead: (yield* reads) - before }
+    }))
+  })
+
 describe("PgStateStore on real Postgres", () => {
   it.live("runs every partition and applies every item exactly once; the hook commits once", () =>
     onPostgres((app) =>
@@ -394,26 +439,15 @@ describe("PgStateStore on real Postgres", () => {
 describe("the completion check on Postgres", () => {
   it.live("reads the run's open units through their partial indexes, not every unit of the run", () =>
     Effect.gen(function*() {
-      const schema = freshSchema("cw_check")
-      const sql = yield* SqlClient.SqlClient
-      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
-      yield* PgStateStore.migrate({ schema })
-      const s = sql(schema)
       // A run of 3,000 partitions whose last (in key order) is the only one still open.
-      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
-        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
-      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight, status)
-        select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, 1, 'succeeded'
-        from generate_series(1, 3000) g`
+      const schema = yield* storeWithRun("cw_check", 3000, { status: "succeeded" })
+      const sql = yield* SqlClient.SqlClient
+      const s = sql(schema)
       yield* sql`update ${s}.units set status = 'pending' where unit_id = 'u03000'`
-      const check = sql.withTransaction(Effect.gen(function*() {
-        const [result] = yield* sql<{ readonly unitId: string | null }>`select ${s}.try_finalize('r1') as "unitId"`
-        // This transaction's reads of the units table so far (rows fetched by index and by scan).
-        const [reads] = yield* sql<{ readonly rows: number }>`
-          select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
-          from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`
-        return { finalized: result?.unitId ?? null, rowsRead: reads?.rows ?? 0 }
-      }))
+      const check = Effect.map(
+        readingUnits(schema, sql<{ readonly unitId: string | null }>`select ${s}.try_finalize('r1') as "unitId"`),
+        ({ result, rowsRead }) => ({ finalized: result[0]?.unitId ?? null, rowsRead })
+      )
       const open = yield* check
       expect(open.finalized).toBeNull()
       // Walking the run's units, as the check did before migration 11, reads all 3,000 of them.
@@ -428,31 +462,13 @@ describe("the completion check on Postgres", () => {
 describe("the claim and the commit on Postgres", () => {
   it.live("reach their unit by its primary key, not by walking the run's live units", () =>
     Effect.gen(function*() {
-      const schema = freshSchema("cw_claim")
-      const sql = yield* SqlClient.SqlClient
-      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
-      yield* PgStateStore.migrate({ schema })
-      const s = sql(schema)
       // A run of 3,000 partitions, all of them pending: the start of a large run.
-      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
-        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
-      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
-        select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, 1
-        from generate_series(1, 3000) g`
-      /** The rows of the units table this connection has read and not yet reported (by index and by scan). */
-      const reads = Effect.map(
-        sql<{ readonly rows: number }>`
-          select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
-          from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`,
-        (rows) => rows[0]?.rows ?? 0
-      )
-      /** `statement`'s result, with the rows of the units table it read. */
+      const schema = yield* storeWithRun("cw_claim", 3000)
+      const sql = yield* SqlClient.SqlClient
+      const s = sql(schema)
+      /** `statement`'s rows, with the rows of the units table it read. */
       const reading = <A>(statement: Effect.Effect<ReadonlyArray<A>, unknown>) =>
-        sql.withTransaction(Effect.gen(function*() {
-          const before = yield* reads
-          const rows = yield* statement
-          return { rows, rowsRead: (yield* reads) - before }
-        }))
+        Effect.map(readingUnits(schema, statement), ({ result, rowsRead }) => ({ rows: result, rowsRead }))
       // Twenty claims, then their commits, on one connection: PL/pgSQL settles on its cached (generic)
       // plans, and twenty units are leased at once while the commits run.
       const units = Array.from({ length: 20 }, (_, i) => `u${String(i + 1).padStart(5, "0")}`)
@@ -481,15 +497,9 @@ describe("the claim and the commit on Postgres", () => {
 describe("a unit's end on Postgres", () => {
   it.live("does not wait for another unit's end while a pending unit is left to check completion after both", () =>
     Effect.gen(function*() {
-      const schema = freshSchema("cw_end")
+      const schema = yield* storeWithRun("cw_end", 4)
       const sql = yield* SqlClient.SqlClient
-      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
-      yield* PgStateStore.migrate({ schema })
       const s = sql(schema)
-      yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
-        values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
-      yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
-        select 'r1', 'u' || g, 'j', 'partition', g::text, 1 from generate_series(1, 4) g`
       const connect = Effect.acquireRelease(
         Effect.promise(async () => {
           const client = new pg.Client({ host: "127.0.0.1", port: 5432, user: "postgres", database: "test" })
@@ -511,27 +521,27 @@ describe("a unit's end on Postgres", () => {
           client,
           `select ${schema}.commit_chunk('r1', '${unit}', 1, 'w', 0, 0, 1, 0, null, 0, true, 'end-${unit}', 'go', 60000) as status`
         ).pipe(Effect.map((rows) => rows[0]?.["status"]))
-      expect(yield* claim(a, "u1")).toEqual([{ token: "1" }])
-      expect(yield* claim(a, "u2")).toEqual([{ token: "1" }])
+      expect(yield* claim(a, "u00001")).toEqual([{ token: "1" }])
+      expect(yield* claim(a, "u00002")).toEqual([{ token: "1" }])
       // Two units end at once, each in its own open transaction; the second must not queue behind the first.
       yield* query(a, "begin")
-      expect(yield* end(a, "u1")).toBe("running")
+      expect(yield* end(a, "u00001")).toBe("running")
       yield* query(b, "begin")
       yield* query(b, "set local lock_timeout = '500ms'")
-      expect(yield* end(b, "u2")).toBe("running")
+      expect(yield* end(b, "u00002")).toBe("running")
       // Each holds a pending unit as its witness: that unit cannot be claimed until both ends are visible.
       yield* query(c, "set lock_timeout = '300ms'")
-      const claims = yield* Effect.all(["u3", "u4"].map((u) => Effect.either(claim(c, u))))
+      const claims = yield* Effect.all(["u00003", "u00004"].map((u) => Effect.either(claim(c, u))))
       expect(claims.some((r) => r._tag === "Left")).toBe(true)
       yield* query(a, "commit")
       yield* query(b, "commit")
       // The remaining units run and end; the last end sees every other end and finalizes the run.
-      for (const unit of ["u3", "u4"]) {
+      for (const unit of ["u00003", "u00004"]) {
         const left = (yield* query(c, `select status from ${schema}.units where unit_id = '${unit}'`))[0]?.["status"]
         if (left === "pending") expect(yield* claim(c, unit)).toEqual([{ token: "1" }])
       }
-      expect(yield* end(c, "u3")).toBe("running")
-      expect(yield* end(c, "u4")).toBe("finalizing")
+      expect(yield* end(c, "u00003")).toBe("running")
+      expect(yield* end(c, "u00004")).toBe("finalizing")
       expect(yield* sql`select unit_id from ${s}.units where kind = 'finalize'`).toEqual([{ unit_id: "finalize-1" }])
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
 })
@@ -539,26 +549,16 @@ describe("a unit's end on Postgres", () => {
 describe("the feeder on Postgres", () => {
   it.live("reads the next units to send and the units in flight, not every live unit of the run", () =>
     Effect.gen(function*() {
-      const schema = freshSchema("cw_feed")
+      const schema = yield* storeWithRun("cw_feed", 3000, { weighted: true })
       const sql = yield* SqlClient.SqlClient
-      yield* Effect.addFinalizer(() => Effect.orDie(sql`drop schema if exists ${sql(schema)} cascade`))
       const s = sql(schema)
       return yield* Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        yield* sql`insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
-          values ('r1', 'j', 'k', '{}', '{}', 'f', 'running')`
-        yield* sql`insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
-          select 'r1', 'u' || lpad(g::text, 5, '0'), 'j', 'partition', g::text, g from generate_series(1, 3000) g`
         const feed = (maxOutstanding = 10) =>
-          sql.withTransaction(Effect.gen(function*() {
-            const reads = sql<{ readonly rows: number }>`
-            select (coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))::int as rows
-            from pg_stat_xact_user_tables where schemaname = ${schema} and relname = 'units'`
-            const [before] = yield* reads
-            const messages = yield* store.feed({ maxOutstanding, redeliverAfterMs: 60_000 })
-            const [after] = yield* reads
-            return { units: messages.map((m) => m.unitId), rowsRead: after!.rows - before!.rows }
-          }))
+          Effect.map(
+            readingUnits(schema, store.feed({ maxOutstanding, redeliverAfterMs: 60_000 })),
+            ({ result, rowsRead }) => ({ units: result.map((m) => m.unitId), rowsRead })
+          )
         const first = yield* feed()
         expect(first.units).toEqual(Array.from({ length: 10 }, (_, i) => `u0${3000 - i}`))
         // Sorting every live unit, as the feeder did before migration 15, reads all 3,000.
