@@ -885,8 +885,9 @@ export const make = (options: Options = {}): Effect.Effect<
       commitChunk: (commit) =>
         Effect.gen(function*() {
           const { lease } = commit
-          // The compare-and-set lives in the commit_chunk function (migrations 3 to 10): one call, a cached
-          // plan; the commit that ends the run's last open unit also finalizes the run (migration 10).
+          // The compare-and-set lives in the commit_chunk function (migrations 3 to 16): one call, a cached
+          // plan; the commit that ends the run's last open unit also finalizes the run (migrations 10 and
+          // 14: other ends leave the check to a pending unit they lock as a witness).
           const rows = yield* op(
             "commitChunk",
             sql.unsafe<{ readonly status: RunStatus | null }>(commitChunkStatement, [
