@@ -82,3 +82,58 @@ export const drain = (
     yield* Effect.raceFirst(loop, Deferred.await(drained))
     return end - start
   }))
+
+/** Options of `drainBatches`. */
+export interface DrainBatchesOptions {
+  /** Messages to handle; the drain ends with the ack of the last one. */
+  readonly messages: number
+  /** Consumer loops, each with one batch at a time. */
+  readonly consumers: number
+  /** Messages one receive asks for: a batch. */
+  readonly batchSize: number
+  /** What handling one message costs; a batch's messages are handled at once, then acked in one call. */
+  readonly handler: Effect.Effect<void>
+  /** Long-poll wait of one receive (default 1 s). */
+  readonly waitMs?: number | undefined
+}
+
+/**
+ * Receives, handles and acks `messages` messages in batches, the way a batch consumer does (such as
+ * sqs-consumer's `handleMessageBatch`): `consumers` loops each receive up to `batchSize` messages,
+ * handle them all at once, ack them in one call and receive again. The queue is the same, the
+ * consumption is another: compare it with a batch consumer, and `drain` with a per-message one.
+ * Returns the milliseconds from the start to the last ack.
+ */
+export const drainBatches = (
+  options: DrainBatchesOptions
+): Effect.Effect<number, Errors.QueueUnavailable, QueueAdapter.QueueAdapter> =>
+  Effect.gen(function*() {
+    const queue = yield* QueueAdapter.QueueAdapter
+    const drained = yield* Deferred.make<void>()
+    let done = 0
+    let end = 0
+    const start = performance.now()
+    const consumer = Effect.forever(Effect.gen(function*() {
+      const got = yield* queue.receive({
+        max: options.batchSize,
+        visibilityMs: 60_000,
+        waitMs: options.waitMs ?? 1000
+      })
+      if (got.length === 0) return
+      yield* Effect.forEach(got, () => options.handler, { concurrency: "unbounded", discard: true })
+      yield* queue.ack(got.map((delivery) => delivery.receipt))
+      done += got.length
+      if (done >= options.messages && end === 0) {
+        end = performance.now()
+        yield* Deferred.succeed(drained, undefined)
+      }
+    }))
+    yield* Effect.raceFirst(
+      Effect.forEach(Array.from({ length: options.consumers }), () => consumer, {
+        concurrency: "unbounded",
+        discard: true
+      }),
+      Deferred.await(drained)
+    )
+    return end - start
+  })
