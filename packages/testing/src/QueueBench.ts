@@ -10,6 +10,20 @@
 import { type Errors, QueueAdapter } from "@chunkwise/core"
 import { Deferred, Effect, FiberSet, Queue } from "effect"
 
+/** Dies with a message naming the option when it is not a whole number of at least 1. */
+const requireCount = (fn: string, options: object, names: ReadonlyArray<string>): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    for (const name of names) {
+      const value = (options as Record<string, unknown>)[name]
+      if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+        return Effect.die(
+          new TypeError(`QueueBench.${fn}: ${name} must be a whole number of at least 1 (got ${value})`)
+        )
+      }
+    }
+    return Effect.void
+  })
+
 /** Sends `messages` small JSON bodies (`{"n":i}`), 1,000 per call: the backlog a benchmark drains. */
 export const fill = (
   messages: number
@@ -42,6 +56,7 @@ export const drain = (
   options: DrainOptions
 ): Effect.Effect<number, Errors.QueueUnavailable, QueueAdapter.QueueAdapter> =>
   Effect.scoped(Effect.gen(function*() {
+    yield* requireCount("drain", options, ["messages", "concurrency"])
     const queue = yield* QueueAdapter.QueueAdapter
     const slotFreed = yield* Queue.sliding<void>(1)
     const handlers = yield* FiberSet.make()
@@ -108,6 +123,7 @@ export const drainBatches = (
   options: DrainBatchesOptions
 ): Effect.Effect<number, Errors.QueueUnavailable, QueueAdapter.QueueAdapter> =>
   Effect.gen(function*() {
+    yield* requireCount("drainBatches", options, ["messages", "consumers", "batchSize"])
     const queue = yield* QueueAdapter.QueueAdapter
     const drained = yield* Deferred.make<void>()
     let done = 0

@@ -1,6 +1,6 @@
 import { QueueAdapter } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Cause, Effect, Exit } from "effect"
 import * as QueueBench from "../src/QueueBench.js"
 
 /** A handler that counts the messages it handled. */
@@ -8,6 +8,10 @@ const counting = () => {
   let handled = 0
   return { handler: Effect.sync(() => void (handled += 1)), handled: () => handled }
 }
+
+/** The message of the defect an exit died with. */
+const refusal = (exit: Exit.Exit<unknown, unknown>) =>
+  Exit.isFailure(exit) ? (Cause.squash(exit.cause) as Error).message : "succeeded"
 
 describe("QueueBench", () => {
   it.effect("drain handles and acks every message once, with at most `concurrency` in hand", () =>
@@ -48,5 +52,17 @@ describe("QueueBench", () => {
       expect(ms).toBeGreaterThan(0)
       expect(handled()).toBe(2_345)
       expect(yield* queue.depth).toMatchObject({ ready: 0, inFlight: 0 })
+    }).pipe(Effect.provide(QueueAdapter.layerMemory())))
+
+  it.effect("a count that is not a whole number of at least 1 is refused with its name", () =>
+    Effect.gen(function*() {
+      const batches = yield* Effect.exit(
+        QueueBench.drainBatches({ messages: 10, consumers: 0, batchSize: 10, handler: Effect.void })
+      )
+      expect(refusal(batches)).toBe(
+        "QueueBench.drainBatches: consumers must be a whole number of at least 1 (got 0)"
+      )
+      const drain = yield* Effect.exit(QueueBench.drain({ messages: 10, concurrency: 2.5, handler: Effect.void }))
+      expect(refusal(drain)).toBe("QueueBench.drain: concurrency must be a whole number of at least 1 (got 2.5)")
     }).pipe(Effect.provide(QueueAdapter.layerMemory())))
 })
