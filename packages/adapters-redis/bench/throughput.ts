@@ -7,7 +7,7 @@
  * Knobs: JOBS (default 20,000), SCENARIOS (default "0x16,2x16,2x64": handler ms x concurrency),
  * ROUNDS (default 3: each scenario runs ROUNDS times, the contenders taking turns to go first, and the
  * medians are reported: of each contender's rates, and of the ratios of the rounds, since a shared
- * machine is noisy), REDIS_URL (default redis://127.0.0.1:6379),
+ * machine is noisy; one unmeasured no-op drain per contender runs first, to warm the JIT), REDIS_URL (default redis://127.0.0.1:6379),
  * PREFETCH=0 (chunkwise without fetch-next), ONLY=chunkwise|bullmq (one contender, for profiling).
  */
 import { QueueAdapter } from "@chunkwise/core"
@@ -122,6 +122,9 @@ const main = async () => {
   const runBullmq = (handlerMs: number, concurrency: number) =>
     ONLY === "chunkwise" ? Promise.resolve(NaN) : bullmq(handlerMs, concurrency)
   try {
+    // Warm-up: one unmeasured no-op drain per contender, so no measured round pays for the JIT.
+    await runChunkwise(0, 16)
+    await runBullmq(0, 16)
     for (const { concurrency, handlerMs } of SCENARIOS) {
       const cws: Array<number> = []
       const bulls: Array<number> = []
