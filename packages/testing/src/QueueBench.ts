@@ -11,10 +11,14 @@ import { type Errors, QueueAdapter } from "@chunkwise/core"
 import { Deferred, Effect, FiberSet, Queue } from "effect"
 
 /** Dies with a message naming the option when it is not a whole number of at least 1. */
-const requireCount = (fn: string, options: object, names: ReadonlyArray<string>): Effect.Effect<void> =>
+const requireCount = <O extends object>(
+  fn: string,
+  options: O,
+  names: ReadonlyArray<keyof O & string>
+): Effect.Effect<void> =>
   Effect.suspend(() => {
     for (const name of names) {
-      const value = (options as Record<string, unknown>)[name]
+      const value: unknown = options[name]
       if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
         return Effect.die(
           new TypeError(`QueueBench.${fn}: ${name} must be a whole number of at least 1 (got ${value})`)
