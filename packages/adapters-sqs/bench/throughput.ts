@@ -12,7 +12,7 @@
 import { SQSClient } from "@aws-sdk/client-sqs"
 import type { Errors, QueueAdapter } from "@chunkwise/core"
 import * as QueueBench from "@chunkwise/testing/QueueBench"
-import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
+import { Effect, Fiber, FiberSet, Layer, Logger, LogLevel, Redacted } from "effect"
 import { buildApp } from "fauxqs"
 import type { AddressInfo } from "node:net"
 import { Consumer } from "sqs-consumer"
@@ -178,18 +178,19 @@ const sqsConsumer = (endpoint: string, { concurrency, handlerMs }: Case, batch: 
 
 /**
  * CPU per message of the 2 ms handler alone, as each side runs it: chunkwise's in a fiber per message
- * (`Effect.sleep`), sqs-consumer's as a promise over `setTimeout`; JOBS messages in batches of 10, 7
- * batches at once, no queue.
+ * (`Effect.sleep`, forked into a fiber set as the drains fork it), sqs-consumer's as a promise over
+ * `setTimeout`; JOBS messages in batches of 10, 7 batches at once, no queue.
  */
 const handlerCost = Effect.gen(function*() {
   const batches = Array.from({ length: Math.ceil(JOBS / 10) })
   const ten = Array.from({ length: 10 })
   const effectFrom = cpu()
-  yield* Effect.forEach(
-    batches,
-    () => Effect.forEach(ten, () => Effect.sleep(2), { concurrency: "unbounded", discard: true }),
-    { concurrency: 7, discard: true }
-  )
+  yield* Effect.scoped(Effect.flatMap(FiberSet.make(), (handlers) =>
+    Effect.forEach(
+      batches,
+      () => Effect.flatMap(Effect.forEach(ten, () => FiberSet.run(handlers, Effect.sleep(2))), Fiber.awaitAll),
+      { concurrency: 7, discard: true }
+    )))
   const effect = (cpu() - effectFrom) / JOBS
   const promiseFrom = cpu()
   yield* Effect.promise(async () => {
