@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 16
+const LATEST = 17
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -225,12 +225,12 @@ export const make = (options: Options = {}): Effect.Effect<
     const runs = sql.literal(RUN_COLUMNS)
     const ms = (value: number) => sql`(${value}::float8 * interval '1 millisecond')`
     /**
-     * The one statement of every chunk, written out once: the tagged template compiles its fourteen
+     * The one statement of every chunk, written out once: the tagged template compiles its sixteen
      * fragments on every call, about a tenth of the chunk's statement CPU in the worker. Parameterised
      * like every other statement; the schema is a checked plain identifier (`SCHEMA_PATTERN`).
      */
     const commitChunkStatement = `select "${schema}".commit_chunk($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, ` +
-      `$11, $12, $13, $14) as status`
+      `$11, $12, $13, $14, $15, $16) as status`
     /** Store writes that must survive a chunk's rollback run outside any transaction (D4). */
     const detached = outsideTransaction
     /** A store transaction; a failed COMMIT (a defect in @effect/sql) becomes an ordinary SqlError. */
@@ -885,7 +885,7 @@ export const make = (options: Options = {}): Effect.Effect<
       commitChunk: (commit) =>
         Effect.gen(function*() {
           const { lease } = commit
-          // The compare-and-set lives in the commit_chunk function (migrations 3 to 16): one call, a cached
+          // The compare-and-set lives in the commit_chunk function (migrations 3 to 17): one call, a cached
           // plan; the commit that ends the run's last open unit also finalizes the run (migrations 10 and
           // 14: other ends leave the check to a pending unit they lock as a witness).
           const rows = yield* op(
@@ -904,7 +904,9 @@ export const make = (options: Options = {}): Effect.Effect<
               commit.unitDone,
               commit.idempotencyKey,
               commit.step,
-              commit.leaseMs
+              commit.leaseMs,
+              commit.fused?.idempotencyKey ?? null,
+              commit.fused?.step ?? null
             ])
           )
           const status = rows[0]?.status

@@ -232,6 +232,20 @@ export interface ChunkCommit {
   readonly leaseMs: number
   /** Quarantine changes that commit with this chunk (D17), when its step sets items aside. */
   readonly quarantine?: ChunkQuarantine | undefined
+  /**
+   * The single step after this chunk's step, run in the same transaction (a fused step, see the
+   * idempotency guide), committed by this same call: the chunk's ledger row and the step's (its chunk
+   * 0, no items) are both recorded and the unit counts two chunks. `to` and `unitDone` then say where
+   * the unit is after that step.
+   */
+  readonly fused?: FusedCommit | undefined
+}
+
+/** The fused single step's part of a `ChunkCommit`. */
+export interface FusedCommit {
+  readonly step: string
+  /** The step's idempotency key, recorded in the ledger. */
+  readonly idempotencyKey: string
 }
 
 /** What a chunk changes in the quarantine, in its commit. */

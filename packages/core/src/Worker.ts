@@ -50,7 +50,15 @@ import { QueueAdapter } from "./QueueAdapter.js"
 import type { Delivery } from "./QueueAdapter.js"
 import * as ResourceLimiter from "./ResourceLimiter.js"
 import * as RetryPolicy from "./RetryPolicy.js"
-import type { ClaimResult, FailureRecord, Lease, RunStatus, StateStoreShape, UnitRecord } from "./StateStore.js"
+import type {
+  ChunkCommit,
+  ClaimResult,
+  FailureRecord,
+  Lease,
+  RunStatus,
+  StateStoreShape,
+  UnitRecord
+} from "./StateStore.js"
 import { databaseIdentity, StateStore } from "./StateStore.js"
 import * as Step from "./Step.js"
 
@@ -464,6 +472,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let size = { stepIndex: -1, items: 1 }
         /** Off once a fused step failed in this execution: every step then runs in its own transaction. */
         let fusion = true
+        /** The run's status as the claim, then each commit, returned it. */
+        let runStatus = run.status
         const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
         /** The attributes every step and chunk span of this unit carries. */
         const spanAttributes = (stepName: string) => ({
@@ -505,20 +515,22 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           })
         /**
          * Runs `next`, a single `chunk`-mode step after the step that just finished, inside that step's
-         * last transaction, with its own checkpoint (its ledger row), step and chunk spans and probe
-         * points: one transaction where there would be two. Its failure fails the transaction with
-         * `FusedStepFailed`, so both roll back and the caller redoes the chunk alone.
+         * last transaction, with its own ledger row, step and chunk spans and probe points, then commits
+         * the chunk and the step in one `commitChunk`: one transaction and one store call where there
+         * would be two of each. Its failure fails the transaction with `FusedStepFailed`, so both roll
+         * back and the caller redoes the chunk alone.
          */
         const runFused = (
           next: FusableStep,
-          at: { readonly stepIndex: number; readonly chunkSeq: number },
+          chunk: ChunkCommit,
           keyInput: Step.KeyInput,
           ctx: Step.StepContext<unknown>
         ) =>
           Effect.gen(function*() {
             const key = keyOf(next, { ...keyInput, step: next.name, chunkSeq: 0 })
             const info = infoOf(lease, job.name, next.name, 0, 1)
-            const span = yield* openStepSpan(next.name, at.stepIndex, 0)
+            const span = yield* openStepSpan(next.name, chunk.to.stepIndex, 0)
+            // Only the step's own failure is FusedStepFailed; the commit's (fenced, moved) stays itself.
             const exit = yield* Effect.exit(
               Effect.gen(function*() {
                 yield* probe.at("before-effect", info)
@@ -537,19 +549,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   })
                 )
                 yield* probe.at("after-effect", info)
-                const to = { stepIndex: at.stepIndex + 1, chunkSeq: 0, cursor: null }
-                const committed = yield* store.commitChunk({
-                  lease,
-                  from: { stepIndex: at.stepIndex, chunkSeq: at.chunkSeq },
-                  to,
-                  unitDone: to.stepIndex === endStep,
-                  items: 0,
-                  idempotencyKey: key,
-                  step: next.name,
-                  leaseMs,
-                  quarantine: undefined
-                })
-                return { to, runStatus: committed.runStatus }
               }).pipe(inChunkSpan(next.name, span, {
                 chunkSeq: 0,
                 cursor: null,
@@ -558,11 +557,20 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 idempotencyKey: key
               }))
             )
-            // The step's span stays open as the unit's current step (the loop ends it), unless it failed.
-            if (Exit.isSuccess(exit)) return { ...exit.value, span }
-            span.end(yield* Clock.currentTimeNanos, exit)
-            if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-            return yield* Effect.fail(new FusedStepFailed())
+            if (Exit.isFailure(exit)) {
+              yield* endStepSpan({ index: -1, span }, exit)
+              if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+              return yield* Effect.fail(new FusedStepFailed())
+            }
+            const to = { stepIndex: chunk.to.stepIndex + 1, chunkSeq: 0, cursor: null }
+            const committed = yield* store.commitChunk({
+              ...chunk,
+              to,
+              unitDone: to.stepIndex === endStep,
+              fused: { step: next.name, idempotencyKey: key }
+            }).pipe(Effect.onError((cause) => endStepSpan({ index: -1, span }, Exit.failCause(cause))))
+            // The step's span stays open as the unit's current step (the loop ends it).
+            return { to, runStatus: committed.runStatus, span }
           })
         while (stepIndex < endStep) {
           const step = job.steps[stepIndex]!
@@ -692,7 +700,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     const to = stepDone
                       ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
                       : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
-                    const committed = yield* store.commitChunk({
+                    const chunkCommit: ChunkCommit = {
                       lease,
                       from,
                       to,
@@ -702,16 +710,18 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       step: step.name,
                       leaseMs,
                       quarantine: progress.quarantine
-                    })
+                    }
                     const done = {
-                      to,
-                      runStatus: committed.runStatus,
                       items: progress.items,
                       setAside: progress.quarantine?.items ?? [],
                       fused: undefined as { readonly step: string; readonly span: Tracer.Span } | undefined
                     }
-                    if (!stepDone || fusable === undefined || !fusion || stopsWork(committed.runStatus)) return done
-                    const fused = yield* runFused(fusable, to, keyInput, ctx)
+                    // The run's status as the last store call saw it: a run that stopped starts no new step.
+                    if (!stepDone || fusable === undefined || !fusion || stopsWork(runStatus)) {
+                      const committed = yield* store.commitChunk(chunkCommit)
+                      return { ...done, to, runStatus: committed.runStatus }
+                    }
+                    const fused = yield* runFused(fusable, chunkCommit, keyInput, ctx)
                     return {
                       ...done,
                       to: fused.to,
@@ -767,7 +777,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
           }
-          const { fused, items, runStatus, setAside, to, tookMs } = result.value.value
+          const { fused, items, setAside, to, tookMs } = result.value.value
+          runStatus = result.value.value.runStatus
           if (fused !== undefined) {
             yield* probe.at("after-commit", infoOf(lease, job.name, fused.step, 0, 1))
             yield* Metric.increment(labelled(Metrics.chunks, [["job", job.name], ["step", fused.step]]))

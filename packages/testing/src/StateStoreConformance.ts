@@ -245,6 +245,48 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "commitChunk with a fused step records both ledger rows and moves the unit past that step, or neither",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        const lastChunk = (from: StateStore.Position, fencingToken: number) =>
+          store.commitChunk({
+            lease: { ...lease, fencingToken },
+            from,
+            to: { stepIndex: 2, chunkSeq: 0, cursor: null },
+            unitDone: true,
+            items: 3,
+            idempotencyKey: `chunk-${from.chunkSeq}`,
+            step: "first",
+            leaseMs,
+            fused: { step: "second", idempotencyKey: "second-0" }
+          })
+        yield* commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
+        // Refused by the fencing token or the checkpoint: neither row is recorded.
+        expect(yield* Effect.flip(lastChunk({ stepIndex: 0, chunkSeq: 1 }, lease.fencingToken + 1))).toBeInstanceOf(
+          Errors.LeaseLost
+        )
+        expect(yield* Effect.flip(lastChunk({ stepIndex: 0, chunkSeq: 0 }, lease.fencingToken))).toBeInstanceOf(
+          Errors.CheckpointMoved
+        )
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0"])
+        expect(yield* lastChunk({ stepIndex: 0, chunkSeq: 1 }, lease.fencingToken)).toEqual({
+          runStatus: "finalizing"
+        })
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0", "chunk-1", "second-0"])
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({
+          status: "succeeded",
+          stepIndex: 2,
+          chunkSeq: 0,
+          cursor: null,
+          chunks: 3,
+          items: 4
+        })
+      })
+    )
+
+    test(
       "a failed commit rolls the user's writes back with it; a good one commits them with the checkpoint",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

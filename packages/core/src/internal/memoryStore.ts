@@ -657,17 +657,18 @@ export const make = Effect.sync(() => {
             unit.chunkSeq = commit.to.chunkSeq
             unit.attempt = 1
             unit.crashesSinceProgress = 0
-            unit.chunks += 1
+            unit.chunks += commit.fused === undefined ? 1 : 2
             unit.items += commit.items
             unit.lastErrorTag = null
             unit.leaseExpiresAt = at + commit.leaseMs
-            push(ledger, `${lease.runId}\u0000${lease.unitId}`, commit.idempotencyKey)
-            push(chunkLog, lease.runId, {
-              step: commit.step,
-              partitionKey: unit.partitionKey,
-              items: commit.items,
-              at
-            })
+            const entries = [{ step: commit.step, key: commit.idempotencyKey, items: commit.items }]
+            if (commit.fused !== undefined) {
+              entries.push({ step: commit.fused.step, key: commit.fused.idempotencyKey, items: 0 })
+            }
+            for (const entry of entries) {
+              push(ledger, `${lease.runId}\u0000${lease.unitId}`, entry.key)
+              push(chunkLog, lease.runId, { step: entry.step, partitionKey: unit.partitionKey, items: entry.items, at })
+            }
             const run = runs.get(lease.runId)!
             if (commit.unitDone) {
               unit.status = "succeeded"

@@ -880,5 +880,81 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return v_status;
       end
       $$`
+  }),
+  "17_commit_with_fused_step": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // commit_chunk as in 16, plus the fused single step's ledger row (p_fused_key, p_fused_step): a chunk
+    // and the single step that ran after it in its transaction commit in one call, where there were two
+    // (one statement per partition less). A new overload: workers of the version before keep the
+    // 14-argument one of migration 16.
+    yield* sql`
+      create or replace function ${s}.commit_chunk(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision, p_fused_key text, p_fused_step text
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+        v_witness text;
+        v_tail boolean := false;
+      begin
+        -- The tail (no pending unit left): the run lock first, then the unit, as operator actions take them.
+        if p_done and not exists (
+          select 1 from ${s}.units where run_id = p_run and status = 'pending' and kind <> 'finalize'
+        ) then
+          v_tail := true;
+          perform 1 from ${s}.runs where run_id = p_run for no key update;
+        end if;
+        update ${s}.units set
+          step_index = p_to_step, cursor = p_cursor, chunk_seq = p_to_seq, attempt = 1,
+          crashes_since_progress = 0, chunks = chunks + case when p_fused_key is null then 1 else 2 end, items = items + p_items, last_error_tag = null,
+          status = case when p_done then 'succeeded' else status end,
+          lease_owner = case when p_done then null else lease_owner end,
+          lease_expires_at = case when p_done then null
+            else clock_timestamp() + p_lease_ms * interval '1 millisecond' end,
+          finished_at = case when p_done then clock_timestamp() else finished_at end
+        where run_id = p_run and unit_id = p_unit and fencing_token = p_token and lease_owner = p_worker
+          and lease_expires_at > clock_timestamp() and step_index = p_from_step and chunk_seq = p_from_seq;
+        if not found then
+          return null;
+        end if;
+        if p_done and not v_tail then
+          -- SKIP LOCKED: taking a witness never waits, so holding the unit's row here makes no cycle.
+          select unit_id into v_witness from ${s}.units
+          where run_id = p_run and status = 'pending' and kind <> 'finalize' and enqueued_at is null
+          limit 1 for share skip locked;
+          if v_witness is null then
+            select unit_id into v_witness from ${s}.units
+            where run_id = p_run and status = 'pending' and kind <> 'finalize'
+            limit 1 for share skip locked;
+          end if;
+          if v_witness is null then
+            -- Every pending unit was claimed or locked since the probe above: check under the lock. The
+            -- one place the unit's row is held before the run's: an operator action on the run at this
+            -- very moment can deadlock with it, and Postgres aborts one of the two (the chunk retries).
+            v_tail := true;
+            perform 1 from ${s}.runs where run_id = p_run for no key update;
+          end if;
+        end if;
+        insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+        values (p_run, p_unit, p_key, p_step, p_from_seq, p_items)
+        on conflict do nothing;
+        if p_fused_key is not null then
+          insert into ${s}.ledger (run_id, unit_id, idempotency_key, step, chunk_seq, items)
+          values (p_run, p_unit, p_fused_key, p_fused_step, 0, 0)
+          on conflict do nothing;
+        end if;
+        if p_done then
+          update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+          where run_id = p_run and unit_id = p_unit and fencing_token = p_token;
+          if v_tail then
+            perform ${s}.try_finalize(p_run);
+          end if;
+        end if;
+        select status into v_status from ${s}.runs where run_id = p_run;
+        return v_status;
+      end
+      $$`
   })
 })
