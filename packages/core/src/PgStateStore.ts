@@ -63,7 +63,7 @@ const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /** The newest migration this code knows. */
-const LATEST = 17
+const LATEST = 18
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -167,21 +167,22 @@ const toUnit = (row: Row): UnitRecord => ({
   range: row["range"] ?? null
 })
 
-const toRun = (row: Row): RunRecord => ({
-  runId: row["runId"] as string,
-  job: row["job"] as string,
-  runKey: row["runKey"] as string,
-  params: row["params"],
-  definition: row["definition"] as JobDefinition,
-  fingerprint: row["fingerprint"] as string,
-  status: row["status"] as RunStatus,
-  partitionCount: num(row["partitionCount"]),
-  failureBudget: num(row["failureBudget"]),
-  finalizeSeq: num(row["finalizeSeq"]),
-  createdAt: num(row["createdAt"]),
-  updatedAt: num(row["updatedAt"]),
-  finishedAt: numOrNull(row["finishedAt"]),
-  reason: (row["reason"] as string | null) ?? null
+/** A run from its row; `prefix` names its columns where they share a row with a unit's (the claim's). */
+const toRun = (row: Row, prefix = ""): RunRecord => ({
+  runId: row[`${prefix}runId`] as string,
+  job: row[`${prefix}job`] as string,
+  runKey: row[`${prefix}runKey`] as string,
+  params: row[`${prefix}params`],
+  definition: row[`${prefix}definition`] as JobDefinition,
+  fingerprint: row[`${prefix}fingerprint`] as string,
+  status: row[`${prefix}status`] as RunStatus,
+  partitionCount: num(row[`${prefix}partitionCount`]),
+  failureBudget: num(row[`${prefix}failureBudget`]),
+  finalizeSeq: num(row[`${prefix}finalizeSeq`]),
+  createdAt: num(row[`${prefix}createdAt`]),
+  updatedAt: num(row[`${prefix}updatedAt`]),
+  finishedAt: numOrNull(row[`${prefix}finishedAt`]),
+  reason: (row[`${prefix}reason`] as string | null) ?? null
 })
 
 const toFailure = (row: Row): FailureRecord => ({
@@ -581,7 +582,7 @@ export const make = (options: Options = {}): Effect.Effect<
               : sql<
                 Row
               >`select ${runs} from ${s}.runs r where r.job = ${job} order by r.created_at desc limit ${limit}`,
-            (rows) => rows.map(toRun)
+            (rows) => rows.map((row) => toRun(row))
           )
         ),
 
@@ -857,18 +858,17 @@ export const make = (options: Options = {}): Effect.Effect<
             // SKIP LOCKED, so concurrent claims never wait on each other nor share a slot (claim_unit,
             // migration 12: a function, so its plans are cached per connection).
             if (jobConcurrency !== undefined) yield* ensureSlots(message.job, jobConcurrency)
+            // claim_unit_row (migration 18): the unit's row and its run's, planned once per connection.
             const rows = yield* sql<Row>`
-              select ${units}, ${runs}
-              from ${s}.claim_unit(${message.runId}, ${message.unitId}, ${message.seq}, ${workerId}, ${leaseMs},
-                ${message.job}, ${jobConcurrency ?? null}::integer) u
-              join ${s}.runs r on r.run_id = u.run_id`
+              select * from ${s}.claim_unit_row(${message.runId}, ${message.unitId}, ${message.seq}, ${workerId},
+                ${leaseMs}, ${message.job}, ${jobConcurrency ?? null}::integer)`
             const row = rows[0]
             if (row !== undefined) {
               const unit = toUnit(row)
               return {
                 _tag: "Claimed",
                 unit,
-                run: toRun(row),
+                run: toRun(row, "run."),
                 lease: { runId: unit.runId, unitId: unit.unitId, workerId, fencingToken: unit.fencingToken }
               } satisfies ClaimResult
             }

@@ -210,6 +210,17 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const message = yield* messageFor(runId, unitIds[0]!)
         const first = yield* claimed(message, "w1")
         expect(first.lease).toMatchObject({ runId, unitId: unitIds[0], workerId: "w1" })
+        // The unit and its run, each with its own status.
+        expect(first.unit).toMatchObject({
+          runId,
+          unitId: unitIds[0],
+          status: "leased",
+          leaseOwner: "w1",
+          fencingToken: first.lease.fencingToken,
+          finishedAt: null
+        })
+        expect(first.run).toMatchObject({ runId, job: job.name, status: "running", params: { n: 1 }, finishedAt: null })
+        expect(first.run.fingerprint).toBe(job.fingerprint)
         const second = yield* claim(message, "w2")
         expect(second._tag).toBe("Later")
         if (second._tag === "Later") {
