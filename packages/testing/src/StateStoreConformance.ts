@@ -102,7 +102,14 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         ? Effect.succeed(result)
         : Effect.dieMessage(`expected ${workerId} to claim ${message.unitId}, got ${JSON.stringify(result)}`))
 
-  const commit = (lease: StateStore.Lease, from: StateStore.Position, key: string, unitDone = false) =>
+  /** Commits one item of step `first`; with `unitDone`, its last chunk (with `fused`, and step `second`). */
+  const commit = (
+    lease: StateStore.Lease,
+    from: StateStore.Position,
+    key: string,
+    unitDone = false,
+    fused?: StateStore.FusedCommit
+  ) =>
     Effect.flatMap(StateStore.StateStore, (store) =>
       store.commitChunk({
         lease,
@@ -114,7 +121,8 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         items: 1,
         idempotencyKey: key,
         step: "first",
-        leaseMs
+        leaseMs,
+        fused
       }))
 
   const unitOf = (runId: string, unitId: string) =>
@@ -261,18 +269,9 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const store = yield* StateStore.StateStore
         const { runId, unitIds } = yield* openRun([1])
         const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        const second = { step: "second", idempotencyKey: "second-0" }
         const lastChunk = (from: StateStore.Position, fencingToken: number) =>
-          store.commitChunk({
-            lease: { ...lease, fencingToken },
-            from,
-            to: { stepIndex: 2, chunkSeq: 0, cursor: null },
-            unitDone: true,
-            items: 3,
-            idempotencyKey: `chunk-${from.chunkSeq}`,
-            step: "first",
-            leaseMs,
-            fused: { step: "second", idempotencyKey: "second-0" }
-          })
+          commit({ ...lease, fencingToken }, from, `chunk-${from.chunkSeq}`, true, second)
         yield* commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
         // Refused by the fencing token or the checkpoint: neither row is recorded.
         expect(yield* Effect.flip(lastChunk({ stepIndex: 0, chunkSeq: 1 }, lease.fencingToken + 1))).toBeInstanceOf(
@@ -292,7 +291,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
           chunkSeq: 0,
           cursor: null,
           chunks: 3,
-          items: 4
+          items: 2
         })
       })
     )
