@@ -40,6 +40,16 @@ export const fill = (
       { discard: true }
     ))
 
+/** Options every drain takes. */
+export interface DrainCommonOptions {
+  /** Messages to handle; the drain ends with the ack of the last one. */
+  readonly messages: number
+  /** What handling one message costs (e.g. `Effect.sleep(2)`); acked after it. */
+  readonly handler: Effect.Effect<void>
+  /** Long-poll wait of one receive (default 1 s). */
+  readonly waitMs?: number | undefined
+}
+
 /** What a consumer gets from `timedDrain`. */
 interface DrainTools {
   readonly queue: QueueAdapter.QueueAdapterShape
@@ -56,7 +66,7 @@ interface DrainTools {
  * last ack (a consumer's final receive, waiting for work that will not come, is not the queue's time).
  */
 const timedDrain = (
-  options: { readonly messages: number; readonly waitMs?: number | undefined },
+  options: DrainCommonOptions,
   consume: (tools: DrainTools) => Effect.Effect<unknown, Errors.QueueUnavailable>
 ): Effect.Effect<number, Errors.QueueUnavailable, QueueAdapter.QueueAdapter> =>
   Effect.scoped(Effect.gen(function*() {
@@ -79,15 +89,9 @@ const timedDrain = (
   }))
 
 /** Options of `drain`. */
-export interface DrainOptions {
-  /** Messages to handle; the drain ends with the ack of the last one. */
-  readonly messages: number
+export interface DrainOptions extends DrainCommonOptions {
   /** Messages handled at once. */
   readonly concurrency: number
-  /** What handling one message costs (e.g. `Effect.sleep(2)`); acked after it. */
-  readonly handler: Effect.Effect<void>
-  /** Long-poll wait of one receive (default 1 s). */
-  readonly waitMs?: number | undefined
 }
 
 /**
@@ -126,18 +130,12 @@ export const drain = (
       }))
   )
 
-/** Options of `drainBatches`. */
-export interface DrainBatchesOptions {
-  /** Messages to handle; the drain ends with the ack of the last one. */
-  readonly messages: number
+/** Options of `drainBatches`: a batch's messages are handled at once, then acked in one call. */
+export interface DrainBatchesOptions extends DrainCommonOptions {
   /** Consumer loops, each with one batch at a time. */
   readonly consumers: number
   /** Messages one receive asks for: a batch. */
   readonly batchSize: number
-  /** What handling one message costs; a batch's messages are handled at once, then acked in one call. */
-  readonly handler: Effect.Effect<void>
-  /** Long-poll wait of one receive (default 1 s). */
-  readonly waitMs?: number | undefined
 }
 
 /**
