@@ -558,7 +558,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               }))
             )
             if (Exit.isFailure(exit)) {
-              yield* endStepSpan({ index: -1, span }, exit)
+              yield* endSpan(span, exit)
               if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
               return yield* Effect.fail(new FusedStepFailed())
             }
@@ -568,7 +568,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               to,
               unitDone: to.stepIndex === endStep,
               fused: { step: next.name, idempotencyKey: key }
-            }).pipe(Effect.onError((cause) => endStepSpan({ index: -1, span }, Exit.failCause(cause))))
+            }).pipe(Effect.onError((cause) => endSpan(span, Exit.failCause(cause))))
             // The step's span stays open as the unit's current step (the loop ends it).
             return { to, runStatus: committed.runStatus, span }
           })
@@ -1281,12 +1281,14 @@ interface StepSpan {
 }
 
 const endStepSpan = (holder: StepSpan, exit: Exit.Exit<unknown, unknown>) =>
-  Effect.flatMap(Clock.currentTimeNanos, (now) =>
-    Effect.sync(() => {
-      holder.span?.end(now, exit)
-      holder.span = undefined
-      holder.index = -1
-    }))
+  Effect.map(endSpan(holder.span, exit), () => {
+    holder.span = undefined
+    holder.index = -1
+  })
+
+/** Ends `span` (when there is one) now, with `exit`. */
+const endSpan = (span: Tracer.Span | undefined, exit: Exit.Exit<unknown, unknown>) =>
+  Effect.flatMap(Clock.currentTimeNanos, (now) => Effect.sync(() => span?.end(now, exit)))
 
 /** Records a partition's time from its first claim (store clock) to its end. */
 const partitionEnded = (job: Job.Any, unit: UnitRecord, outcome: "succeeded" | "failed") =>
