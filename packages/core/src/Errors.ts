@@ -28,6 +28,15 @@ export class CheckpointMoved extends Schema.TaggedError<CheckpointMoved>()("Chec
   unitId: Schema.String
 }) {}
 
+/**
+ * A commit with a fused step refused because the run is no longer `running` (D8: a stopped run starts
+ * no new step). Nothing was recorded; the chunk's transaction rolls back and the unit stops where it was.
+ */
+export class RunStopped extends Schema.TaggedError<RunStopped>()("RunStopped", {
+  runId: Schema.String,
+  status: Schema.String
+}) {}
+
 /** A queue message could not be decoded; it was dead-lettered with this reason. */
 export class MalformedMessage extends Schema.TaggedError<MalformedMessage>()("MalformedMessage", {
   reason: Schema.String,

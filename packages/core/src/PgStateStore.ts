@@ -15,6 +15,7 @@ import { SqlClient, type SqlError, type Statement } from "@effect/sql"
 import { Migrator } from "@effect/sql"
 import { Effect, Layer, Option } from "effect"
 import * as Errors from "./Errors.js"
+import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
 import type { JobDefinition } from "./JobDefinition.js"
@@ -62,8 +63,19 @@ const schemaOf = (options: Options) =>
 const unavailable = (operation: string) => (error: SqlError.SqlError) =>
   new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
+/**
+ * The chunk's commit refused because its transaction had already failed (25P02): a step caught an SQL
+ * error inside it. That is the step's bug (D12's `TransactionAborted`), not the store being unavailable.
+ */
+const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>) =>
+  Effect.catchIf(
+    statement,
+    (error) => sqlStateOf(error) === "25P02",
+    (error) => Effect.fail(new Errors.TransactionAborted({ message: error.message }))
+  )
+
 /** The newest migration this code knows. */
-const LATEST = 18
+const LATEST = 19
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -230,8 +242,11 @@ export const make = (options: Options = {}): Effect.Effect<
      * fragments on every call, about a tenth of the chunk's statement CPU in the worker. Parameterised
      * like every other statement; the schema is a checked plain identifier (`SCHEMA_PATTERN`).
      */
-    const commitChunkStatement = `select "${schema}".commit_chunk($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, ` +
-      `$11, $12, $13, $14, $15, $16) as status`
+    const commitStatement = (fn: "commit_chunk" | "commit_fused") =>
+      `select "${schema}".${fn}($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16) as status`
+    const commitChunkStatement = commitStatement("commit_chunk")
+    /** A chunk with the single step fused after it: refused unless the run is running (migration 19). */
+    const commitFusedStatement = commitStatement("commit_fused")
     /** Store writes that must survive a chunk's rollback run outside any transaction (D4). */
     const detached = outsideTransaction
     /** A store transaction; a failed COMMIT (a defect in @effect/sql) becomes an ordinary SqlError. */
@@ -890,29 +905,35 @@ export const make = (options: Options = {}): Effect.Effect<
           // 14: other ends leave the check to a pending unit they lock as a witness).
           const rows = yield* op(
             "commitChunk",
-            sql.unsafe<{ readonly status: RunStatus | null }>(commitChunkStatement, [
-              lease.runId,
-              lease.unitId,
-              lease.fencingToken,
-              lease.workerId,
-              commit.from.stepIndex,
-              commit.from.chunkSeq,
-              commit.to.stepIndex,
-              commit.to.chunkSeq,
-              commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor),
-              commit.items,
-              commit.unitDone,
-              commit.idempotencyKey,
-              commit.step,
-              commit.leaseMs,
-              commit.fused?.idempotencyKey ?? null,
-              commit.fused?.step ?? null
-            ])
+            stepBrokeTransaction(sql.unsafe<{ readonly status: string | null }>(
+              commit.fused === undefined ? commitChunkStatement : commitFusedStatement,
+              [
+                lease.runId,
+                lease.unitId,
+                lease.fencingToken,
+                lease.workerId,
+                commit.from.stepIndex,
+                commit.from.chunkSeq,
+                commit.to.stepIndex,
+                commit.to.chunkSeq,
+                commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor),
+                commit.items,
+                commit.unitDone,
+                commit.idempotencyKey,
+                commit.step,
+                commit.leaseMs,
+                commit.fused?.idempotencyKey ?? null,
+                commit.fused?.step ?? null
+              ]
+            ))
           )
           const status = rows[0]?.status
+          if (status?.startsWith("refused:")) {
+            return yield* new Errors.RunStopped({ runId: lease.runId, status: status.slice("refused:".length) })
+          }
           if (status !== null && status !== undefined) {
             if (commit.quarantine !== undefined) yield* op("commitChunk", recordQuarantine(commit, commit.quarantine))
-            return { runStatus: status }
+            return { runStatus: status as RunStatus }
           }
           // Zero rows: say why, and fail inside the transaction so the chunk's writes roll back (D3).
           const [now] = yield* op(

@@ -236,7 +236,8 @@ export interface ChunkCommit {
    * The single step after this chunk's step, run in the same transaction (a fused step, see the
    * idempotency guide), committed by this same call: the chunk's ledger row and the step's (its chunk
    * 0, no items) are both recorded and the unit counts two chunks. `to` and `unitDone` then say where
-   * the unit is after that step.
+   * the unit is after that step. Refused with `RunStopped`, nothing recorded, when the run is not
+   * `running` (D8: a run that stopped while the chunk ran starts no new step).
    */
   readonly fused?: FusedCommit | undefined
 }
@@ -510,12 +511,19 @@ export interface StateStoreShape {
    * The compare-and-set checkpoint (D3), with the chunk's quarantine changes; returns the run's status
    * so a failing run is seen. A commit with `unitDone` that ends the run's last open unit also moves the
    * run to `finalizing` with its finalize unit, as `tryFinalize` would, and returns `"finalizing"`.
+   * `TransactionAborted`: the chunk's transaction had already failed (a step caught an SQL error in it,
+   * SQLSTATE 25P02), so the store could not commit; the step's bug, not the store's (D12).
    */
   readonly commitChunk: (
     commit: ChunkCommit
   ) => Effect.Effect<
     { readonly runStatus: RunStatus },
-    Errors.LeaseLost | Errors.CheckpointMoved | Errors.SkipBudgetExceeded | Errors.StoreUnavailable
+    | Errors.LeaseLost
+    | Errors.CheckpointMoved
+    | Errors.SkipBudgetExceeded
+    | Errors.TransactionAborted
+    | Errors.RunStopped
+    | Errors.StoreUnavailable
   >
   /** Renews every lease the worker holds in one call; returns the unit ids still held. */
   readonly renewLeases: (

@@ -474,6 +474,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let fusion = true
         /** The run's status as the claim, then each commit, returned it. */
         let runStatus = run.status
+        /** The fused step's span between its commit call and its transaction's end, to end if that fails. */
+        let fusedSpan: Tracer.Span | undefined = undefined
         const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
         /** The attributes every step and chunk span of this unit carries. */
         const spanAttributes = (stepName: string) => ({
@@ -568,8 +570,18 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               to,
               unitDone: to.stepIndex === endStep,
               fused: { step: next.name, idempotencyKey: key }
-            }).pipe(Effect.onError((cause) => endSpan(span, Exit.failCause(cause))))
-            // The step's span stays open as the unit's current step (the loop ends it).
+            }).pipe(
+              // A statement error here is the fused step's doing (it left the transaction aborted, say):
+              // redo the chunk alone and let the step fail on its own. Fenced and moved stay themselves.
+              Effect.catchIf(
+                (error) => error._tag === "StoreUnavailable" || error._tag === "TransactionAborted",
+                () => Effect.fail(new FusedStepFailed())
+              ),
+              Effect.onError((cause) => endSpan(span, Exit.failCause(cause)))
+            )
+            // The step's span stays open as the unit's current step (the loop ends it), unless the
+            // transaction's COMMIT fails after this.
+            fusedSpan = span
             return { to, runStatus: committed.runStatus, span }
           })
         while (stepIndex < endStep) {
@@ -731,7 +743,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   })
                 const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
                   step.transaction === "chunk"
-                    ? store.transaction(Effect.flatMap(timed(effect), commit))
+                    ? store.transaction(Effect.flatMap(timed(effect), commit)).pipe(
+                      Effect.onError((cause) =>
+                        Effect.suspend(() => {
+                          const span = fusedSpan
+                          fusedSpan = undefined
+                          return endSpan(span, Exit.failCause(cause))
+                        })
+                      )
+                    )
                     : Effect.flatMap(timed(effect), commit)
                 // A fused step that failed rolled this chunk back with it: redo the chunk alone, and let
                 // that step run in its own transaction, with its own retries and failure record.
@@ -750,7 +770,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     }))
                 ))
                 const began = yield* monotonicMs
+                fusedSpan = undefined
                 const out = yield* run.pipe(
+                  // D8: the run stopped while the chunk and the step fused after it ran; the store refused
+                  // the step's commit and both rolled back.
+                  Effect.catchIf(
+                    (error): error is Errors.RunStopped => error instanceof Errors.RunStopped,
+                    Effect.succeed
+                  ),
                   Effect.tapErrorCause((cause) =>
                     Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
                   ),
@@ -762,10 +789,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     idempotencyKey
                   })
                 )
+                if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
                 // The chunk's time, transaction included: its lock time in mode chunk.
                 const tookMs = (yield* monotonicMs) - began
                 yield* probe.at("after-commit", info)
-                return Option.some({ ...out, tookMs })
+                return Option.some<ChunkEnd>({ ...out, tookMs })
               }).pipe(
                 step.resources.length === 0 || limiter === undefined ? identity : Effect.ensuring(givePermits(entry)),
                 inJobContext
@@ -776,6 +804,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             // The drain started while the chunk waited for a resource permit: nothing ran.
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
+          }
+          if (result.value.value instanceof Errors.RunStopped) {
+            // The run stopped while the chunk and the step fused after it ran: both rolled back (D8).
+            yield* store.cancelUnit(lease)
+            return "ack" as Ending
           }
           const { fused, items, setAside, to, tookMs } = result.value.value
           runStatus = result.value.value.runStatus
@@ -1390,6 +1423,20 @@ const fusableAfter = (job: Job.Any, stepIndex: number, endStep: number): Fusable
 class FusedStepFailed {
   readonly _tag = "chunkwise/FusedStepFailed"
 }
+
+/** A chunk that committed, as the unit's loop goes on from it. */
+interface ChunkDone {
+  readonly to: ChunkCommit["to"]
+  readonly runStatus: RunStatus
+  readonly items: number
+  readonly setAside: NonNullable<ChunkCommit["quarantine"]>["items"]
+  /** The single step that committed with the chunk, and its span (still open). */
+  readonly fused: { readonly step: string; readonly span: Tracer.Span } | undefined
+  readonly tookMs: number
+}
+
+/** How a chunk's attempt ended: committed, or rolled back because the run stopped (a fused commit refused). */
+type ChunkEnd = ChunkDone | Errors.RunStopped
 
 const stopsWork = (status: RunStatus) => status !== "running"
 

@@ -1,8 +1,9 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Schema } from "effect"
-import { Errors, Job, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
+import { Effect, Layer, Option, Schema } from "effect"
+import { Errors, Job, MemoryDatabase, QueueAdapter, Runbook, Runner, StateStore, Step, Worker } from "../src/index.js"
 import {
+  BadRecord,
   commitManually,
   driveUntil,
   expectedItems,
@@ -187,6 +188,60 @@ describe("failures", () => {
       const progress = yield* Runner.status(runId)
       expect(progress.run.status).toBe("succeeded")
       expect(progress.units).toMatchObject({ succeeded: 2, skipped: 1 })
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("a run that starts failing while a chunk runs: the step fused after the chunk does not commit (D8)", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      const job = Job.make({
+        name: "fused-failing",
+        params: Schema.Struct({}),
+        partitions: () => [{ key: "p0", weight: 2 }, { key: "p1", weight: 1 }],
+        steps: (step) => [
+          step.chunked("apply", {
+            cursor: Schema.Number,
+            start: 0,
+            chunkSize: 1,
+            transaction: "chunk",
+            process: (ctx) =>
+              Effect.gen(function*() {
+                if (ctx.partition.key === "p0") return yield* new BadRecord({ item: 0 })
+                // p1's only chunk ends once p0's failure has used up the budget and the run is failing.
+                while (Option.exists(yield* store.getRun(ctx.runId), (run) => run.status === "running")) {
+                  yield* Effect.sleep("50 millis")
+                }
+                yield* Effect.flatMap(MemoryDatabase.MemoryDatabase, (db) => db.put("applied", ctx.partition.key, 1))
+                return Step.advance<number>(Step.done, 1)
+              })
+          }),
+          step.single("invoice", {
+            transaction: "chunk",
+            run: (ctx) =>
+              Effect.flatMap(MemoryDatabase.MemoryDatabase, (db) => db.put("invoices", ctx.partition.key, 1))
+          })
+        ],
+        errors: [
+          Runbook.make(BadRecord, {
+            id: "bad-record",
+            title: "Bad record",
+            severity: "ticket",
+            meaning: "m",
+            steps: ["s"]
+          })
+        ],
+        failureBudget: { partitions: 0 },
+        concurrency: { perWorker: 2 }
+      })
+      yield* Worker.make({ jobs: [job], ...fastWorker })
+      const { runId } = yield* Runner.start(job, {})
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).run.status).toBe("failed")
+      // p1's chunk and its fused step rolled back together, and p1 stopped where it was.
+      const [p1] = (yield* store.listUnits(runId, { limit: 10 })).filter((u) => u.partitionKey === "p1")
+      expect(p1).toMatchObject({ status: "cancelled", stepIndex: 0, chunks: 0 })
+      expect(yield* store.ledger(runId, p1!.unitId)).toEqual([])
+      expect(yield* table("applied")).toEqual({})
+      expect(yield* table("invoices")).toEqual({})
     }).pipe(Effect.provide(memoryEngine())))
 
   it.scoped("cancel stops a run: nothing new starts and an in-flight commit is refused", () =>

@@ -275,6 +275,63 @@ describe("PgStateStore on real Postgres", () => {
     60_000
   )
 
+  it.live(
+    "a fused step that breaks its transaction (a caught SQL error) fails as itself, TransactionAborted, not the store",
+    () =>
+      onPostgres((app) =>
+        Effect.gen(function*() {
+          const calls = { apply: 0, total: 0 }
+          const job = Job.make({
+            name: "pg-fused-aborted",
+            params: Schema.Struct({}),
+            partitions: () => ["p0"],
+            steps: (step) => [
+              step.chunked("apply", {
+                cursor: Schema.Number,
+                start: 0,
+                chunkSize: 1,
+                transaction: "chunk",
+                process: ({ cursor }) =>
+                  Effect.gen(function*() {
+                    calls.apply += 1
+                    const sql = yield* SqlClient.SqlClient
+                    yield* sql`insert into ${sql(app)}.applied (item, count) values (${cursor}, 1)
+                      on conflict (item) do update set count = applied.count + 1`
+                    return Step.advance(cursor + 1 >= 2 ? Step.done : cursor + 1, 1)
+                  })
+              }),
+              step.single("total", {
+                transaction: "chunk",
+                run: () =>
+                  Effect.gen(function*() {
+                    calls.total += 1
+                    const sql = yield* SqlClient.SqlClient
+                    // The step's bug: a failed statement whose error it swallows leaves the transaction
+                    // aborted, so the commit after it is refused (SQLSTATE 25P02).
+                    yield* sql`select 1 / 0`.pipe(Effect.ignore)
+                  })
+              })
+            ]
+          })
+          yield* Worker.make({ jobs: [job], ...liveWorker })
+          const { runId } = yield* Runner.start(job, {})
+          const progress = yield* awaitRun(runId, 20)
+          const sql = yield* SqlClient.SqlClient
+          expect(progress.run.status).toBe("failed")
+          // The last chunk ran with the step, was rolled back with it, and was redone alone: kept once.
+          expect(calls).toEqual({ apply: 3, total: 2 })
+          expect(yield* sql`select item, count from ${sql(app)}.applied order by item`).toEqual(
+            [0, 1].map((item) => ({ item, count: 1 }))
+          )
+          // One failure, the step's own, with its runbook; nothing says the store was unavailable.
+          const failures = yield* Effect.flatMap(StateStore.StateStore, (s) => s.listFailures(runId, { limit: 10 }))
+          expect(failures).toHaveLength(1)
+          expect(failures[0]).toMatchObject({ step: "total", errorTag: "TransactionAborted", outcome: "failed" })
+        })
+      ),
+    60_000
+  )
+
   it.live("works on a client with name transforms and a custom int8 parser (D15)", () =>
     onPostgres(
       (app) =>

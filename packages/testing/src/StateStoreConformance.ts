@@ -56,7 +56,8 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       : it.live(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>, 60_000)
 
   /** A running run with `weights.length` partitions `k0, k1, ...`. */
-  const openRun = (weights: ReadonlyArray<number>) =>
+  /** A run of one partition per weight; `budget` maps the partition count to the failure budget. */
+  const openRun = (weights: ReadonlyArray<number>, budget: (count: number) => number = (count) => count) =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
       const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
@@ -71,7 +72,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       expect(created).toBe(true)
       const units = weights.map((weight, i) => ({ unitId: `${runId}-u${i}`, partitionKey: `k${i}`, weight }))
       yield* store.insertUnits(runId, units)
-      const run = yield* store.openRun(runId, (count) => count)
+      const run = yield* store.openRun(runId, budget)
       return { runId, run, unitIds: units.map((u) => u.unitId) }
     })
 
@@ -293,6 +294,33 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
           chunks: 3,
           items: 2
         })
+      })
+    )
+
+    test(
+      "commitChunk with a fused step is refused with RunStopped once the run stopped (D8); without one it commits",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1], () => 0)
+        const messages = yield* messagesOf(runId)
+        const { lease } = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        const bad = yield* claimed(messages.get(unitIds[1]!)!, "w2")
+        yield* failBadRecord(bad.lease, "k1", null)
+        expect((yield* store.progress(runId)).run.status).toBe("failing")
+        const second = { step: "second", idempotencyKey: "second-0" }
+        const refused = yield* Effect.flip(store.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-fused`),
+          commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0", true, second)
+        )))
+        expect(refused).toBeInstanceOf(Errors.RunStopped)
+        expect(refused).toMatchObject({ runId, status: "failing" })
+        // Nothing recorded, the user's writes rolled back, the unit still where it was, still leased.
+        expect(yield* options.writes.read(`${runId}-fused`)).toBe(false)
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual([])
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "leased", stepIndex: 0, chunks: 0 })
+        // The chunk alone still commits in a failing run, and says the run is failing.
+        expect(yield* commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")).toEqual({ runStatus: "failing" })
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0"])
       })
     )
 

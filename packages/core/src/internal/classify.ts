@@ -90,7 +90,7 @@ export const classify = (job: Job.Any, cause: Cause.Cause<unknown>, step: string
 }
 
 /** The SQLSTATE (or the Node system error code) behind an `SqlError`, if any. */
-const sqlStateOf = (error: unknown): string | undefined => {
+export const sqlStateOf = (error: unknown): string | undefined => {
   let current: unknown = (error as { cause?: unknown }).cause
   for (let depth = 0; depth < 4 && current !== null && typeof current === "object"; depth++) {
     const code = (current as { code?: unknown }).code

@@ -635,9 +635,14 @@ export const make = Effect.sync(() => {
         (at) =>
           Effect.flatMap(FiberRef.get(MemoryDatabase.currentWriteSet), (writeSet): Effect.Effect<
             { readonly runStatus: RunStatus },
-            Errors.LeaseLost | Errors.CheckpointMoved | Errors.SkipBudgetExceeded
+            Errors.LeaseLost | Errors.CheckpointMoved | Errors.SkipBudgetExceeded | Errors.RunStopped
           > => {
             const { lease } = commit
+            // A fused step commits only while the run is running (checked first, as Postgres does).
+            const status = runs.get(lease.runId)?.status
+            if (commit.fused !== undefined && status !== "running") {
+              return Effect.fail(new Errors.RunStopped({ runId: lease.runId, status: status ?? "missing" }))
+            }
             const unit = units.get(lease.runId)?.get(lease.unitId)
             if (!holds(unit, lease)) {
               return Effect.fail(leaseLost(lease, "fenced by a newer claim or an operator action"))

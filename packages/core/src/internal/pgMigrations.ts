@@ -997,5 +997,30 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         join ${s}.runs r on r.run_id = u.run_id;
       end
       $$`
+  }),
+  "19_fused_commit_only_while_running": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // A fused step runs before its commit, on the run status the worker last saw; the run may have
+    // stopped since (D8: a stopped run starts no new step). The fused commit goes through this function,
+    // which refuses it (nothing recorded) unless the run is running, and otherwise is commit_chunk of 17.
+    // It returns 'refused:' and the run's status when it refuses.
+    yield* sql`
+      create function ${s}.commit_fused(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision, p_fused_key text, p_fused_step text
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        select status into v_status from ${s}.runs where run_id = p_run;
+        if v_status is distinct from 'running' then
+          return 'refused:' || coalesce(v_status, 'missing');
+        end if;
+        return ${s}.commit_chunk(p_run, p_unit, p_token, p_worker, p_from_step, p_from_seq, p_to_step, p_to_seq,
+          p_cursor, p_items, p_done, p_key, p_step, p_lease_ms, p_fused_key, p_fused_step);
+      end
+      $$`
   })
 })
