@@ -416,7 +416,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
           const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
           if (next._tag === "end") return next
-          yield* Effect.sleep(next.delayMs)
+          // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now.
+          const drained = yield* Effect.raceFirst(
+            Effect.as(Effect.sleep(next.delayMs), false),
+            Effect.as(Deferred.await(drainStarted), true)
+          )
+          if (drained) {
+            yield* store.release(entry.lease, { abandonedChunk: false })
+            return { _tag: "end", ending: "release" } as const
+          }
           n += 1
         }
       })

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope, TestClock } from "effect"
-import { Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
+import { Effect, Exit, Fiber, Schema, Scope, TestClock } from "effect"
+import { Errors, Job, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
   crashOnce,
   driveUntil,
@@ -164,6 +164,36 @@ describe("Worker on the in-memory engine", () => {
       yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" })
       yield* driveUntil(runEnded(runId), "1 second")
       expect(yield* table("applied")).toEqual(expectedItems(1, 6))
+    }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("a drain does not wait out a retry's backoff: the unit goes back at once, not as a crash", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      // Every chunk fails with an error the built-in runbook retries in-process, after 1 s, 2 s, ...
+      const job = Job.make({
+        name: "drain-backoff",
+        params: Schema.Struct({}),
+        partitions: () => ["p0"],
+        steps: (step) => [
+          step.chunked("apply", {
+            cursor: Schema.Number,
+            start: 0,
+            chunkSize: 1,
+            transaction: "chunk",
+            process: () => Effect.fail(new Errors.DatabaseTransient({ sqlState: "40001", message: "try again" }))
+          })
+        ]
+      })
+      const { runId } = yield* Runner.start(job, {})
+      const scope = yield* Scope.make()
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Scope.extend(scope))
+      yield* driveUntil(Effect.map(store.listFailures(runId, { limit: 10 }), (failures) => failures.length > 0))
+      // The unit sleeps in its backoff; the worker stops.
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      const steps = yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"), "10 millis")
+      expect(steps).toBeLessThan(50) // well under the first backoff (1 s), let alone the shutdown timeout
+      const [unit] = yield* store.listUnits(runId, { limit: 10 })
+      expect(unit).toMatchObject({ status: "pending", leaseOwner: null, crashesSinceProgress: 0 })
     }).pipe(Effect.provide(memoryEngine())))
 })
 
