@@ -348,9 +348,18 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
         for (let j = 0; j < 5; j++) yield* Effect.yieldNow()
       }
     }
-    // Let the workers settle (a completion whose reply was lost is re-checked), then stop them.
+    // Let the workers settle (a completion whose reply was lost is re-checked), then stop them. A
+    // worker's shutdown waits, on the clock, for its units (a retry backoff, say) up to its shutdown
+    // timeout: under TestClock time must keep moving while they stop, or the trial never ends.
     if (!live) yield* TestClock.adjust(leaseMs)
-    yield* Effect.forEach(slots, Fiber.interrupt, { discard: true })
+    const stopping = yield* Effect.fork(Effect.forEach(slots, Fiber.interrupt, { discard: true }))
+    if (!live) {
+      while (Option.isNone(yield* Fiber.poll(stopping))) {
+        yield* TestClock.adjust(stepMs)
+        for (let j = 0; j < 5; j++) yield* Effect.yieldNow()
+      }
+    }
+    yield* Fiber.join(stopping)
 
     const units = yield* Effect.orDie(store.listUnits(runId, { limit: 100_000 }))
     const duplicateCommits: Array<string> = []
