@@ -161,8 +161,12 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
     const record = (worker: string, fault: string, hit: Omit<Hit, "seq" | "worker" | "point" | "attempt">) =>
       state.injections.push({ seq: ++state.seq, worker, fault, ...hit })
 
-    /** The fault that applies at this hit, if any (counting occurrences). */
+    /**
+     * The fault that applies at this hit, if any: the first listed whose occurrence this is. Every
+     * matching fault counts the hit, so each counts the hits it matches, whichever applies.
+     */
     const faultAt = (hit: Hit): Fault.Fault | undefined => {
+      let applies: Fault.Fault | undefined = undefined
       for (const fault of faults) {
         if (fault._tag !== "Crash" && fault._tag !== "Slow" && fault._tag !== "Zombie") continue
         const point = fault._tag === "Zombie" ? "after-effect" : fault.point
@@ -170,8 +174,9 @@ const trialIn = <P, JR, S, E, R, A, EO, RO>(
         const seen = (state.occurrences.get(fault) ?? 0) + 1
         state.occurrences.set(fault, seen)
         const wanted = fault.match.occurrence ?? 1
-        if (wanted === 0 || wanted === seen) return fault
+        if (applies === undefined && (wanted === 0 || wanted === seen)) applies = fault
       }
+      if (applies !== undefined) return applies
       if (random !== undefined && hit.point !== "heartbeat" && state.randomLeft > 0 && state.rng() < random.rate) {
         state.randomLeft -= 1
         const kind = random.kinds[Math.floor(state.rng() * random.kinds.length)]!
