@@ -478,8 +478,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const endStep = unit.kind === "range" || unit.kind === "items" ? unit.stepIndex + 1 : job.steps.length
         /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
         let size = { stepIndex: -1, items: 1 }
-        /** Off once a fused step failed in this execution: every step then runs in its own transaction. */
-        let fusion = true
+        /**
+         * Off once a fused step failed in this execution, and from the start after a crash: every step
+         * then runs in its own transaction, so a step that keeps killing the worker neither takes the
+         * progress of the chunk before it down with it nor has its crashes counted against that chunk.
+         */
+        let fusion = unit.crashesSinceProgress === 0
         /** The run's status as the claim, then each commit, returned it. */
         let runStatus = run.status
         /** The fused step's span between its commit call and its transaction's end, to end if that fails. */

@@ -186,4 +186,31 @@ describe("Harness on the in-memory engine", () => {
       Guarantees.all(trial)
       expect(Object.values(Harness.observedOrThrow(trial).applied)).toEqual([1, 1, 1, 1, 1, 1])
     }))
+
+  it.effect(
+    "after a crash a unit runs its steps unfused: a step that keeps killing the worker keeps the chunk before it",
+    () =>
+      Effect.gen(function*() {
+        // The summary (fused into the last chunk's transaction) kills its worker three times. Fused every
+        // time, each kill would roll the last chunk back too: three crashes without progress, CrashLoop.
+        const trial = yield* Harness.run({
+          engine,
+          job: counting({ partitions: 1, items: 2, chunkSize: 2, mode: "chunk" }),
+          params: { label: "crashing-summary" },
+          faults: [1, 2, 3].map((occurrence) =>
+            Fault.kill("before-effect", { partition: "p0", step: "summarise", occurrence })
+          ),
+          observe: observeCounts
+        })
+        expect(trial.injections).toHaveLength(3)
+        expect(trial.status).toBe("succeeded")
+        // The chunk ran fused once (rolled back by the first kill), then alone, and was kept.
+        expect(trial.executions.filter((e) => e.step === "apply")).toHaveLength(2)
+        Guarantees.all(trial)
+        expect(Harness.observedOrThrow(trial)).toMatchObject({
+          applied: { "p0-0": 1, "p0-1": 1 },
+          summaries: { p0: 1 }
+        })
+      })
+  )
 })
