@@ -75,7 +75,7 @@ const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>)
   )
 
 /** The newest migration this code knows. */
-const LATEST = 19
+const LATEST = 20
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -1002,10 +1002,12 @@ export const make = (options: Options = {}): Effect.Effect<
           const result = yield* op(
             "failUnit",
             tx(Effect.gen(function*() {
-              // Serialise failures of one run, so the budget counts every one of them.
+              // Serialise failures of one run, so the budget counts every one of them. No key update, like
+              // every other run lock: FOR UPDATE would also block the key-share lock that a quarantine
+              // row's foreign key takes in a chunk's commit, a deadlock with that chunk's witness lock.
               const [run] = yield* sql<{ readonly status: RunStatus }>`
               with ${freeSlot(lease)}
-              select status from ${s}.runs where run_id = ${lease.runId} for update`
+              select status from ${s}.runs where run_id = ${lease.runId} for no key update`
               const updated = disposition._tag === "RetryLater"
                 ? yield* sql<{ readonly kind: string; readonly parent: string | null }>`
                   update ${s}.units set status = 'pending', attempt = attempt + 1, lease_owner = null,
@@ -1106,6 +1108,9 @@ export const make = (options: Options = {}): Effect.Effect<
 
       finishRun: (lease, outcome, idempotencyKey) =>
         Effect.gen(function*() {
+          // The run row first, then the finalize unit: the order operator actions take them in (a retry
+          // locks the run, then cancels the finalize unit), so neither waits on the other in a cycle.
+          yield* op("finishRun", lockRun(lease.runId))
           const rows = yield* op(
             "finishRun",
             sql<{ readonly runId: string }>`
@@ -1131,12 +1136,15 @@ export const make = (options: Options = {}): Effect.Effect<
           Effect.gen(function*() {
             yield* joinWaiting(sql`r.status in ('running', 'failing')`)
             // Two conditions, not one `status in (...)`: each is a probe of its partial index of open
-            // units (migration 11), not a walk over every unit of the run.
+            // units (migration 11), not a walk over every unit of the run. A failing run's pending units
+            // never run: try_finalize cancels them (migration 20), so they do not keep it from finalizing.
             const candidates = yield* sql<{ readonly runId: string }>`
             select r.run_id as "runId" from ${s}.runs r
             where r.status in ('running', 'failing')
               and not exists (select 1 from ${s}.units u
-                where u.run_id = r.run_id and u.status in ('pending', 'leased') and u.kind <> 'finalize')
+                where u.run_id = r.run_id and u.status = 'leased' and u.kind <> 'finalize')
+              and (r.status = 'failing' or not exists (select 1 from ${s}.units u
+                where u.run_id = r.run_id and u.status = 'pending' and u.kind <> 'finalize'))
               and not exists (select 1 from ${s}.units u
                 where u.run_id = r.run_id and u.status = 'waiting' and u.kind <> 'finalize')`
             const done: Array<string> = []
@@ -1313,9 +1321,11 @@ export const make = (options: Options = {}): Effect.Effect<
 
       skip: (runId, selection, actor) =>
         Effect.gen(function*() {
-          const run = yield* requireRun(runId)
+          yield* requireRun(runId)
           return yield* tx(Effect.gen(function*() {
             if (!selection.dryRun) yield* op("skip", lockRun(runId))
+            // Read under the lock: a finalize that committed since a read before it would be missed.
+            const run = yield* requireRun(runId)
             const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
             const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
             if (selection.dryRun || planned.length === 0) return planned

@@ -325,6 +325,31 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "a unit that turns pending after its run went failing (a release, a retry put off) does not keep the run from finalizing",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([3, 2, 1], () => 0)
+        const messages = yield* messagesOf(runId)
+        const [released, later, bad] = yield* Effect.forEach(
+          unitIds,
+          (unitId, i) => claimed(messages.get(unitId)!, `w${i}`)
+        )
+        yield* failBadRecord(bad!.lease, "k2", null)
+        expect((yield* store.progress(runId)).run.status).toBe("failing")
+        // After the failure cancelled what was pending, two units turn pending again: a draining worker
+        // gives one back, another's retry is put off. Nothing claims a unit of a run that is not running.
+        yield* store.release(released!.lease, { abandonedChunk: false })
+        yield* store.failUnit(later!.lease, { _tag: "RetryLater", errorTag: "Transient", delayMs: 60_000 })
+        // The sweeper (every worker runs it) finalizes the run, cancelling them.
+        expect(yield* store.sweep()).toContain(runId)
+        expect((yield* store.progress(runId)).run.status).toBe("finalizing")
+        for (const unitId of [unitIds[0]!, unitIds[1]!]) {
+          expect(yield* unitOf(runId, unitId)).toMatchObject({ status: "cancelled", leaseOwner: null })
+        }
+      })
+    )
+
+    test(
       "a failed commit rolls the user's writes back with it; a good one commits them with the checkpoint",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

@@ -212,8 +212,18 @@ export const make = Effect.sync(() => {
       u.parentUnitId === parent.unitId && u.generation === parent.generation
     )
 
+  /** D8: a failing run starts nothing new; what waits to start is cancelled. */
+  const cancelPending = (run: Run, at: number) => {
+    for (const unit of unitsOf(run.runId).values()) {
+      if (unit.kind !== "finalize" && unit.status === "pending") fence(unit, "cancelled", at)
+    }
+  }
+
   const finalizeIfComplete = (run: Run, at: number): boolean => {
     if (run.status !== "running" && run.status !== "failing") return false
+    // A unit can turn pending again after the run went failing (released by a draining worker, a retry
+    // put off, a split partition joined): nothing would ever claim it, so the check cancels it.
+    if (run.status === "failing") cancelPending(run, at)
     if (hasOpenWork(run.runId)) return false
     run.status = "finalizing"
     run.updatedAt = at
@@ -744,9 +754,7 @@ export const make = Effect.sync(() => {
             run.reason = `failure budget exceeded: ${failed} of ${run.partitionCount} partitions failed ` +
               `(the budget allows ${run.failureBudget})`
             run.updatedAt = at
-            for (const other of unitsOf(run.runId).values()) {
-              if (other.kind !== "finalize" && other.status === "pending") fence(other, "cancelled", at)
-            }
+            cancelPending(run, at)
             joinAll(run, at)
           }
         }

@@ -1022,5 +1022,39 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
           p_cursor, p_items, p_done, p_key, p_step, p_lease_ms, p_fused_key, p_fused_step);
       end
       $$`
+  }),
+  "20_failing_run_cancels_what_waits": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // try_finalize as in 11, plus: in a failing run, units still pending are cancelled first, under the
+    // run lock. The failure that moved the run to failing cancelled those it saw, but a unit can turn
+    // pending afterwards (released by a draining worker, a retry put off, a split partition joined), and
+    // nothing claims a unit of a run that is not running: the run would never finalize.
+    yield* sql`
+      create or replace function ${s}.try_finalize(p_run text) returns text language plpgsql as $$
+      declare
+        v_unit text;
+      begin
+        perform 1 from ${s}.runs where run_id = p_run for no key update;
+        update ${s}.units set status = 'cancelled', fencing_token = fencing_token + 1, lease_owner = null,
+          lease_expires_at = null, finished_at = clock_timestamp()
+        where run_id = p_run and status = 'pending' and kind <> 'finalize'
+          and exists (select 1 from ${s}.runs where run_id = p_run and status = 'failing');
+        with r as (
+          update ${s}.runs set status = 'finalizing', updated_at = clock_timestamp()
+          where run_id = p_run and status in ('running', 'failing')
+            and not exists (
+              select 1 from ${s}.units
+              where run_id = p_run and status in ('pending', 'leased') and kind <> 'finalize')
+            and not exists (
+              select 1 from ${s}.units where run_id = p_run and status = 'waiting' and kind <> 'finalize')
+          returning run_id, job, finalize_seq)
+        insert into ${s}.units (run_id, unit_id, job, kind, partition_key, weight)
+        select run_id, 'finalize-' || finalize_seq, job, 'finalize', '', 0 from r
+        on conflict do nothing
+        returning unit_id into v_unit;
+        return v_unit;
+      end
+      $$`
   })
 })
