@@ -14,6 +14,7 @@ import {
   CONCURRENCY,
   copyChunk,
   createData,
+  forClaimedUnits,
   handLoop,
   makeCompletions,
   measure,
@@ -60,44 +61,33 @@ const storeJob = job("store")
 
 /** The store's chunk path alone: claim each unit, then per chunk one store transaction with commit_chunk. */
 const storeOnly = (round: number) =>
-  Effect.gen(function*() {
-    const store = yield* StateStore.StateStore
-    const { runId } = yield* Runner.start(storeJob, { round })
-    const units = (yield* store.listUnits(runId, { limit: 1000 })).filter((u) => u.kind === "partition")
-    yield* Effect.forEach(units, (unit) =>
-      Effect.gen(function*() {
-        const claim = yield* store.claim({
-          message: { v: 1, job: storeJob.name, runId, unitId: unit.unitId, seq: 1_000_000_000 },
-          workerId: "bench",
-          leaseMs: 60_000,
-          jobConcurrency: undefined
-        })
-        if (claim._tag !== "Claimed") return yield* Effect.die(new Error(`claim: ${JSON.stringify(claim)}`))
-        let after = 0
-        let chunkSeq = 0
-        while (true) {
-          const done = yield* store.transaction(Effect.gen(function*() {
-            const { last, n } = yield* copyChunk(schema, "t_store", Number(unit.partitionKey), after)
-            yield* store.commitChunk({
-              lease: claim.lease,
-              from: { stepIndex: 0, chunkSeq },
-              to: last === null
-                ? { stepIndex: 1, chunkSeq: 0, cursor: null }
-                : { stepIndex: 0, chunkSeq: chunkSeq + 1, cursor: { after: last } },
-              unitDone: last === null,
-              items: n,
-              idempotencyKey: `k-${round}-${unit.unitId}-${chunkSeq}`,
-              step: "copy",
-              leaseMs: 60_000
-            })
-            return last
-          }))
-          if (done === null) return
-          after = done
-          chunkSeq += 1
-        }
-      }), { concurrency: CONCURRENCY, discard: true })
-  })
+  forClaimedUnits(storeJob, round, ({ lease, unit }) =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      let after = 0
+      let chunkSeq = 0
+      while (true) {
+        const done = yield* store.transaction(Effect.gen(function*() {
+          const { last, n } = yield* copyChunk(schema, "t_store", Number(unit.partitionKey), after)
+          yield* store.commitChunk({
+            lease,
+            from: { stepIndex: 0, chunkSeq },
+            to: last === null
+              ? { stepIndex: 1, chunkSeq: 0, cursor: null }
+              : { stepIndex: 0, chunkSeq: chunkSeq + 1, cursor: { after: last } },
+            unitDone: last === null,
+            items: n,
+            idempotencyKey: `k-${round}-${unit.unitId}-${chunkSeq}`,
+            step: "copy",
+            leaseMs: 60_000
+          })
+          return last
+        }))
+        if (done === null) return
+        after = done
+        chunkSeq += 1
+      }
+    }))
 
 const viaWorker = (round: number) =>
   Effect.gen(function*() {

@@ -6,7 +6,7 @@
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Deferred, Effect, FiberId, Layer, Logger, type LogLevel } from "effect"
-import { PgStateStore, QueueAdapter, type StateStore } from "../src/index.js"
+import { type Job, PgStateStore, QueueAdapter, Runner, StateStore } from "../src/index.js"
 
 export const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
 export const ROWS = Number(process.env["ROWS"] ?? 25_000)
@@ -59,6 +59,32 @@ export const resetData = (schema: string, targets: ReadonlyArray<string>) =>
 /** Runs `body` for every partition, CONCURRENCY at a time. */
 export const forPartitions = <E, R>(body: (p: number) => Effect.Effect<void, E, R>) =>
   Effect.forEach(Array.from({ length: PARTITIONS }, (_, p) => p), body, { concurrency: CONCURRENCY, discard: true })
+
+/**
+ * A store-path contender's start: starts a run of `job` and calls `perUnit` with each partition unit,
+ * claimed straight from the store as a worker would (CONCURRENCY at a time), with no Worker around it.
+ */
+export const forClaimedUnits = <E, R>(
+  job: Job.Any,
+  round: number,
+  perUnit: (claim: StateStore.ClaimResult & { readonly _tag: "Claimed" }, runId: string) => Effect.Effect<void, E, R>
+) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore.StateStore
+    const { runId } = yield* Runner.start(job, { round })
+    const units = (yield* store.listUnits(runId, { limit: 100_000 })).filter((u) => u.kind === "partition")
+    yield* Effect.forEach(units, (unit) =>
+      Effect.gen(function*() {
+        const claim = yield* store.claim({
+          message: { v: 1, job: job.name, runId, unitId: unit.unitId, seq: 1_000_000_000 },
+          workerId: "bench",
+          leaseMs: 60_000,
+          jobConcurrency: undefined
+        })
+        if (claim._tag !== "Claimed") return yield* Effect.die(new Error(`claim: ${JSON.stringify(claim)}`))
+        yield* perUnit(claim, runId)
+      }), { concurrency: CONCURRENCY, discard: true })
+  })
 
 /** The hand-written loop (D20): BEGIN; the chunk; optionally an UPDATE of a checkpoint row; COMMIT. */
 export const handLoop = (schema: string, target: string, withCheckpoint: boolean) =>

@@ -14,7 +14,16 @@
  */
 import { Effect, LogLevel, Schema } from "effect"
 import { Job, Runner, StateStore, Step, Worker } from "../src/index.js"
-import { CONCURRENCY, makeCompletions, measure, median, rotated, ROUNDS, runOnStore } from "./chunkData.js"
+import {
+  CONCURRENCY,
+  forClaimedUnits,
+  makeCompletions,
+  measure,
+  median,
+  rotated,
+  ROUNDS,
+  runOnStore
+} from "./chunkData.js"
 
 /** Partitions per run (each one unit). */
 const UNITS = Number(process.env["UNITS"] ?? 2000)
@@ -44,43 +53,32 @@ const storeJob = billingShaped("bench-units-store")
 
 /** Each unit through the store's calls alone, as the Worker makes them for this job. */
 const storeOnly = (round: number) =>
-  Effect.gen(function*() {
-    const store = yield* StateStore.StateStore
-    const { runId } = yield* Runner.start(storeJob, { round })
-    const units = (yield* store.listUnits(runId, { limit: UNITS + 1 })).filter((u) => u.kind === "partition")
-    yield* Effect.forEach(units, (unit) =>
-      Effect.gen(function*() {
-        const claim = yield* store.claim({
-          message: { v: 1, job: storeJob.name, runId, unitId: unit.unitId, seq: 1_000_000_000 },
-          workerId: "bench",
-          leaseMs: 60_000,
-          jobConcurrency: undefined
-        })
-        if (claim._tag !== "Claimed") return yield* Effect.die(new Error(`claim: ${JSON.stringify(claim)}`))
-        const key = (step: string) => `k-${round}-${unit.unitId}-${step}`
-        yield* store.transaction(store.commitChunk({
-          lease: claim.lease,
-          from: { stepIndex: 0, chunkSeq: 0 },
-          to: { stepIndex: 2, chunkSeq: 0, cursor: null },
-          unitDone: false,
-          items: 1,
-          idempotencyKey: key("bill"),
-          step: "bill",
-          leaseMs: 60_000,
-          fused: { step: "issue", idempotencyKey: key("issue") }
-        }))
-        yield* store.commitChunk({
-          lease: claim.lease,
-          from: { stepIndex: 2, chunkSeq: 0 },
-          to: { stepIndex: 3, chunkSeq: 0, cursor: null },
-          unitDone: true,
-          items: 0,
-          idempotencyKey: key("notify"),
-          step: "notify",
-          leaseMs: 60_000
-        })
-      }), { concurrency: CONCURRENCY, discard: true })
-  })
+  forClaimedUnits(storeJob, round, ({ lease, unit }) =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      const key = (step: string) => `k-${round}-${unit.unitId}-${step}`
+      yield* store.transaction(store.commitChunk({
+        lease,
+        from: { stepIndex: 0, chunkSeq: 0 },
+        to: { stepIndex: 2, chunkSeq: 0, cursor: null },
+        unitDone: false,
+        items: 1,
+        idempotencyKey: key("bill"),
+        step: "bill",
+        leaseMs: 60_000,
+        fused: { step: "issue", idempotencyKey: key("issue") }
+      }))
+      yield* store.commitChunk({
+        lease,
+        from: { stepIndex: 2, chunkSeq: 0 },
+        to: { stepIndex: 3, chunkSeq: 0, cursor: null },
+        unitDone: true,
+        items: 0,
+        idempotencyKey: key("notify"),
+        step: "notify",
+        leaseMs: 60_000
+      })
+    }))
 
 const viaWorker = (round: number) =>
   Effect.flatMap(Runner.start(workerJob, { round }), ({ runId }) => completions.awaitRun(runId))
