@@ -75,7 +75,7 @@ const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>)
   )
 
 /** The newest migration this code knows. */
-const LATEST = 20
+const LATEST = 21
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction

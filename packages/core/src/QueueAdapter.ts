@@ -135,6 +135,7 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
     const byReceipt = new Map<string, Entry>()
     const dead: Array<DeadLetter> = []
     let counter = 0
+    let deliveries = 0
     let waiters: Array<Deferred.Deferred<void>> = []
     const wake = () => {
       const woken = waiters
@@ -176,7 +177,10 @@ export const makeMemory = (options: MemoryOptions = {}): Effect.Effect<QueueAdap
         invalidate(entry)
         entry.receiveCount += 1
         entry.visibleAt = at + visibilityMs
-        entry.receipt = `${entry.messageId}#${entry.receiveCount}`
+        // Unique per delivery, not per receive count: a redriven message starts its count again, and a
+        // receipt from before the redrive must not reach the new delivery.
+        deliveries += 1
+        entry.receipt = `${entry.messageId}#${deliveries}`
         byReceipt.set(entry.receipt, entry)
         out.push({
           messageId: entry.messageId,

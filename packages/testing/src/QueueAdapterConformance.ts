@@ -170,8 +170,10 @@ export const suite = (name: string, options: Options): void => {
       Effect.gen(function*() {
         const queue = yield* QueueAdapter.QueueAdapter
         yield* queue.send([{ body: "poison" }])
+        const stale: Array<string> = []
         for (let i = 0; i < 2; i++) {
-          yield* receiveUntil(1)
+          const [delivery] = yield* receiveUntil(1)
+          stale.push(delivery!.receipt)
           yield* pass(visibility * 2)
         }
         expect(yield* receiveAll(10)).toEqual([])
@@ -183,7 +185,14 @@ export const suite = (name: string, options: Options): void => {
         expect(yield* queue.redrive({})).toBe(1)
         const [back] = yield* receiveUntil(1)
         expect(back!.body).toBe("poison")
-        yield* queue.ack([back!.receipt])
+        expect(back!.receiveCount).toBe(1)
+        // Receipts from before the redrive are stale: they do not ack the message's new delivery.
+        expect(stale).not.toContain(back!.receipt)
+        yield* queue.ack(stale)
+        yield* queue.release(back!.receipt, 0)
+        const [again] = yield* receiveUntil(1)
+        expect(again!.body).toBe("poison")
+        yield* queue.ack([again!.receipt])
       }),
       2
     )

@@ -1056,5 +1056,46 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         return v_unit;
       end
       $$`
+  }),
+  "21_queue_receipt_per_delivery": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // queue_receive as in 5, with a receipt unique per delivery: it was the message id and its receive
+    // count, which a redrive starts again, so a holder's receipt from before the redrive acked, released
+    // or extended the message's next delivery.
+    yield* sql`create sequence ${s}.queue_deliveries`
+    yield* sql`
+      create or replace function ${s}.queue_receive(p_queue text, p_max integer, p_visibility_ms double precision,
+        p_max_receives integer)
+      returns table (id bigint, body text, receive_count integer, receipt text) language plpgsql as $$
+      #variable_conflict use_column
+      begin
+        return query
+        with picked as (
+          select q.id, q.receive_count from ${s}.queue_messages q
+          where q.queue = p_queue and q.visible_at <= clock_timestamp()
+          order by q.visible_at, q.id
+          limit p_max
+          for update skip locked),
+        dead as (
+          delete from ${s}.queue_messages m using picked
+          where m.id = picked.id and picked.receive_count >= p_max_receives
+          returning m.id, m.queue, m.body, m.receive_count),
+        buried as (
+          insert into ${s}.queue_dead (id, queue, body, reason, receive_count)
+          select d.id, d.queue, d.body,
+            'received ' || d.receive_count || ' times without being acknowledged (maxReceives ' || p_max_receives || ')',
+            d.receive_count
+          from dead d
+          on conflict (id) do nothing)
+        update ${s}.queue_messages m set
+          receive_count = m.receive_count + 1,
+          visible_at = clock_timestamp() + p_visibility_ms * interval '1 millisecond',
+          receipt = m.id || ':' || nextval('${s}.queue_deliveries')
+        from picked
+        where m.id = picked.id and picked.receive_count < p_max_receives
+        returning m.id, m.body, m.receive_count, m.receipt;
+      end
+      $$`
   })
 })
