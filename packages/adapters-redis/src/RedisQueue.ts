@@ -383,13 +383,20 @@ export const makeFromClient = (
         }
       )
 
-    const release = (receipt: string, delayMs: number) => {
+    /** `undelivered`: a prefetched delivery no handler took; its receive is taken back (D11). */
+    const release = (receipt: string, delayMs: number, undelivered = false) => {
       const parsed = parseReceipt(receipt)
       return parsed === undefined ?
         Effect.void :
         call(
           "release",
-          () => script("release", [k.stream, k.delayed], [group, ...parsed, Math.max(0, Math.round(delayMs))])
+          () =>
+            script("release", [k.stream, k.delayed], [
+              group,
+              ...parsed,
+              Math.max(0, Math.round(delayMs)),
+              undelivered ? 1 : 0
+            ])
         ).pipe(
           Effect.asVoid
         )
@@ -399,8 +406,8 @@ export const makeFromClient = (
      * Fetch-next, as BullMQ does on completion. A consumer acks a message, its slot frees and its next
      * receive follows at once; so while a consumer is receiving, the acks of one turn of the event loop
      * also fetch as many messages, in their script call, and the next receive with the same visibility
-     * takes those without a round trip. One not taken while fresh, or still held at close, is released
-     * (it keeps its receive count).
+     * takes those without a round trip. One not taken while fresh, or still held at close, is given
+     * back with its receive count as it was: no handler received it.
      */
     interface Prefetched {
       readonly delivery: QueueAdapter.Delivery
@@ -410,7 +417,7 @@ export const makeFromClient = (
     let prefetched: Array<Prefetched> = []
     let lastReceive: { readonly visibilityMs: number; readonly at: number } | undefined
     const releaseAll = (held: ReadonlyArray<Prefetched>) =>
-      Effect.forEach(held, (p) => Effect.ignore(release(p.delivery.receipt, 0)), {
+      Effect.forEach(held, (p) => Effect.ignore(release(p.delivery.receipt, 0, true)), {
         concurrency: "unbounded",
         discard: true
       })

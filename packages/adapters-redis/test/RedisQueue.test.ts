@@ -2,8 +2,8 @@
  * What the conformance suite does not cover: key prefixes and hash tags, a client the service owns,
  * stale and malformed receipts on every operation, acks of many receipts and many acks at once,
  * reclaiming with a short and a long pending list, receive counts across releases, depth of due and
- * expired messages, recovery when the queue's keys vanish, prefetched messages at close, and
- * configuration errors. Real Redis at 127.0.0.1:6379, one key prefix for this file.
+ * expired messages, recovery when the queue's keys vanish, prefetched messages given back (at close,
+ * or stale) uncounted, and configuration errors. Real Redis at 127.0.0.1:6379, one key prefix for this file.
  */
 import { RedisQueue } from "@chunkwise/adapters-redis"
 import type { QueueAdapter } from "@chunkwise/core"
@@ -282,7 +282,7 @@ describe("RedisQueue", () => {
       expect(yield* queue.depth).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 })
     }))
 
-  it.live("a prefetched message no receive took is released when the queue closes, keeping its count", () =>
+  it.live("a prefetched message no receive took is given back at close as it was: no handler received it", () =>
     Effect.gen(function*() {
       const name = fresh()
       yield* Effect.gen(function*() {
@@ -296,7 +296,19 @@ describe("RedisQueue", () => {
       const queue = yield* RedisQueue.make({ url, prefix, queue: name })
       expect(yield* queue.depth).toMatchObject({ ready: 2, inFlight: 0 })
       const got = yield* queue.receive({ max: 2, visibilityMs: 60_000, waitMs: 1000 })
-      expect(new Map(got.map((d) => [d.body, d.receiveCount]))).toEqual(new Map([["2", 2], ["3", 1]]))
+      expect(new Map(got.map((d) => [d.body, d.receiveCount]))).toEqual(new Map([["2", 1], ["3", 1]]))
+    }).pipe(Effect.scoped))
+
+  it.live("a prefetched message that went stale unreceived is not counted, so it is not dead-lettered", () =>
+    Effect.gen(function*() {
+      const queue = yield* RedisQueue.make({ url, prefix, queue: fresh(), maxReceives: 1 })
+      yield* queue.send([{ body: "a" }, { body: "b" }])
+      const a = yield* receiveOne(queue)
+      yield* queue.ack([a.receipt]) // fetches "b" for the next receive
+      yield* Effect.sleep(1200) // every slot busy: "b" goes stale in the prefetch buffer
+      const got = yield* queue.receive({ max: 1, visibilityMs: 60_000, waitMs: 1000 })
+      expect(got.map((d) => [d.body, d.receiveCount])).toEqual([["b", 1]])
+      expect(yield* queue.deadLetters({ limit: 10 })).toEqual([])
     }).pipe(Effect.scoped))
 })
 
