@@ -90,6 +90,26 @@ export const suite = (name: string, options: Options): void => {
     )
 
     test(
+      "release, extend and deadLetter with a stale receipt leave the current delivery alone",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "held" }])
+        const [first] = yield* receiveUntil(1)
+        yield* pass(visibility * 2)
+        // Held again, for long, by a second consumer; the first one's receipt is stale.
+        const [second] = yield* receiveUntil(1, visibility * 20)
+        yield* queue.release(first!.receipt, 0)
+        yield* queue.extend([first!.receipt], visibility)
+        yield* queue.deadLetter(first!.receipt, "stale")
+        expect(yield* queue.deadLetters({ limit: 10 })).toEqual([])
+        yield* pass(visibility * 2)
+        // Still hidden under the second delivery: the stale release made nothing visible.
+        expect(yield* receiveAll(10)).toEqual([])
+        yield* queue.ack([second!.receipt])
+      })
+    )
+
+    test(
       "a batch receive hides every message it delivers, and each comes back when its visibility expires",
       Effect.gen(function*() {
         const queue = yield* QueueAdapter.QueueAdapter
