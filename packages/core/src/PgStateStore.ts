@@ -360,12 +360,16 @@ export const make = (options: Options = {}): Effect.Effect<
     /** Cancels the current ranges of the partitions `ids` (an operator moved the partitions themselves). */
     const cancelRanges = (runId: string, ids: ReadonlyArray<string>) =>
       sql`
-        update ${s}.units c set status = 'cancelled', fencing_token = c.fencing_token + 1, lease_owner = null,
-          lease_expires_at = null, finished_at = clock_timestamp()
-        from ${s}.units p
-        where p.run_id = ${runId} and p.unit_id in ${sql.in(ids)} and c.run_id = p.run_id
-          and c.parent_unit_id = p.unit_id and c.generation = p.generation
-          and c.status in ('pending', 'leased')`
+        with cancelled as (
+          update ${s}.units c set status = 'cancelled', fencing_token = c.fencing_token + 1, lease_owner = null,
+            lease_expires_at = null, finished_at = clock_timestamp()
+          from ${s}.units p
+          where p.run_id = ${runId} and p.unit_id in ${sql.in(ids)} and c.run_id = p.run_id
+            and c.parent_unit_id = p.unit_id and c.generation = p.generation
+            and c.status in ('pending', 'leased')
+          returning c.unit_id)
+        update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
+        where run_id = ${runId} and unit_id in (select unit_id from cancelled)`
 
     /** Re-opens a finished (or finalizing) run for another round; cancels its pending finalize unit. */
     /**
@@ -460,9 +464,9 @@ export const make = (options: Options = {}): Effect.Effect<
             and u.unit_id = 'finalize-' || r.finalize_seq and u.status in ('pending', 'leased')`
         yield* sql`
           update ${s}.runs set
-            finalize_seq = finalize_seq + case when status in ('enumerating', 'running') then 0 else 1 end,
+            finalize_seq = finalize_seq + 1,
             status = 'running', reason = null, finished_at = null, updated_at = clock_timestamp()
-          where run_id = ${runId} and status <> 'running'`
+          where run_id = ${runId} and status not in ('enumerating', 'running')`
       })
 
     /**
@@ -1224,7 +1228,10 @@ export const make = (options: Options = {}): Effect.Effect<
                   selection.fromStep === undefined ? sql`` : sql`, step_index = ${selection.fromStep}, cursor = null,
                   chunk_seq = 0, generation = generation + 1`
                 }
-                where u.run_id = ${runId} and u.unit_id in ${sql.in(ids)} and u.status <> 'waiting' and ${retryable}`
+                where u.run_id = ${runId} and u.unit_id in ${sql.in(ids)} and ${retryable}
+                  ${
+                  // A waiting split partition stays waiting (above) unless the step starts again.
+                  selection.fromStep === undefined ? sql`and u.status <> 'waiting'` : sql``}`
                 yield* reopen(runId)
                 yield* audit(runId, "retry", actor, { selection, units: planned.map((p) => p.partitionKey) })
               })
@@ -1340,7 +1347,8 @@ export const make = (options: Options = {}): Effect.Effect<
                 yield* sql`
                 update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
                 where run_id = ${runId} and unit_id in ${sql.in(planned.map((p) => p.unitId))}`
-                if (run.status === "failed") yield* reopen(runId)
+                // A finalizing run's outcome was decided without this skip: its finalize round starts again.
+                if (run.status === "failed" || run.status === "finalizing") yield* reopen(runId)
                 yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
                 yield* finalizeIfComplete(runId)
               })

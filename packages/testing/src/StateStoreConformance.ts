@@ -609,6 +609,84 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "split: retry from the step restarts a partition still waiting for a live range (the range is fenced)",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4])
+        const partition = unitIds[0]!
+        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const live = yield* claimed(messages.get(rangeIds[0]!)!, "w2")
+        const plan = yield* store.retry(runId, { partitions: ["k0"], fromStep: 0, dryRun: false }, operator)
+        expect(plan).toMatchObject([{ partitionKey: "k0", fromStepIndex: 0, generation: 1 }])
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "pending", stepIndex: 0, generation: 1 })
+        expect((yield* unitOf(runId, rangeIds[0]!)).status).toBe("cancelled")
+        // The range's holder is fenced: its commit is refused.
+        expect(
+          yield* Effect.flip(store.commitChunk({
+            lease: live.lease,
+            from: { stepIndex: 0, chunkSeq: 0 },
+            to: { stepIndex: 1, chunkSeq: 0, cursor: null },
+            unitDone: true,
+            items: 1,
+            idempotencyKey: "late",
+            step: "first",
+            leaseMs
+          }))
+        ).toBeInstanceOf(Errors.LeaseLost)
+      })
+    )
+
+    test(
+      "a retry while the run is still enumerating leaves it enumerating: opening it sets its count and budget",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
+        yield* store.createRun({
+          runId,
+          job: job.name,
+          runKey: runId,
+          params: { n: 1 },
+          definition: job.definition,
+          fingerprint: job.fingerprint
+        })
+        yield* store.insertUnits(runId, [{ unitId: `${runId}-u0`, partitionKey: "k0", weight: 1 }])
+        yield* store.retry(runId, { partitions: ["k0"], dryRun: false }, operator)
+        expect((yield* store.progress(runId)).run.status).toBe("enumerating")
+        yield* store.insertUnits(runId, [{ unitId: `${runId}-u1`, partitionKey: "k1", weight: 1 }])
+        const opened = yield* store.openRun(runId, () => 0)
+        expect(opened).toMatchObject({ status: "running", partitionCount: 2, failureBudget: 0 })
+      })
+    )
+
+    test(
+      "a skip while the run is finalizing starts its finalize round again: the outcome counts the skip",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        const good = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        yield* commit(good.lease, { stepIndex: 0, chunkSeq: 0 }, "k0-done", true)
+        const bad = yield* claimed(messages.get(unitIds[1]!)!, "w2")
+        yield* failBadRecord(bad.lease, "k1", null)
+        expect(yield* store.tryFinalize(runId)).toBe(true)
+        const [finalize] = [...(yield* messagesOf(runId)).values()].filter((m) => m.unitId.startsWith("finalize-"))
+        const finalizer = yield* claimed(finalize!, "w3")
+        // The finalizer read one failed partition; the operator skips it before the run finishes.
+        expect(yield* store.skip(runId, { partitions: ["k1"], dryRun: false }, operator)).toHaveLength(1)
+        expect(yield* Effect.flip(store.finishRun(finalizer.lease, "failed", "complete-0"))).toBeInstanceOf(
+          Errors.LeaseLost
+        )
+        const progress = yield* store.progress(runId)
+        expect(progress.run.status).toBe("finalizing")
+        expect(progress.units).toMatchObject({ succeeded: 1, skipped: 1, failed: 0 })
+        // A new round: the old finalize unit cancelled, a new one pending.
+        expect(yield* unitOf(runId, finalize!.unitId)).toMatchObject({ status: "cancelled" })
+        const [again] = [...(yield* messagesOf(runId)).values()].filter((m) => m.unitId.startsWith("finalize-"))
+        expect(again!.unitId).not.toBe(finalize!.unitId)
+      })
+    )
+
+    test(
       "split: the sweeper joins a partition whose last range committed but crashed before the barrier",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

@@ -979,7 +979,8 @@ export const make = Effect.sync(() => {
           cancelRanges(unit, at)
           fence(unit, "skipped", at)
         }
-        if (run.status === "failed") reopen(run, at)
+        // A finalizing run's outcome was decided without this skip: its finalize round starts again.
+        if (run.status === "failed" || run.status === "finalizing") reopen(run, at)
         recordAudit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) }, at)
         finalizeIfComplete(run, at)
         return planned
@@ -1000,12 +1001,13 @@ export const make = Effect.sync(() => {
   /** A run that had ended (or was finalizing) goes back to running; its next finalize is a new round. */
   const reopen = (run: Run, at: number) => {
     const status: RunStatus = run.status
-    if (status === "running") return
+    // An enumerating run opens when its partitions are in (openRun sets its count and budget).
+    if (status === "running" || status === "enumerating") return
     if (status === "finalizing") {
       const pending = unitsOf(run.runId).get(`finalize-${run.finalizeSeq}`)
       if (pending !== undefined && !isTerminalUnit(pending.status)) fence(pending, "cancelled", at)
     }
-    if (status !== "enumerating") run.finalizeSeq += 1
+    run.finalizeSeq += 1
     run.status = "running"
     run.reason = null
     run.finishedAt = null
