@@ -1188,7 +1188,15 @@ export const make = (options: Options = {}): Effect.Effect<
             if (!selection.dryRun) yield* op("retry", lockRun(runId))
             const chosen = yield* op(
               "retry",
-              selectUnits(runId, selection, ["failed", "cancelled"], retryable, !selection.dryRun)
+              selectUnits(
+                runId,
+                selection,
+                ["failed", "cancelled"],
+                // A partition waiting for its ranges has nothing to retry in place (a failed range fails
+                // it); the sweeper joins it. Only a retry from a step restarts it.
+                selection.fromStep === undefined ? sql`${retryable} and u.status <> 'waiting'` : retryable,
+                !selection.dryRun
+              )
             )
             const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
             if (selection.dryRun || planned.length === 0) return planned

@@ -637,6 +637,22 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "split: a retry (not from a step) leaves a partition waiting for its ranges alone; the sweeper joins it",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([4])
+        const partition = unitIds[0]!
+        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        // Both ranges committed; the worker died before the barrier.
+        for (const rangeId of rangeIds) yield* finishRange(messages.get(rangeId)!)
+        expect(yield* store.retry(runId, { partitions: ["k0"], dryRun: false }, operator)).toEqual([])
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "waiting", stepIndex: 0, generation: 0 })
+        yield* store.sweep()
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "pending", stepIndex: 1 })
+      })
+    )
+
+    test(
       "a retry while the run is still enumerating leaves it enumerating: opening it sets its count and budget",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

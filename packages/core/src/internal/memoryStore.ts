@@ -865,7 +865,11 @@ export const make = Effect.sync(() => {
         const at = yield* now
         const run = yield* findRun(runId)
         const chosen = yield* select(run, selection, (u) => u.status === "failed" || u.status === "cancelled")
-        const planned = chosen.filter((u) => !liveLease(u, at)).map((u) => plannedUnit(u, selection))
+        // A partition waiting for its ranges has nothing to retry in place (a failed range fails it); the
+        // sweeper joins it. Only a retry from a step restarts it.
+        const planned = chosen
+          .filter((u) => !liveLease(u, at) && (selection.fromStep !== undefined || u.status !== "waiting"))
+          .map((u) => plannedUnit(u, selection))
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) {
           const unit = unitsOf(runId).get(p.unitId)!
