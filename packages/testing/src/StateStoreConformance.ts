@@ -498,6 +498,13 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       })
 
     /** Claims a range and commits its only chunk, which ends it (a range runs its split step only). */
+    /** A run of one partition (`k0`), claimed and split into two ranges. */
+    const splitRun = Effect.gen(function*() {
+      const { runId, unitIds } = yield* openRun([4])
+      const partition = unitIds[0]!
+      return { runId, partition, ...(yield* splitInto(runId, partition, 2)) }
+    })
+
     const finishRange = (message: Message.WorkMessage) =>
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
@@ -559,9 +566,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "split: a failed range fails its partition at once; retry reruns only that range and the partition waits again",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([4])
-        const partition = unitIds[0]!
-        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const { messages, partition, rangeIds, runId } = yield* splitRun
         const bad = yield* claimed(messages.get(rangeIds[0]!)!, "w2")
         yield* store.failUnit(bad.lease, { _tag: "Failed", errorTag: "BadRecord" })
         expect(yield* unitOf(runId, partition)).toMatchObject({ status: "failed", lastErrorTag: "BadRecord" })
@@ -583,9 +588,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "split: retry from the step starts a new split generation; the old ranges are cancelled and keep their keys",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([4])
-        const partition = unitIds[0]!
-        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const { messages, partition, rangeIds, runId } = yield* splitRun
         yield* finishRange(messages.get(rangeIds[0]!)!)
         const bad = yield* claimed(messages.get(rangeIds[1]!)!, "w2")
         yield* store.failUnit(bad.lease, { _tag: "Failed", errorTag: "BadRecord" })
@@ -612,9 +615,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "split: retry from the step restarts a partition still waiting for a live range (the range is fenced)",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([4])
-        const partition = unitIds[0]!
-        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const { messages, partition, rangeIds, runId } = yield* splitRun
         const live = yield* claimed(messages.get(rangeIds[0]!)!, "w2")
         const plan = yield* store.retry(runId, { partitions: ["k0"], fromStep: 0, dryRun: false }, operator)
         expect(plan).toMatchObject([{ partitionKey: "k0", fromStepIndex: 0, generation: 1 }])
@@ -640,9 +641,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "split: a retry (not from a step) leaves a partition waiting for its ranges alone; the sweeper joins it",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([4])
-        const partition = unitIds[0]!
-        const { messages, rangeIds } = yield* splitInto(runId, partition, 2)
+        const { messages, partition, rangeIds, runId } = yield* splitRun
         // Both ranges committed; the worker died before the barrier.
         for (const rangeId of rangeIds) yield* finishRange(messages.get(rangeId)!)
         expect(yield* store.retry(runId, { partitions: ["k0"], dryRun: false }, operator)).toEqual([])
@@ -706,12 +705,11 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "split: the sweeper joins a partition whose last range committed but crashed before the barrier",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([4])
-        const { messages, rangeIds } = yield* splitInto(runId, unitIds[0]!, 2)
+        const { messages, partition, rangeIds, runId } = yield* splitRun
         for (const id of rangeIds) yield* finishRange(messages.get(id)!)
-        expect((yield* unitOf(runId, unitIds[0]!)).status).toBe("waiting")
+        expect((yield* unitOf(runId, partition)).status).toBe("waiting")
         yield* store.sweep()
-        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "pending", stepIndex: 1 })
+        expect(yield* unitOf(runId, partition)).toMatchObject({ status: "pending", stepIndex: 1 })
       })
     )
 
