@@ -1335,35 +1335,32 @@ export const make = (options: Options = {}): Effect.Effect<
         }),
 
       skip: (runId, selection, actor) =>
-        Effect.gen(function*() {
-          yield* requireRun(runId)
-          return yield* tx(Effect.gen(function*() {
-            if (!selection.dryRun) yield* op("skip", lockRun(runId))
-            // Read under the lock: a finalize that committed since a read before it would be missed.
-            const run = yield* requireRun(runId)
-            const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
-            const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
-            if (selection.dryRun || planned.length === 0) return planned
-            yield* op(
-              "skip",
-              Effect.gen(function*() {
-                yield* cancelRanges(runId, planned.map((p) => p.unitId))
-                yield* sql`
+        tx(Effect.gen(function*() {
+          if (!selection.dryRun) yield* op("skip", lockRun(runId))
+          // Read under the lock: a finalize that committed since a read before it would be missed.
+          const run = yield* requireRun(runId)
+          const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
+          const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
+          if (selection.dryRun || planned.length === 0) return planned
+          yield* op(
+            "skip",
+            Effect.gen(function*() {
+              yield* cancelRanges(runId, planned.map((p) => p.unitId))
+              yield* sql`
                 update ${s}.units u set status = 'skipped', fencing_token = fencing_token + 1, lease_owner = null,
                   lease_expires_at = null, finished_at = clock_timestamp()
                 where u.run_id = ${runId} and u.unit_id in ${sql.in(planned.map((p) => p.unitId))} and ${skippable}`
-                yield* sql`
+              yield* sql`
                 update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
                 where run_id = ${runId} and unit_id in ${sql.in(planned.map((p) => p.unitId))}`
-                // A finalizing run's outcome was decided without this skip: its finalize round starts again.
-                if (run.status === "failed" || run.status === "finalizing") yield* reopen(runId)
-                yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
-                yield* finalizeIfComplete(runId)
-              })
-            )
-            return planned
-          })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("skip")(e))))
-        })
+              // A finalizing run's outcome was decided without this skip: its finalize round starts again.
+              if (run.status === "failed" || run.status === "finalizing") yield* reopen(runId)
+              yield* audit(runId, "skip", actor, { units: planned.map((p) => p.partitionKey) })
+              yield* finalizeIfComplete(runId)
+            })
+          )
+          return planned
+        })).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(unavailable("skip")(e))))
     }
     return store
   })
