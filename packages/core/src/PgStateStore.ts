@@ -75,7 +75,7 @@ const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>)
   )
 
 /** The newest migration this code knows. */
-const LATEST = 21
+const LATEST = 22
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -869,7 +869,7 @@ export const make = (options: Options = {}): Effect.Effect<
           })
         ),
 
-      claim: ({ jobConcurrency, leaseMs, message, workerId }) =>
+      claim: ({ claimId, jobConcurrency, leaseMs, message, workerId }) =>
         op(
           "claim",
           Effect.gen(function*() {
@@ -877,10 +877,11 @@ export const make = (options: Options = {}): Effect.Effect<
             // SKIP LOCKED, so concurrent claims never wait on each other nor share a slot (claim_unit,
             // migration 12: a function, so its plans are cached per connection).
             if (jobConcurrency !== undefined) yield* ensureSlots(message.job, jobConcurrency)
-            // claim_unit_row (migration 18): the unit's row and its run's, planned once per connection.
+            // claim_unit_row (migrations 18 and 22): the unit's row and its run's, planned once per
+            // connection; a claim repeated with its id gets its own lease back.
             const rows = yield* sql<Row>`
               select * from ${s}.claim_unit_row(${message.runId}, ${message.unitId}, ${message.seq}, ${workerId},
-                ${leaseMs}, ${message.job}, ${jobConcurrency ?? null}::integer)`
+                ${leaseMs}, ${message.job}, ${jobConcurrency ?? null}::integer, ${claimId ?? null}::text)`
             const row = rows[0]
             if (row !== undefined) {
               const unit = toUnit(row)

@@ -208,6 +208,13 @@ export interface ClaimRequest {
   readonly leaseMs: number
   /** At most this many units of the job may be leased at once, across all workers. */
   readonly jobConcurrency: number | undefined
+  /**
+   * Names this claim (unique across workers and restarts, e.g. a UUID), so that it can be repeated when
+   * its outcome is unknown (the reply was lost). A claim with the id of the claim that leased the unit,
+   * from the same worker, gets that lease back, extended, while it is live (same fencing token), and
+   * takes the unit again after it expired without counting a crash. Absent: every call is a new claim.
+   */
+  readonly claimId?: string | undefined
 }
 
 /** A checkpoint: where the unit is after this commit. */

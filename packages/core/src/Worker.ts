@@ -29,6 +29,7 @@ import {
   Option,
   Queue,
   Random,
+  Schedule,
   Schema,
   type Scope,
   type Tracer
@@ -192,6 +193,23 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       effect as Effect.Effect<A, E>
 
     const active = new Map<string, Active>()
+    /**
+     * Claims whose outcome stayed unknown (every try failed), by unit: the next claim of the unit here
+     * repeats the id, so a lease one of them took and never used comes back without counting a crash.
+     */
+    const unsettledClaims = new Map<string, string>()
+    const claimPrefix = base32(digest([Math.random(), Date.now(), workerId])).slice(0, 16)
+    let claims = 0
+    const claimIdFor = (unitKey: string) => {
+      const unsettled = unsettledClaims.get(unitKey)
+      if (unsettled === undefined) return `${claimPrefix}-${++claims}`
+      unsettledClaims.delete(unitKey)
+      return unsettled
+    }
+    const keepUnsettledClaim = (unitKey: string, claimId: string) => {
+      unsettledClaims.set(unitKey, claimId)
+      if (unsettledClaims.size > maxUnsettledClaims) unsettledClaims.delete(unsettledClaims.keys().next().value!)
+    }
     let inflight = 0
     let draining = false
     const slotFreed = yield* Queue.sliding<void>(1)
@@ -1006,7 +1024,19 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         ).length
         if (perJob >= job.concurrency.perWorker) return yield* queue.release(delivery.receipt, 1000)
 
-        const claim = yield* store.claim({ message, workerId, leaseMs, jobConcurrency: job.concurrency.total })
+        const claimId = claimIdFor(unitKey)
+        const claim = yield* store.claim({
+          message,
+          workerId,
+          leaseMs,
+          jobConcurrency: job.concurrency.total,
+          claimId
+        }).pipe(
+          // A lost reply leaves the outcome unknown: repeating the claim with its id is safe (the store
+          // gives the lease it took back, or claims now), and a lease it took is not left to expire.
+          Effect.retry({ schedule: claimRetry, times: 3 }),
+          Effect.tapError(() => Effect.sync(() => keepUnsettledClaim(unitKey, claimId)))
+        )
         if (claim._tag === "Ack") return yield* queue.ack([delivery.receipt])
         if (claim._tag === "Later") return yield* queue.release(delivery.receipt, claim.delayMs)
 
@@ -1231,6 +1261,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
   })
 
 const noPermits: ResourceLimiter.Permits = { slots: [], grants: [] }
+
+/** How a claim whose reply was lost is repeated (with its id): three more tries over about a second. */
+const claimRetry = Schedule.exponential("100 millis")
+
+/** Claims of unknown outcome kept for the units' next delivery here; the oldest are forgotten. */
+const maxUnsettledClaims = 1024
 
 /**
  * Checks the declared limits and the resources the steps name, and stores them (first use) through the

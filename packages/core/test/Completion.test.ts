@@ -192,4 +192,38 @@ describe("commit outcome unknown (D3)", () => {
       expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
       expect(yield* table("applied")).toEqual(expectedItems(2, 9))
     }).pipe(Effect.provide(memoryEngine())))
+
+  it.scoped("a claim whose reply was lost is repeated with its id: no crash counted, nothing doubled", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 3, itemsPerPartition: 4 })
+      const real = yield* StateStore.StateStore
+      const calls = new Map<string, number>()
+      // The claim reaches the store, then its reply is lost: the first 4 tries of each unit (the first
+      // delivery's claim and its 3 repeats, so that delivery gives up), then 1 of the next delivery's.
+      const flaky: StateStore.StateStoreShape = {
+        ...real,
+        claim: (request) =>
+          Effect.flatMap(real.claim(request), (result) => {
+            const n = (calls.get(request.message.unitId) ?? 0) + 1
+            calls.set(request.message.unitId, n)
+            return n <= 5
+              ? Effect.fail(
+                new Errors.StoreUnavailable({
+                  operation: "claim",
+                  message: "connection reset after the claim committed"
+                })
+              )
+              : Effect.succeed(result)
+          })
+      }
+      yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(StateStore.StateStore, flaky))
+      const { runId } = yield* Runner.start(job, { label: "claim-reply-lost" })
+      yield* driveUntil(runEnded(runId))
+      expect((yield* Runner.status(runId)).run.status).toBe("succeeded")
+      expect(yield* table("applied")).toEqual(expectedItems(3, 4))
+      const partitions = (yield* real.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "partition")
+      expect(partitions.map((u) => [u.attempt, u.crashesSinceProgress])).toEqual([[1, 0], [1, 0], [1, 0]])
+      expect([...calls.values()].every((n) => n >= 6)).toBe(true)
+    }).pipe(Effect.provide(memoryEngine())))
 })

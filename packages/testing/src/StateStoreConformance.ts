@@ -91,14 +91,14 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         ? Effect.succeed(messages.get(unitId)!)
         : Effect.dieMessage(`feed did not return a message for ${unitId}`))
 
-  const claim = (message: Message.WorkMessage, workerId: string) =>
+  const claim = (message: Message.WorkMessage, workerId: string, claimId?: string) =>
     Effect.flatMap(
       StateStore.StateStore,
-      (store) => store.claim({ message, workerId, leaseMs, jobConcurrency: undefined })
+      (store) => store.claim({ message, workerId, leaseMs, jobConcurrency: undefined, claimId })
     )
 
-  const claimed = (message: Message.WorkMessage, workerId: string) =>
-    Effect.flatMap(claim(message, workerId), (result) =>
+  const claimed = (message: Message.WorkMessage, workerId: string, claimId?: string) =>
+    Effect.flatMap(claim(message, workerId, claimId), (result) =>
       result._tag === "Claimed"
         ? Effect.succeed(result)
         : Effect.dieMessage(`expected ${workerId} to claim ${message.unitId}, got ${JSON.stringify(result)}`))
@@ -387,6 +387,46 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         expect(refused).toBeInstanceOf(Errors.LeaseLost)
         yield* commit(taker.lease, { stepIndex: 0, chunkSeq: 0 }, "taker")
         expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["taker"])
+      })
+    )
+
+    test(
+      "a claim repeated with its id (its reply was lost) gets the same lease back, extended, and counts nothing",
+      Effect.gen(function*() {
+        const { runId, unitIds } = yield* openRun([1])
+        const message = yield* messageFor(runId, unitIds[0]!)
+        const first = yield* claimed(message, "w1", "claim-a")
+        yield* pass(leaseMs / 2)
+        const again = yield* claimed(message, "w1", "claim-a")
+        expect(again.lease).toEqual(first.lease)
+        expect(again.unit.attempt).toBe(1)
+        expect(again.unit.crashesSinceProgress).toBe(0)
+        // Extended from the repeat: still held past the first claim's expiry.
+        yield* pass(leaseMs / 2 + 200)
+        expect((yield* claim(message, "w2", "claim-b"))._tag).toBe("Later")
+        // Another claim of the same worker, or the same id from another worker, is not the same claim.
+        expect((yield* claim(message, "w1", "claim-c"))._tag).toBe("Later")
+        expect((yield* claim(message, "w2", "claim-a"))._tag).toBe("Later")
+        yield* commit(again.lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
+        expect((yield* unitOf(runId, unitIds[0]!)).chunkSeq).toBe(1)
+      })
+    )
+
+    test(
+      "a claim repeated with its id after its lease expired takes the unit without counting a crash",
+      Effect.gen(function*() {
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        const [unsettled, crashed] = [messages.get(unitIds[0]!)!, messages.get(unitIds[1]!)!]
+        const lost = yield* claimed(unsettled, "w1", "claim-a")
+        yield* claimed(crashed, "w1", "claim-b")
+        yield* pass(leaseMs + 200)
+        const again = yield* claimed(unsettled, "w1", "claim-a")
+        expect(again.lease.fencingToken).toBeGreaterThan(lost.lease.fencingToken)
+        expect([again.unit.attempt, again.unit.crashesSinceProgress]).toEqual([1, 0])
+        // The same expired lease taken by a new claim is a crash of its holder, as ever.
+        const taken = yield* claimed(crashed, "w1", "claim-c")
+        expect([taken.unit.attempt, taken.unit.crashesSinceProgress]).toEqual([2, 1])
       })
     )
 

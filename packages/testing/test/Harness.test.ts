@@ -93,6 +93,30 @@ describe("Harness on the in-memory engine", () => {
   )
 
   it.effect(
+    "claims whose replies are lost half the time are repeated with their ids: no unit fails as a CrashLoop",
+    () =>
+      Effect.gen(function*() {
+        for (const seed of [1, 2, 3, 4, 5]) {
+          const trial = yield* Harness.run({
+            engine,
+            job: counting({ partitions: 4, items: 4, chunkSize: 2, mode: "chunk" }),
+            params: { label: "claims-lost" },
+            workers: 2,
+            seed,
+            faults: [Fault.storeErrors({ rate: 0.5, replyLost: true, operations: ["claim"] })],
+            observe: observeCounts
+          })
+          expect(trial.status, `seed ${seed}`).toBe("succeeded")
+          Guarantees.all(trial)
+          const { applied } = Harness.observedOrThrow(trial)
+          expect(Object.values(applied).every((n) => n === 1), `seed ${seed}`).toBe(true)
+          expect(Object.keys(applied)).toHaveLength(16)
+        }
+      }),
+    120_000
+  )
+
+  it.effect(
     "a split partition's ranges run in parallel, each once, and its next step starts once they are all done",
     () =>
       Effect.gen(function*() {

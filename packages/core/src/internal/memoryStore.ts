@@ -157,6 +157,14 @@ export const make = Effect.sync(() => {
   }
   const snapshotRun = (run: Run): RunRecord => ({ ...run })
   const snapshotUnit = (unit: Unit): UnitRecord => ({ ...unit })
+  /** The id of the claim that leased each unit (`ClaimRequest.claimId`), when it named one. */
+  const claimIds = new WeakMap<Unit, string>()
+  const claimed = (run: Run, unit: Unit, workerId: string): ClaimResult => ({
+    _tag: "Claimed",
+    unit: snapshotUnit(unit),
+    run: snapshotRun(run),
+    lease: { runId: run.runId, unitId: unit.unitId, workerId, fencingToken: unit.fencingToken }
+  })
   const findRun = (runId: string) => {
     const run = runs.get(runId)
     return run === undefined ? Effect.fail(new Errors.NotFound({ what: "run", id: runId })) : Effect.succeed(run)
@@ -599,15 +607,21 @@ export const make = Effect.sync(() => {
         return messages
       }),
 
-    claim: ({ jobConcurrency, leaseMs, message, workerId }) =>
+    claim: ({ claimId, jobConcurrency, leaseMs, message, workerId }) =>
       Effect.map(now, (at): ClaimResult => {
         const run = runs.get(message.runId)
         const unit = units.get(message.runId)?.get(message.unitId)
         if (run === undefined || unit === undefined) return { _tag: "Ack", reason: "unknown-unit" }
+        const active = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
+        const sameClaim = claimId !== undefined && unit.leaseOwner === workerId && claimIds.get(unit) === claimId
+        if (sameClaim && active && liveLease(unit, at)) {
+          // The same claim again (its reply was lost): its lease, extended.
+          unit.leaseExpiresAt = at + leaseMs
+          return claimed(run, unit, workerId)
+        }
         if (isTerminalUnit(unit.status)) return { _tag: "Ack", reason: "terminal" }
         if (unit.status === "waiting") return { _tag: "Ack", reason: "waiting" }
         if (message.seq < unit.enqueueSeq) return { _tag: "Ack", reason: "stale-message" }
-        const active = unit.kind === "finalize" ? run.status === "finalizing" : run.status === "running"
         if (!active) return { _tag: "Ack", reason: "run-not-active" }
         if (liveLease(unit, at)) {
           return { _tag: "Later", reason: "leased-elsewhere", delayMs: unit.leaseExpiresAt! - at }
@@ -623,8 +637,9 @@ export const make = Effect.sync(() => {
           }
           if (leased >= jobConcurrency) return { _tag: "Later", reason: "job-concurrency", delayMs: 1000 }
         }
-        if (unit.status === "leased") {
-          // The previous holder's lease expired without a release: it died mid-unit.
+        if (unit.status === "leased" && !sameClaim) {
+          // The previous holder's lease expired without a release: it died mid-unit. (Not when this same
+          // claim took it and its reply was lost: no one ran the unit under it.)
           unit.crashesSinceProgress += 1
           unit.attempt += 1
         }
@@ -635,8 +650,9 @@ export const make = Effect.sync(() => {
         unit.leaseExpiresAt = at + leaseMs
         unit.retryAt = null
         unit.startedAt ??= at
-        const lease: Lease = { runId: run.runId, unitId: unit.unitId, workerId, fencingToken: unit.fencingToken }
-        return { _tag: "Claimed", unit: snapshotUnit(unit), run: snapshotRun(run), lease }
+        if (claimId === undefined) claimIds.delete(unit)
+        else claimIds.set(unit, claimId)
+        return claimed(run, unit, workerId)
       }),
 
     commitChunk: (commit) =>

@@ -1097,5 +1097,120 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         returning m.id, m.body, m.receive_count, m.receipt;
       end
       $$`
+  }),
+  "22_claim_by_id": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // A claim whose reply was lost (the connection dropped after the database committed it) left a
+    // lease its worker never used; when it expired the next claim counted a crash, so a few lost
+    // replies failed a healthy unit as CrashLoop. A claim now names itself: the unit keeps the id of
+    // the claim that leased it, a claim repeated with the same id by the same worker gets that lease
+    // back (extended) instead of "leased elsewhere", and after the lease expired takes it again
+    // without counting a crash. claim_unit as in 15 otherwise, but it locks the unit first and takes a
+    // job slot only for a unit it will claim (slots are taken SKIP LOCKED, never waited for, so the
+    // order cannot deadlock). The 7-argument functions stay for workers of the version before.
+    yield* sql`alter table ${s}.units add column claim_id text`
+    yield* sql`
+      create function ${s}.claim_unit(
+        p_run text, p_unit text, p_seq integer, p_worker text, p_lease_ms double precision, p_job text,
+        p_slots integer, p_claim text
+      ) returns setof ${s}.units language plpgsql rows 1 as $$
+      declare
+        v_slot integer;
+        v_unit ${s}.units;
+        v_run_status text;
+      begin
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        if not found then
+          return;
+        end if;
+        select status into v_run_status from ${s}.runs where run_id = p_run;
+        -- The same claim again: its lease, extended (with its job slot), while it is live.
+        if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker
+            and v_unit.lease_expires_at > clock_timestamp()
+            and v_run_status = case when v_unit.kind = 'finalize' then 'finalizing' else 'running' end) is true then
+          update ${s}.units u set lease_expires_at = clock_timestamp() + p_lease_ms * interval '1 millisecond'
+          where u.run_id = p_run and u.unit_id = p_unit
+          returning u.* into v_unit;
+          update ${s}.job_slots set expires_at = v_unit.lease_expires_at
+          where run_id = v_unit.run_id and unit_id = v_unit.unit_id and fencing_token = v_unit.fencing_token;
+          return next v_unit;
+          return;
+        end if;
+        if (v_unit.enqueue_seq <= p_seq
+            and case when v_unit.kind = 'finalize' then v_run_status = 'finalizing' else v_run_status = 'running' end
+            and (v_unit.status = 'pending'
+              or (v_unit.status = 'leased' and v_unit.lease_expires_at <= clock_timestamp()))
+            and (v_unit.retry_at is null or v_unit.retry_at <= clock_timestamp() or v_unit.status = 'leased'))
+          is not true then
+          return;
+        end if;
+        if p_slots is not null then
+          select slot into v_slot from ${s}.job_slots
+          where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())
+          order by slot limit 1
+          for update skip locked;
+          if v_slot is null then
+            return;
+          end if;
+        end if;
+        -- An expired lease is a crash, unless this same claim took it and never came back.
+        update ${s}.units u set
+          status = 'leased',
+          fencing_token = u.fencing_token + 1,
+          lease_owner = p_worker,
+          claim_id = p_claim,
+          enqueued_at = coalesce(u.enqueued_at, clock_timestamp()),
+          lease_expires_at = clock_timestamp() + p_lease_ms * interval '1 millisecond',
+          retry_at = null,
+          started_at = coalesce(u.started_at, clock_timestamp()),
+          crashes_since_progress = u.crashes_since_progress + case
+            when u.status = 'leased' and (u.claim_id = p_claim and u.lease_owner = p_worker) is not true then 1 else 0 end,
+          attempt = u.attempt + case
+            when u.status = 'leased' and (u.claim_id = p_claim and u.lease_owner = p_worker) is not true then 1 else 0 end
+        where u.run_id = p_run and u.unit_id = p_unit
+        returning u.* into v_unit;
+        if v_slot is not null then
+          update ${s}.job_slots set run_id = v_unit.run_id, unit_id = v_unit.unit_id,
+            fencing_token = v_unit.fencing_token, expires_at = v_unit.lease_expires_at
+          where job = p_job and slot = v_slot;
+        end if;
+        return next v_unit;
+      end
+      $$`
+    // claim_unit_row as in 18, for the claim that names itself.
+    yield* sql`
+      create function ${s}.claim_unit_row(
+        p_run text, p_unit text, p_seq integer, p_worker text, p_lease_ms double precision, p_job text,
+        p_slots integer, p_claim text
+      ) returns table (
+        "runId" text, "unitId" text, job text, kind text, "partitionKey" text, weight double precision,
+        status text, "stepIndex" integer, cursor jsonb, "chunkSeq" integer, generation integer,
+        attempt integer, "crashesSinceProgress" integer, "fencingToken" text, "leaseOwner" text,
+        "leaseExpiresAt" double precision, "enqueueSeq" integer, "enqueuedAt" double precision,
+        "retryAt" double precision, chunks text, items text, "startedAt" double precision,
+        "finishedAt" double precision, "lastErrorTag" text, "parentUnitId" text, range jsonb,
+        "run.runId" text, "run.job" text, "run.runKey" text, "run.params" jsonb, "run.definition" jsonb, "run.fingerprint" text,
+        "run.status" text, "run.partitionCount" integer, "run.failureBudget" text, "run.finalizeSeq" integer,
+        "run.createdAt" double precision, "run.updatedAt" double precision, "run.finishedAt" double precision,
+        "run.reason" text
+      ) language plpgsql rows 1 as $$
+      #variable_conflict use_column
+      begin
+        return query
+        select u.run_id, u.unit_id, u.job, u.kind, u.partition_key, u.weight, u.status, u.step_index, u.cursor,
+          u.chunk_seq, u.generation, u.attempt, u.crashes_since_progress, u.fencing_token::text, u.lease_owner,
+          (extract(epoch from u.lease_expires_at) * 1000)::float8, u.enqueue_seq,
+          (extract(epoch from u.enqueued_at) * 1000)::float8, (extract(epoch from u.retry_at) * 1000)::float8,
+          u.chunks::text, u.items::text, (extract(epoch from u.started_at) * 1000)::float8,
+          (extract(epoch from u.finished_at) * 1000)::float8, u.last_error_tag, u.parent_unit_id, u.range,
+          r.run_id, r.job, r.run_key, r.params, r.definition, r.fingerprint, r.status, r.partition_count, r.failure_budget::text,
+          r.finalize_seq, (extract(epoch from r.created_at) * 1000)::float8,
+          (extract(epoch from r.updated_at) * 1000)::float8, (extract(epoch from r.finished_at) * 1000)::float8,
+          r.reason
+        from ${s}.claim_unit(p_run, p_unit, p_seq, p_worker, p_lease_ms, p_job, p_slots, p_claim) u
+        join ${s}.runs r on r.run_id = u.run_id;
+      end
+      $$`
   })
 })
