@@ -3,15 +3,15 @@ import { QueueAdapterConformance } from "@chunkwise/testing"
 import { afterAll } from "vitest"
 import { cleanUp, uniquePrefix, url } from "./redis.js"
 
-// Real Redis at 127.0.0.1:6379: one key prefix for this file, one queue name per test.
+// Real Redis at 127.0.0.1:6379: one key prefix for this file, the suite's queue names.
 const prefix = uniquePrefix("conformance")
-let n = 0
 
 afterAll(() => cleanUp(prefix))
 
 QueueAdapterConformance.suite("RedisQueue", {
-  make: ({ maxReceives }) => RedisQueue.layer({ url, prefix, queue: `q${n++}`, maxReceives }),
+  make: ({ maxReceives, queue }) => RedisQueue.layer({ url, prefix, queue, maxReceives }),
   time: "live",
+  sharedBetweenInstances: true,
   visibilityMs: 400,
   maxMessageBytes: RedisQueue.defaults.maxMessageBytes
 })

@@ -4,7 +4,7 @@ import { Layer } from "effect"
 import { afterAll, beforeAll } from "vitest"
 import * as Emulator from "./emulator.js"
 
-// One fauxqs per file on a loopback port; a fresh queue (and dead-letter queue) per test.
+// One fauxqs per file on a loopback port; the suite's queue names (and a dead-letter queue each).
 let emulator: Emulator.Emulator
 beforeAll(async () => {
   emulator = await Emulator.start()
@@ -12,16 +12,12 @@ beforeAll(async () => {
 afterAll(() => emulator.stop())
 
 QueueAdapterConformance.suite("SqsQueue", {
-  make: ({ maxReceives }) =>
+  make: ({ maxReceives, queue }) =>
     Layer.suspend(() =>
-      SqsQueue.layer({
-        ...Emulator.connection(emulator.endpoint),
-        queue: Emulator.freshName("conformance"),
-        ensureQueue: true,
-        maxReceives
-      })
+      SqsQueue.layer({ ...Emulator.connection(emulator.endpoint), queue, ensureQueue: true, maxReceives })
     ),
   time: "live",
+  sharedBetweenInstances: true,
   // SQS visibility is whole seconds; the adapter rounds up.
   visibilityMs: 1000,
   maxMessageBytes: 262_144,

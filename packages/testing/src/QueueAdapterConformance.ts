@@ -6,15 +6,26 @@
  */
 import { QueueAdapter } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, type Layer, TestClock } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Scope, TestClock } from "effect"
 
 /** How the suite lets time pass: `TestClock` for in-process drivers, real time for brokers. */
 export type Time = "test-clock" | "live"
 
 /** Options of the suite. */
 export interface Options {
-  /** A fresh, empty queue per test, configured with the given `maxReceives`. */
-  readonly make: (config: { readonly maxReceives: number }) => Layer.Layer<QueueAdapter.QueueAdapter, unknown>
+  /**
+   * An instance of the driver on the queue named `queue` (a name unique to the test, so a fresh, empty
+   * queue), configured with the given `maxReceives`.
+   */
+  readonly make: (
+    config: { readonly maxReceives: number; readonly queue: string }
+  ) => Layer.Layer<QueueAdapter.QueueAdapter, unknown>
+  /**
+   * Whether two instances made with the same `queue` share that queue, as on a broker where several
+   * worker processes consume one queue (default false: in-process drivers). When true, the suite
+   * checks two instances on one queue.
+   */
+  readonly sharedBetweenInstances?: boolean | undefined
   readonly time: Time
   /** Visibility timeouts the suite uses (ms); brokers with coarse timers need more (default 400). */
   readonly visibilityMs?: number | undefined
@@ -24,15 +35,23 @@ export interface Options {
   readonly reportsOldestReadyAge?: boolean | undefined
 }
 
+let queues = 0
+/** A queue name no other test of any run uses (letters, digits and hyphens: valid on every broker). */
+const freshQueue = () => `conformance-${process.pid}-${Date.now().toString(36)}-${queues++}`
+
 /** Registers the conformance tests under `describe(name)`. */
 export const suite = (name: string, options: Options): void => {
   const visibility = options.visibilityMs ?? 400
   // Under TestClock nothing advances while a receive waits, so receives return at once there.
   const waitMs = options.time === "test-clock" ? 0 : visibility
   const pass = (ms: number) => options.time === "test-clock" ? TestClock.adjust(ms) : Effect.sleep(ms)
-  const run = <A, E>(effect: Effect.Effect<A, E, QueueAdapter.QueueAdapter>, maxReceives = 50) =>
-    Effect.provide(effect, options.make({ maxReceives }))
-  const test = (title: string, body: Effect.Effect<void, unknown, QueueAdapter.QueueAdapter>, maxReceives?: number) =>
+  const run = <A, E>(effect: Effect.Effect<A, E, QueueAdapter.QueueAdapter | Scope.Scope>, maxReceives = 50) =>
+    Effect.suspend(() => Effect.provide(effect, options.make({ maxReceives, queue: freshQueue() })))
+  const test = (
+    title: string,
+    body: Effect.Effect<void, unknown, QueueAdapter.QueueAdapter | Scope.Scope>,
+    maxReceives?: number
+  ) =>
     options.time === "test-clock"
       ? it.scoped(title, () => run(body, maxReceives))
       : it.live(title, () => Effect.scoped(run(body, maxReceives)), 60_000)
@@ -232,6 +251,23 @@ export const suite = (name: string, options: Options): void => {
     )
 
     test(
+      "a message sent with a delay stays hidden until the delay passed, then is delivered",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "delayed" }], { delayMs: visibility * 3 })
+        yield* queue.send([{ body: "at once" }])
+        const first = yield* receiveAll(10)
+        expect(first.map((d) => d.body)).toEqual(["at once"])
+        yield* queue.ack(first.map((d) => d.receipt))
+        expect(yield* receiveAll(10)).toEqual([])
+        yield* pass(visibility * 4)
+        const [later] = yield* receiveUntil(1)
+        expect([later!.body, later!.receiveCount]).toEqual(["delayed", 1])
+        yield* queue.ack([later!.receipt])
+      })
+    )
+
+    test(
       "depth counts ready, in-flight and delayed messages",
       Effect.gen(function*() {
         const queue = yield* QueueAdapter.QueueAdapter
@@ -297,6 +333,47 @@ export const suite = (name: string, options: Options): void => {
         expect(depth.ready + depth.inFlight).toBe(0)
       })
     )
+
+    if (options.sharedBetweenInstances === true) {
+      test(
+        "two instances on one queue share it: each message goes to one of them, and one's close gives back what it had not handed out",
+        Effect.gen(function*() {
+          const queue = freshQueue()
+          const instance = (scope: Scope.Scope) =>
+            Effect.map(
+              Layer.buildWithScope(options.make({ maxReceives: 50, queue }), scope),
+              Context.get(QueueAdapter.QueueAdapter)
+            )
+          const closing = yield* Scope.make()
+          const [a, b] = [yield* instance(closing), yield* instance(yield* Effect.scope)]
+          const consume = (from: QueueAdapter.QueueAdapterShape, seen: Array<string>, count: number) =>
+            Effect.gen(function*() {
+              for (let empty = 0; empty < 3 && seen.length < count;) {
+                const got = yield* from.receive({ max: 10, visibilityMs: 60_000, waitMs })
+                if (got.length === 0) empty += 1
+                seen.push(...got.map((d) => d.body))
+                yield* from.ack(got.map((d) => d.receipt))
+              }
+            })
+          const total = 60
+          yield* a.send(Array.from({ length: total }, (_, i) => ({ body: `m${i}` })))
+          const seen: Array<string> = []
+          yield* Effect.all([a, b, a, b].map((from) => consume(from, seen, total)), { concurrency: "unbounded" })
+          // Visibility outlasts the test: a message delivered twice was handed to both instances.
+          expect([...seen].sort()).toEqual(Array.from({ length: total }, (_, i) => `m${i}`).sort())
+          // `a` handles one message (a prefetching driver fetches its next ones meanwhile), then closes.
+          yield* b.send(Array.from({ length: 10 }, (_, i) => ({ body: `n${i}` })))
+          const [handled] = yield* a.receive({ max: 1, visibilityMs: 60_000, waitMs: visibility })
+          yield* a.ack([handled!.receipt])
+          yield* Scope.close(closing, Exit.void)
+          // The rest reach `b` now, not when a prefetched message's 60 s visibility would end.
+          const rest: Array<string> = []
+          yield* consume(b, rest, 9)
+          const others = Array.from({ length: 10 }, (_, i) => `n${i}`).filter((n) => n !== handled!.body)
+          expect(rest.sort()).toEqual(others.sort())
+        })
+      )
+    }
 
     test(
       "passes any body through unchanged (the worker, not the driver, validates messages)",

@@ -5,7 +5,7 @@ import { Effect, Layer } from "effect"
 import { afterAll } from "vitest"
 import { QueueAdapterConformance } from "../src/index.js"
 
-// Real Postgres at 127.0.0.1:5432 (database test): one schema for this file, one queue name per test.
+// Real Postgres at 127.0.0.1:5432 (database test): one schema for this file, the suite's queue names.
 const client = PgClient.layer({
   host: "127.0.0.1",
   port: 5432,
@@ -14,7 +14,6 @@ const client = PgClient.layer({
   maxConnections: 16
 })
 const schema = `cw_queue_${process.pid}_${Date.now().toString(36)}`
-let n = 0
 
 afterAll(() =>
   Effect.runPromise(
@@ -25,11 +24,10 @@ afterAll(() =>
 )
 
 QueueAdapterConformance.suite("PgQueue", {
-  make: ({ maxReceives }) =>
-    PgQueue.layer({ schema, queue: `conformance-${n++}`, maxReceives, pollInterval: "20 millis" }).pipe(
-      Layer.provide(client)
-    ),
+  make: ({ maxReceives, queue }) =>
+    PgQueue.layer({ schema, queue, maxReceives, pollInterval: "20 millis" }).pipe(Layer.provide(client)),
   time: "live",
+  sharedBetweenInstances: true,
   visibilityMs: 400,
   maxMessageBytes: 262_144
 })
