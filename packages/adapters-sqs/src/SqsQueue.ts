@@ -584,7 +584,7 @@ export const make = (
                     receiveCount,
                     receivedAt: sentAt,
                     deadline: sentAt + visibility * 1000,
-                    margin: marginFor(visibility * 1000)
+                    margin: marginFor(visibility * 1000, timeout)
                   }
                   const receipt = receipts.issue(held)
                   return {
@@ -739,7 +739,7 @@ export const make = (
                       if (failedIds.has(String(i))) return
                       // SQS set the deadline after `sentAt`: this one is conservative.
                       item.held.deadline = Math.max(item.held.deadline, sentAt + item.seconds * 1000)
-                      item.held.margin = marginFor(item.seconds * 1000)
+                      item.held.margin = marginFor(item.seconds * 1000, timeout)
                     })
                     const retryable = (out.Failed ?? []).filter((f) => !staleEntry(f))
                     for (const f of out.Failed ?? []) if (staleEntry(f)) live[Number(f.Id)]!.held.deadline = 0

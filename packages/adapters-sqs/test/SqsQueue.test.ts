@@ -89,6 +89,21 @@ describe("SqsQueue", () => {
   )
 
   it.live(
+    "an ack sent within a tenth of the visibility of its deadline never reaches SQS (room for its flight)",
+    () =>
+      sqs(Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        yield* queue.send([{ body: "close call" }])
+        const [first] = yield* queue.receive({ max: 1, visibilityMs: 10_000, waitMs: 1000 })
+        // 0.8 s before SQS could hand it out again: a slow request could land after that.
+        yield* Effect.sleep("9200 millis")
+        const { requests } = yield* recorded(queue.ack([first!.receipt]))
+        expect(calls(requests, "DeleteMessageBatch")).toEqual([])
+      })),
+    60_000
+  )
+
+  it.live(
     "rounds visibility and long-poll waits up to whole seconds, and asks for at most 10 per call",
     () =>
       sqs(

@@ -29,8 +29,12 @@ export interface Held {
 /** The monotonic clock the deadlines use (wall-clock steps must not revive a receipt). */
 export const now = (): number => performance.now()
 
-/** Leaves room for a request's flight time: a tenth of the visibility, at most 500 ms. */
-export const marginFor = (visibilityMs: number): number => Math.min(500, visibilityMs / 10)
+/**
+ * Leaves room for a request's flight time: a tenth of the visibility, at most the request timeout (the
+ * longest a request the adapter still waits for can take to reach SQS).
+ */
+export const marginFor = (visibilityMs: number, requestTimeoutMs: number): number =>
+  Math.min(requestTimeoutMs, visibilityMs / 10)
 
 /** The receipts of one adapter instance. */
 export class Receipts {
