@@ -416,12 +416,13 @@ export const makeFromClient = (
     }
     let prefetched: Array<Prefetched> = []
     let lastReceive: { readonly visibilityMs: number; readonly at: number } | undefined
-    const releaseAll = (held: ReadonlyArray<Prefetched>) =>
-      Effect.forEach(held, (p) => Effect.ignore(release(p.delivery.receipt, 0, true)), {
+    /** Gives deliveries no handler received back: visible at once, their receive taken back. */
+    const giveBack = (deliveries: ReadonlyArray<QueueAdapter.Delivery>) =>
+      Effect.forEach(deliveries, (d) => Effect.ignore(release(d.receipt, 0, true)), {
         concurrency: "unbounded",
         discard: true
       })
-    yield* Effect.addFinalizer(() => Effect.suspend(() => releaseAll(prefetched.splice(0))))
+    yield* Effect.addFinalizer(() => Effect.suspend(() => giveBack(prefetched.splice(0).map((p) => p.delivery))))
 
     /**
      * Prefetched deliveries for a receive: up to `max` fresh ones with its visibility, released first
@@ -438,7 +439,7 @@ export const makeFromClient = (
         else kept.push(p)
       }
       prefetched = kept
-      return stale.length === 0 ? Effect.succeed(out) : Effect.as(releaseAll(stale), out)
+      return stale.length === 0 ? Effect.succeed(out) : Effect.as(giveBack(stale.map((p) => p.delivery)), out)
     }
 
     /**
@@ -483,7 +484,11 @@ export const makeFromClient = (
       Effect.gen(function*() {
         const deadline = (yield* Clock.currentTimeMillis) + waitMs
         while (true) {
-          const { deliveries, lastId, nextDueMs } = yield* call("receive", () => fetch(count, visibility))
+          // Interrupted once the script ran (a worker draining): its deliveries go back, receives taken back.
+          const { deliveries, lastId, nextDueMs } = yield* QueueAdapter.receiveOrGiveBack(
+            call("receive", () => fetch(count, visibility)),
+            (received) => giveBack(received.deliveries)
+          )
           const left = deadline - (yield* Clock.currentTimeMillis)
           if (deliveries.length > 0 || left <= 0) {
             lastReceive = { visibilityMs: visibility, at: Date.now() }

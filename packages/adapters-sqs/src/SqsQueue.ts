@@ -560,39 +560,44 @@ export const make = (
           "receive",
           Effect.suspend(() => {
             const sentAt = now()
-            return Effect.map(
-              request((o) =>
-                client.send(
-                  new ReceiveMessageCommand({
-                    QueueUrl: queue.url,
-                    MaxNumberOfMessages: max,
-                    VisibilityTimeout: visibility,
-                    WaitTimeSeconds: waitSeconds,
-                    MessageSystemAttributeNames: [...systemAttributes],
-                    ...(attemptId === undefined ? {} : { ReceiveRequestAttemptId: attemptId })
-                  }),
-                  o
-                ), timeout + waitSeconds * 1000),
-              (out) =>
-                (out.Messages ?? []).map((m): Fetched => {
-                  const receiveCount = Number(m.Attributes?.ApproximateReceiveCount ?? 1)
-                  const held: Held = {
-                    handle: m.ReceiptHandle!,
-                    messageId: m.MessageId!,
-                    body: m.Body ?? "",
-                    groupId: m.Attributes?.MessageGroupId,
-                    receiveCount,
-                    receivedAt: sentAt,
-                    deadline: sentAt + visibility * 1000,
-                    margin: marginFor(visibility * 1000, timeout)
-                  }
-                  const receipt = receipts.issue(held)
-                  return {
-                    delivery: { messageId: held.messageId, receipt, body: held.body, receiveCount },
-                    held,
-                    visibility
-                  }
-                })
+            // A request interrupted in flight (a worker draining) runs to its end (at most its long
+            // poll) and its messages go back at once, rather than stay hidden for the visibility.
+            return QueueAdapter.receiveOrGiveBack(
+              Effect.map(
+                request((o) =>
+                  client.send(
+                    new ReceiveMessageCommand({
+                      QueueUrl: queue.url,
+                      MaxNumberOfMessages: max,
+                      VisibilityTimeout: visibility,
+                      WaitTimeSeconds: waitSeconds,
+                      MessageSystemAttributeNames: [...systemAttributes],
+                      ...(attemptId === undefined ? {} : { ReceiveRequestAttemptId: attemptId })
+                    }),
+                    o
+                  ), timeout + waitSeconds * 1000),
+                (out) =>
+                  (out.Messages ?? []).map((m): Fetched => {
+                    const receiveCount = Number(m.Attributes?.ApproximateReceiveCount ?? 1)
+                    const held: Held = {
+                      handle: m.ReceiptHandle!,
+                      messageId: m.MessageId!,
+                      body: m.Body ?? "",
+                      groupId: m.Attributes?.MessageGroupId,
+                      receiveCount,
+                      receivedAt: sentAt,
+                      deadline: sentAt + visibility * 1000,
+                      margin: marginFor(visibility * 1000, timeout)
+                    }
+                    const receipt = receipts.issue(held)
+                    return {
+                      delivery: { messageId: held.messageId, receipt, body: held.body, receiveCount },
+                      held,
+                      visibility
+                    }
+                  })
+              ),
+              giveBack
             )
           })
         )

@@ -27,7 +27,7 @@ import { base32, digest } from "./internal/hash.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrate } from "./PgStateStore.js"
 import type { DeadLetter, Delivery, QueueAdapterShape } from "./QueueAdapter.js"
-import { QueueAdapter } from "./QueueAdapter.js"
+import { QueueAdapter, receiveOrGiveBack } from "./QueueAdapter.js"
 
 /** Options of the Postgres queue. */
 export interface Options {
@@ -95,10 +95,22 @@ export const make = (options: Options = {}): Effect.Effect<
     const op = <A>(operation: string, effect: Effect.Effect<A, SqlError.SqlError>) =>
       outsideTransaction(Effect.mapError(effect, unavailable(operation)))
 
+    // A receive interrupted once the statement ran (a worker draining) gives its messages back: visible
+    // at once, the receive taken back, the receipt void (D11: no handler received them).
     const receiveOnce = (max: number, visibilityMs: number) =>
-      sql<Row>`
-        select id::text as id, body, receive_count as "receiveCount", receipt
-        from ${s}.queue_receive(${queue}, ${max}, ${visibilityMs}, ${maxReceives})`
+      receiveOrGiveBack(
+        sql<Row>`
+          select id::text as id, body, receive_count as "receiveCount", receipt
+          from ${s}.queue_receive(${queue}, ${max}, ${visibilityMs}, ${maxReceives})`,
+        (rows) =>
+          rows.length === 0 ? Effect.void : Effect.ignore(sql`
+            update ${s}.queue_messages set visible_at = clock_timestamp(), receive_count = receive_count - 1,
+              receipt = null
+            where queue = ${queue}
+              and receipt in (select jsonb_array_elements_text(${
+            JSON.stringify(rows.map((r) => r["receipt"]))
+          }::jsonb))`)
+      )
 
     // ---- wake-ups: waiting receives wait on `wake`, which each notification (or local send) completes.
     let wake = yield* Deferred.make<void>()

@@ -18,6 +18,8 @@
  * - **Receipts.** An ack, release or extend with a receipt that is no longer current (the message was
  *   delivered again since) is a no-op: it never affects the newer delivery.
  * - **Size.** A body over the driver's limit is rejected by `send` with `MessageRejected`, nothing sent.
+ * - **Interrupted receives.** A receive interrupted after the broker handed messages out gives them
+ *   back (visible at once) rather than leaving them hidden until their visibility ends (`receiveOrGiveBack`).
  *
  * Outside the contract: ordering (even FIFO drivers only order within a group), exactly-once
  * delivery, and message contents (the worker validates bodies; drivers pass them through).
@@ -105,6 +107,24 @@ export interface QueueAdapterShape {
     options: { readonly messageIds?: ReadonlyArray<string> | undefined }
   ) => Effect.Effect<number, Errors.QueueUnavailable>
 }
+
+/**
+ * For drivers: runs `call`, a broker call that hands messages out, to its end even if the caller is
+ * interrupted meanwhile (a worker draining), and then gives what it received back with `giveBack`
+ * (visible again at once) instead of dropping it, which would leave it hidden for its visibility
+ * timeout. Keep `call` itself short: a long poll belongs outside it, or stays brief, since an
+ * interruption waits for it.
+ */
+export const receiveOrGiveBack = <A, E, R, R2>(
+  call: Effect.Effect<A, E, R>,
+  giveBack: (received: A) => Effect.Effect<void, never, R2>
+): Effect.Effect<A, E, R | R2> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(
+      call,
+      (received) => restore(Effect.succeed(received)).pipe(Effect.onInterrupt(() => giveBack(received)))
+    )
+  )
 
 /** The queue service. */
 export class QueueAdapter extends Context.Tag("@chunkwise/core/QueueAdapter")<QueueAdapter, QueueAdapterShape>() {}

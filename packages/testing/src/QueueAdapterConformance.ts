@@ -388,6 +388,26 @@ export const suite = (name: string, options: Options): void => {
     )
 
     test(
+      "a receive interrupted while the broker hands messages out gives them back at once",
+      Effect.gen(function*() {
+        const queue = yield* QueueAdapter.QueueAdapter
+        const bodies = Array.from({ length: 10 }, (_, i) => `i${i}`)
+        yield* queue.send(bodies.map((body) => ({ body })))
+        // Interrupt receives at moments spread over their round trip (a worker draining mid-receive).
+        for (let i = 0; i < 30; i++) {
+          const receiving = yield* Effect.fork(queue.receive({ max: 10, visibilityMs: 60_000, waitMs: 0 }))
+          yield* options.time === "test-clock" ? Effect.yieldNow() : Effect.sleep(i % 6)
+          const exit = yield* Fiber.interrupt(receiving)
+          if (Exit.isSuccess(exit)) yield* Effect.forEach(exit.value, (d) => queue.release(d.receipt, 0))
+        }
+        // None is left hidden for the 60 s visibility of an interrupted receive.
+        const got = yield* receiveUntil(bodies.length, 60_000)
+        expect(got.map((d) => d.body).sort()).toEqual(bodies)
+        yield* queue.ack(got.map((d) => d.receipt))
+      })
+    )
+
+    test(
       "a waiting receive stops when interrupted (clean shutdown) and loses no message",
       Effect.gen(function*() {
         const queue = yield* QueueAdapter.QueueAdapter
