@@ -200,6 +200,11 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     const unsettledClaims = new Map<string, string>()
     const claimPrefix = base32(digest([Math.random(), Date.now(), workerId])).slice(0, 16)
     let claims = 0
+    /** Repeats of a claim whose outcome is unknown: backing off to 2 s apart, for up to half a lease. */
+    const claimRetry = Schedule.exponential("100 millis").pipe(
+      Schedule.union(Schedule.spaced("2 seconds")),
+      Schedule.upTo(Duration.millis(leaseMs / 2))
+    )
     const claimIdFor = (unitKey: string) => {
       const unsettled = unsettledClaims.get(unitKey)
       if (unsettled === undefined) return `${claimPrefix}-${++claims}`
@@ -1034,9 +1039,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }).pipe(
           // A lost reply leaves the outcome unknown: repeating the claim with its id is safe (the store
           // gives the lease it took back, or claims now), and a lease it took is not left to expire.
-          Effect.retry({ schedule: claimRetry, times: 3 }),
+          // Nobody else receives the message meanwhile, so the repeats may go on for half a lease.
+          Effect.retry(claimRetry),
           Effect.tapError(() => Effect.sync(() => keepUnsettledClaim(unitKey, claimId)))
         )
+        // An id repeated without taking its lease (not yet expired, or no job slot free, or the feeder
+        // sent a newer message meanwhile) may still name a lease the unit holds: keep it for next time.
+        if (claim._tag === "Later" || (claim._tag === "Ack" && claim.reason === "stale-message")) {
+          keepUnsettledClaim(unitKey, claimId)
+        }
         if (claim._tag === "Ack") return yield* queue.ack([delivery.receipt])
         if (claim._tag === "Later") return yield* queue.release(delivery.receipt, claim.delayMs)
 
@@ -1261,9 +1272,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
   })
 
 const noPermits: ResourceLimiter.Permits = { slots: [], grants: [] }
-
-/** How a claim whose reply was lost is repeated (with its id): three more tries over about a second. */
-const claimRetry = Schedule.exponential("100 millis")
 
 /** Claims of unknown outcome kept for the units' next delivery here; the oldest are forgotten. */
 const maxUnsettledClaims = 1024

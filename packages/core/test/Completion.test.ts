@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, HashMap, Logger, LogLevel, Metric, MetricState, Option } from "effect"
+import { Clock, Effect, Fiber, HashMap, Logger, LogLevel, Metric, MetricState, Option } from "effect"
 import { Errors, Metrics, Probe, Runbook, Runner, StateStore, Worker } from "../src/index.js"
 import { driveUntil, expectedItems, fastWorker, memoryEngine, recorder, runEnded, table, testJob } from "./fixtures.js"
 
@@ -199,22 +199,20 @@ describe("commit outcome unknown (D3)", () => {
       const job = testJob(rec, { partitions: 3, itemsPerPartition: 4 })
       const real = yield* StateStore.StateStore
       const calls = new Map<string, number>()
-      // The claim reaches the store, then its reply is lost: the first 4 tries of each unit (the first
-      // delivery's claim and its 3 repeats, so that delivery gives up), then 1 of the next delivery's.
+      let lastLost = 0
+      // The claim reaches the store, then its reply is lost, for every claim in the first 8 s: longer
+      // than a delivery repeats its claim (half the 10 s lease), so the first deliveries give up and the
+      // next ones (after the visibility timeout) repeat the kept ids on expired leases.
       const flaky: StateStore.StateStoreShape = {
         ...real,
         claim: (request) =>
-          Effect.flatMap(real.claim(request), (result) => {
-            const n = (calls.get(request.message.unitId) ?? 0) + 1
-            calls.set(request.message.unitId, n)
-            return n <= 5
-              ? Effect.fail(
-                new Errors.StoreUnavailable({
-                  operation: "claim",
-                  message: "connection reset after the claim committed"
-                })
-              )
-              : Effect.succeed(result)
+          Effect.flatMap(Effect.zip(real.claim(request), Clock.currentTimeMillis), ([result, now]) => {
+            calls.set(request.message.unitId, (calls.get(request.message.unitId) ?? 0) + 1)
+            if (now >= 8_000) return Effect.succeed(result)
+            lastLost = now
+            return Effect.fail(
+              new Errors.StoreUnavailable({ operation: "claim", message: "connection reset after the claim committed" })
+            )
           })
       }
       yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Effect.provideService(StateStore.StateStore, flaky))
@@ -224,6 +222,8 @@ describe("commit outcome unknown (D3)", () => {
       expect(yield* table("applied")).toEqual(expectedItems(3, 4))
       const partitions = (yield* real.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "partition")
       expect(partitions.map((u) => [u.attempt, u.crashesSinceProgress])).toEqual([[1, 0], [1, 0], [1, 0]])
-      expect([...calls.values()].every((n) => n >= 6)).toBe(true)
+      expect(lastLost).toBeGreaterThan(4_000)
+      // Each partition's first delivery repeated its claim, then gave up, and a later one took it.
+      expect([...calls.values()].filter((n) => n >= 5)).toHaveLength(3)
     }).pipe(Effect.provide(memoryEngine())))
 })

@@ -531,7 +531,7 @@ describe("the claim and the commit on Postgres", () => {
       const units = Array.from({ length: 20 }, (_, i) => `u${String(i + 1).padStart(5, "0")}`)
       for (const unit of units) {
         const claim = yield* reading(sql<{ readonly token: string }>`
-          select fencing_token::text as token from ${s}.claim_unit('r1', ${unit}, 0, 'w', 60000, 'j', null)`)
+          select fencing_token::text as token from ${s}.claim_unit('r1', ${unit}, 0, 'w', 60000, 'j', null, ${`c-${unit}`})`)
         expect(claim.rows, unit).toEqual([{ token: "1" }])
         expect(claim.rowsRead, unit).toBeLessThan(5)
       }
@@ -546,8 +546,33 @@ describe("the claim and the commit on Postgres", () => {
       const stale = yield* reading(sql<{ readonly status: string | null }>`
         select ${s}.commit_chunk('r1', 'u00001', 0, 'w', 0, 1, 0, 2, null, 0, false, 'k', 'apply', 60000) as status`)
       expect(stale.rows).toEqual([{ status: null }])
-      const taken = yield* reading(sql`select * from ${s}.claim_unit('r1', 'u00001', 0, 'w2', 60000, 'j', null)`)
+      const taken = yield* reading(
+        sql`select * from ${s}.claim_unit('r1', 'u00001', 0, 'w2', 60000, 'j', null, 'c-w2')`
+      )
       expect(taken.rows).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
+})
+
+describe("a claim by a worker of the version before on Postgres", () => {
+  it.live("clears the unit's claim id, so a repeat of the claim before it never gets its lease", () =>
+    Effect.gen(function*() {
+      const schema = yield* storeWithRun("cw_claim_old", 1)
+      const sql = yield* SqlClient.SqlClient
+      const s = sql(schema)
+      const token = (rows: ReadonlyArray<{ readonly token: string }>) => rows.map((r) => r.token)
+      const lost = yield* sql<{ readonly token: string }>`
+        select fencing_token::text as token from ${s}.claim_unit('r1', 'u00001', 0, 'w', 60000, 'j', null, 'k')`
+      expect(token(lost)).toEqual(["1"])
+      yield* sql`update ${s}.units set lease_expires_at = clock_timestamp() - interval '1 second'`
+      // The same worker id on the version before (7 arguments): a new lease, its crash counted.
+      const old = yield* sql<{ readonly token: string }>`
+        select fencing_token::text as token from ${s}.claim_unit('r1', 'u00001', 0, 'w', 60000, 'j', null)`
+      expect(token(old)).toEqual(["2"])
+      const repeat = yield* sql`select * from ${s}.claim_unit('r1', 'u00001', 0, 'w', 60000, 'j', null, 'k')`
+      expect(repeat).toEqual([])
+      const [unit] = yield* sql<{ readonly claimId: string | null; readonly crashes: number }>`
+        select claim_id as "claimId", crashes_since_progress as crashes from ${s}.units`
+      expect(unit).toEqual({ claimId: null, crashes: 1 })
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
 })
 
@@ -571,7 +596,7 @@ describe("a unit's end on Postgres", () => {
       const claim = (client: pg.Client, unit: string) =>
         query(
           client,
-          `select fencing_token::text as token from ${schema}.claim_unit('r1', '${unit}', 0, 'w', 60000, 'j', null)`
+          `select fencing_token::text as token from ${schema}.claim_unit('r1', '${unit}', 0, 'w', 60000, 'j', null, 'c-${unit}')`
         )
       const end = (client: pg.Client, unit: string) =>
         query(
@@ -627,7 +652,7 @@ describe("the feeder on Postgres", () => {
         // A unit made pending by a retry has no send time; claimed through its old message, it gets one,
         // so once its worker dies and its message goes stale the feeder sends it again.
         yield* sql`update ${s}.units set enqueued_at = null where unit_id = 'u03000'`
-        yield* sql`select * from ${s}.claim_unit('r1', 'u03000', 1, 'w', 60000, 'j', null)`
+        yield* sql`select * from ${s}.claim_unit('r1', 'u03000', 1, 'w', 60000, 'j', null, 'c-u03000')`
         const [claimed] = yield* sql<{ readonly sent: boolean }>`
           select enqueued_at is not null as sent from ${s}.units where unit_id = 'u03000'`
         expect(claimed!.sent).toBe(true)

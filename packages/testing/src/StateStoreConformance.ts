@@ -91,14 +91,14 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         ? Effect.succeed(messages.get(unitId)!)
         : Effect.dieMessage(`feed did not return a message for ${unitId}`))
 
-  const claim = (message: Message.WorkMessage, workerId: string, claimId?: string) =>
+  const claim = (message: Message.WorkMessage, workerId: string, claimId?: string, jobConcurrency?: number) =>
     Effect.flatMap(
       StateStore.StateStore,
-      (store) => store.claim({ message, workerId, leaseMs, jobConcurrency: undefined, claimId })
+      (store) => store.claim({ message, workerId, leaseMs, jobConcurrency, claimId })
     )
 
-  const claimed = (message: Message.WorkMessage, workerId: string, claimId?: string) =>
-    Effect.flatMap(claim(message, workerId, claimId), (result) =>
+  const claimed = (message: Message.WorkMessage, workerId: string, claimId?: string, jobConcurrency?: number) =>
+    Effect.flatMap(claim(message, workerId, claimId, jobConcurrency), (result) =>
       result._tag === "Claimed"
         ? Effect.succeed(result)
         : Effect.dieMessage(`expected ${workerId} to claim ${message.unitId}, got ${JSON.stringify(result)}`))
@@ -402,13 +402,28 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         expect(again.unit.attempt).toBe(1)
         expect(again.unit.crashesSinceProgress).toBe(0)
         // Extended from the repeat: still held past the first claim's expiry.
-        yield* pass(leaseMs / 2 + 200)
+        yield* pass(leaseMs / 2 + 100)
         expect((yield* claim(message, "w2", "claim-b"))._tag).toBe("Later")
         // Another claim of the same worker, or the same id from another worker, is not the same claim.
         expect((yield* claim(message, "w1", "claim-c"))._tag).toBe("Later")
         expect((yield* claim(message, "w2", "claim-a"))._tag).toBe("Later")
         yield* commit(again.lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
         expect((yield* unitOf(runId, unitIds[0]!)).chunkSeq).toBe(1)
+      })
+    )
+
+    test(
+      "a claim repeated with its id under a job-wide cap keeps its one slot",
+      Effect.gen(function*() {
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        const [first, second] = [messages.get(unitIds[0]!)!, messages.get(unitIds[1]!)!]
+        const lost = yield* claimed(first, "w1", "claim-a", 1)
+        // Every slot is held (by this claim's lease): the repeat still gets its lease back...
+        const again = yield* claimed(first, "w1", "claim-a", 1)
+        expect(again.lease).toEqual(lost.lease)
+        // ...without taking a second slot: the cap still holds the other unit back.
+        expect(yield* claim(second, "w2", "claim-b", 1)).toMatchObject({ _tag: "Later", reason: "job-concurrency" })
       })
     )
 

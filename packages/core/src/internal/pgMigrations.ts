@@ -1106,9 +1106,10 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
     // replies failed a healthy unit as CrashLoop. A claim now names itself: the unit keeps the id of
     // the claim that leased it, a claim repeated with the same id by the same worker gets that lease
     // back (extended) instead of "leased elsewhere", and after the lease expired takes it again
-    // without counting a crash. claim_unit as in 15 otherwise, but it locks the unit first and takes a
-    // job slot only for a unit it will claim (slots are taken SKIP LOCKED, never waited for, so the
-    // order cannot deadlock). The 7-argument functions stay for workers of the version before.
+    // without counting a crash. claim_unit as in 15 otherwise, but it looks for a free job slot before
+    // locking the unit and takes one (SKIP LOCKED, never waited for) only for a unit it will claim, so
+    // a claim refused by the cap writes nothing. The 7-argument functions stay for workers of the
+    // version before.
     yield* sql`alter table ${s}.units add column claim_id text`
     yield* sql`
       create function ${s}.claim_unit(
@@ -1119,24 +1120,43 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         v_slot integer;
         v_unit ${s}.units;
         v_run_status text;
+        v_until timestamptz;
       begin
-        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit;
         if not found then
           return;
         end if;
-        select status into v_run_status from ${s}.runs where run_id = p_run;
-        -- The same claim again: its lease, extended (with its job slot), while it is live.
-        if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker
-            and v_unit.lease_expires_at > clock_timestamp()
-            and v_run_status = case when v_unit.kind = 'finalize' then 'finalizing' else 'running' end) is true then
-          update ${s}.units u set lease_expires_at = clock_timestamp() + p_lease_ms * interval '1 millisecond'
-          where u.run_id = p_run and u.unit_id = p_unit
-          returning u.* into v_unit;
-          update ${s}.job_slots set expires_at = v_unit.lease_expires_at
-          where run_id = v_unit.run_id and unit_id = v_unit.unit_id and fencing_token = v_unit.fencing_token;
-          return next v_unit;
+        -- The same claim again: its lease back, extended with its job slot, while both are live.
+        if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker) is true then
+          select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+          select status into v_run_status from ${s}.runs where run_id = p_run;
+          if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker
+              and v_unit.lease_expires_at > clock_timestamp()
+              and v_run_status = case when v_unit.kind = 'finalize' then 'finalizing' else 'running' end) is true then
+            v_until := clock_timestamp() + p_lease_ms * interval '1 millisecond';
+            if p_slots is not null then
+              update ${s}.job_slots set expires_at = v_until
+              where run_id = p_run and unit_id = p_unit and fencing_token = v_unit.fencing_token
+                and expires_at > clock_timestamp();
+              if not found then
+                return; -- its slot lapsed and may be another unit's now: no longer this claim's lease
+              end if;
+            end if;
+            update ${s}.units u set lease_expires_at = v_until
+            where u.run_id = p_run and u.unit_id = p_unit
+            returning u.* into v_unit;
+            return next v_unit;
+            return;
+          end if;
+        end if;
+        -- A job at its cap claims nothing: looked at before any lock (a slot is taken for real below).
+        if p_slots is not null and not exists (
+          select 1 from ${s}.job_slots
+          where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())) then
           return;
         end if;
+        select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
+        select status into v_run_status from ${s}.runs where run_id = p_run;
         if (v_unit.enqueue_seq <= p_seq
             and case when v_unit.kind = 'finalize' then v_run_status = 'finalizing' else v_run_status = 'running' end
             and (v_unit.status = 'pending'
@@ -1176,6 +1196,18 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
           where job = p_job and slot = v_slot;
         end if;
         return next v_unit;
+      end
+      $$`
+    // A worker of the version before claims through the 7-argument function: now this one without an
+    // id, so its claim clears the unit's claim id (a repeat must never find a lease taken since) and
+    // takes the locks in the same order.
+    yield* sql`
+      create or replace function ${s}.claim_unit(
+        p_run text, p_unit text, p_seq integer, p_worker text, p_lease_ms double precision, p_job text,
+        p_slots integer
+      ) returns setof ${s}.units language plpgsql rows 1 as $$
+      begin
+        return query select * from ${s}.claim_unit(p_run, p_unit, p_seq, p_worker, p_lease_ms, p_job, p_slots, null::text);
       end
       $$`
     // claim_unit_row as in 18, for the claim that names itself.
