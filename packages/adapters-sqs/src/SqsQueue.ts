@@ -219,6 +219,8 @@ export const makeClient = (
     const inferred = options.queue === undefined
       ? undefined
       : Either.getOrUndefined(parseQueue(options.queue))?.region
+    yield* validateCount("maxSockets", options.maxSockets, 1, 10_000)
+    yield* validateRequestTimeout(options)
     const maxSockets = options.maxSockets ?? 50
     const agentOptions = { keepAlive: true, maxSockets }
     const client = yield* Effect.acquireRelease(
@@ -321,6 +323,18 @@ const resolveRetry = (retry: Partial<RetryOptions> | undefined): RetryOptions =>
 })
 
 const requestTimeoutMs = (options: ConnectionOptions) => Duration.toMillis(options.requestTimeout ?? "10 seconds")
+
+/** A request timeout must be a positive duration: zero or a typo would fail or hang every request. */
+const validateRequestTimeout = (options: ConnectionOptions) => {
+  const decoded = Duration.decodeUnknown(options.requestTimeout ?? "10 seconds")
+  return Option.isSome(decoded) && Duration.toMillis(decoded.value) > 0
+    ? Effect.void
+    : Effect.fail(configError(
+      `SqsQueue: requestTimeout must be a positive duration such as "10 seconds" (got ${
+        JSON.stringify(options.requestTimeout)
+      })`
+    ))
+}
 
 const dlqNameFor = (name: string) => name.endsWith(".fifo") ? `${name.slice(0, -5)}-dlq.fifo` : `${name}-dlq`
 

@@ -40,6 +40,18 @@ describe("SqsQueue configuration", () => {
       expect(error.message).toMatch(/endpoint "127.0.0.1:4566" is not an http\(s\) URL.*AWS_ENDPOINT_URL_SQS/)
     }))
 
+  it.live("a socket cap or a request timeout that could only hang or fail every request is refused", () =>
+    Effect.gen(function*() {
+      const connection = { ...Emulator.connection(emulator.endpoint), queue: "q" }
+      // maxSockets -1 made every request wait for a socket forever, with no error.
+      expect((yield* failure(SqsQueue.layer({ ...connection, maxSockets: -1 }))).message).toMatch(
+        /SqsQueue: maxSockets must be an integer from 1 to 10000 \(got -1\)/
+      )
+      expect((yield* failure(SqsQueue.layer({ ...connection, requestTimeout: 0 }))).message).toMatch(
+        /SqsQueue: requestTimeout must be a positive duration/
+      )
+    }))
+
   it.live("no region anywhere is refused, naming AWS_REGION", () =>
     Effect.gen(function*() {
       const saved = { region: process.env["AWS_REGION"], fallback: process.env["AWS_DEFAULT_REGION"] }

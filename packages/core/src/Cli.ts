@@ -29,7 +29,7 @@ import { Args, Command, Options, ValidationError } from "@effect/cli"
 import type * as CliApp from "@effect/cli/CliApp"
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Config, Console, Data, Effect, Layer, Logger, LogLevel, Option, Schema } from "effect"
+import { Cause, Config, ConfigError, Console, Data, Effect, Layer, Logger, LogLevel, Option, Schema } from "effect"
 import * as os from "node:os"
 import type * as Errors from "./Errors.js"
 import * as F from "./internal/cli/format.js"
@@ -98,6 +98,8 @@ const failed = (message: string) => new CliError({ message, exitCode: 1 })
 /** Store, queue and runner errors in the operator's words. */
 const explain = (cli: string) => (error: unknown): CliError => {
   if (error instanceof CliError) return error
+  // A setting read from the environment: its name is in the error's text, not in its message.
+  if (ConfigError.isConfigError(error)) return usage(`invalid configuration: ${String(error)}`)
   const tagged = error as { readonly _tag?: string; readonly message?: string } & Record<string, unknown>
   switch (tagged?._tag) {
     case "NotFound": {
@@ -124,12 +126,26 @@ const explain = (cli: string) => (error: unknown): CliError => {
     case "ConfigurationError":
     case "EnumerationFailed":
       return failed(String(tagged.message))
+    case "SqlError": {
+      // "Failed to connect" alone names no cause: the driver's says which host, database or role.
+      const cause = (tagged["cause"] as { readonly message?: unknown } | undefined)?.message
+      return failed(
+        `${tagged.message}${typeof cause === "string" && cause !== "" ? `: ${cause}` : ""}. ` +
+          `Check the database is up and the connection settings of this CLI.`
+      )
+    }
     default:
       return failed(
         typeof tagged?.message === "string" && tagged.message !== "" ? tagged.message : Cause.pretty(Cause.fail(error))
       )
   }
 }
+
+/** An integer flag of at least `min`: below it, a usage error that names the flag (not a failed query). */
+const integerAtLeast = (name: string, min: number) =>
+  Options.integer(name).pipe(
+    Options.filterMap((n) => (n >= min ? Option.some(n) : Option.none()), `--${name} must be at least ${min}`)
+  )
 
 /** The operator's name for the audit log: `--actor`, else `$USER`, else the OS account. */
 const actorConfig = Config.string("USER").pipe(
@@ -337,7 +353,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         Options.optional,
         Options.withDescription("A label that makes a new run of the same params (joins the run key)")
       ),
-      interval: Options.integer("interval-ms").pipe(
+      interval: integerAtLeast("interval-ms", 10).pipe(
         Options.withDefault(1000),
         Options.withDescription("How often --wait polls the store")
       ),
@@ -438,8 +454,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
     {
       run: runArg.pipe(Args.optional),
       job: Options.text("job").pipe(Options.optional, Options.withDescription("List only this job's runs")),
-      limit: Options.integer("limit").pipe(Options.withDefault(20), Options.withDescription("Runs listed")),
-      slowest: Options.integer("slowest").pipe(
+      limit: integerAtLeast("limit", 1).pipe(Options.withDefault(20), Options.withDescription("Runs listed")),
+      slowest: integerAtLeast("slowest", 0).pipe(
         Options.withDefault(5),
         Options.withDescription("Slowest partitions shown")
       ),
@@ -470,7 +486,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
 
   const failures = Command.make(
     "failures",
-    { run: runArg, limit: Options.integer("limit").pipe(Options.withDefault(1000)), json },
+    { run: runArg, limit: integerAtLeast("limit", 1).pipe(Options.withDefault(1000)), json },
     (args) =>
       withStore(Effect.gen(function*() {
         const store = yield* StateStore
@@ -610,7 +626,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
     {
       list: Options.boolean("list").pipe(Options.withDescription("List the dead letters and why, move nothing")),
       ids: Options.text("id").pipe(Options.repeated, Options.withDescription("A message id to redrive (repeatable)")),
-      limit: Options.integer("limit").pipe(Options.withDefault(100)),
+      limit: integerAtLeast("limit", 1).pipe(Options.withDefault(100)),
       json
     },
     (args) =>
@@ -721,7 +737,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
         Options.repeated,
         Options.withDescription("Only items in this status (repeatable): quarantined, retry or resolved")
       ),
-      limit: Options.integer("limit").pipe(Options.withDefault(1000), Options.withDescription("Items listed")),
+      limit: integerAtLeast("limit", 1).pipe(Options.withDefault(1000), Options.withDescription("Items listed")),
       json
     },
     (args) =>

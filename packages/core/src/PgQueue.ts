@@ -25,6 +25,7 @@ import { Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Queue, type Sco
 import * as Errors from "./Errors.js"
 import { base32, digest } from "./internal/hash.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
+import { durationMs, positiveIntProblem } from "./internal/settings.js"
 import { migrate } from "./PgStateStore.js"
 import type { DeadLetter, Delivery, QueueAdapterShape } from "./QueueAdapter.js"
 import { QueueAdapter, receiveOrGiveBack } from "./QueueAdapter.js"
@@ -74,7 +75,6 @@ export const make = (options: Options = {}): Effect.Effect<
   SqlClient.SqlClient | Scope.Scope
 > =>
   Effect.gen(function*() {
-    yield* migrate({ schema: options.schema })
     const schema = options.schema ?? "chunkwise"
     const queue = options.queue ?? "chunkwise"
     const maxReceives = options.maxReceives ?? 50
@@ -84,7 +84,14 @@ export const make = (options: Options = {}): Effect.Effect<
       })
     }
     const maxBytes = options.maxMessageBytes ?? 262_144
-    const pollMs = Duration.toMillis(options.pollInterval ?? "100 millis")
+    const poll = durationMs("PgQueue: pollInterval", options.pollInterval, "100 millis")
+    const problem = queue === ""
+      ? `PgQueue: queue must be a non-empty name (got "")`
+      : positiveIntProblem("PgQueue: maxMessageBytes", options.maxMessageBytes) ??
+        ("problem" in poll ? poll.problem : undefined)
+    if (problem !== undefined) return yield* new Errors.ConfigurationError({ message: problem })
+    const pollMs = "ms" in poll ? poll.ms : 100
+    yield* migrate({ schema: options.schema })
     const client = yield* SqlClient.SqlClient
     const sql = client.withoutTransforms()
     const s = sql(schema)

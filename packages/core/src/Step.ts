@@ -12,6 +12,7 @@
  */
 import { Duration, Effect, Schema } from "effect"
 import { initialSize, type Sizing } from "./internal/chunkSizer.js"
+import { durationMs } from "./internal/settings.js"
 import * as Quarantine from "./Quarantine.js"
 import { invalidResourceName } from "./ResourceLimiter.js"
 
@@ -407,6 +408,24 @@ const checkName = (name: string) => {
   }
 }
 
+/**
+ * Validates the options every step has: the transaction mode (a typo would run the step as `none` and
+ * lose exactly-once) and the timeout. A bad one fails `Job.make` with the option and the fix.
+ */
+const commonOf = (name: string, options: CommonOptions): Pick<CommonOptions, "transaction" | "timeout"> => {
+  if (options.transaction !== "chunk" && options.transaction !== "none") {
+    throw new TypeError(
+      `Step "${name}": transaction must be "chunk" (writes, checkpoint and ledger in one transaction) or ` +
+        `"none" (the step is idempotent itself) (got ${JSON.stringify(options.transaction)})`
+    )
+  }
+  if (options.timeout !== undefined) {
+    const checked = durationMs("timeout", options.timeout, options.timeout)
+    if ("problem" in checked) throw new TypeError(`Step "${name}": ${checked.problem}`)
+  }
+  return { transaction: options.transaction, timeout: options.timeout }
+}
+
 /** Validates `resources`; a bad name fails `Job.make` with the name and the fix. */
 const resourcesOf = (name: string, resources: ReadonlyArray<string> | undefined): ReadonlyArray<string> => {
   if (resources === undefined) return []
@@ -425,12 +444,16 @@ const isPositiveInteger = (n: unknown): n is number => typeof n === "number" && 
 /** Validates the chunking options; a bad one fails `Job.make` with the option and the fix. */
 const sizingOf = (name: string, options: ChunkingOptions & CommonOptions): Sizing => {
   const size = options.chunkSize ?? 500
-  const targetMs = options.chunkTime === undefined ? undefined : Duration.toMillis(options.chunkTime)
   const fail = (message: string): never => {
     throw new TypeError(`Step "${name}": ${message}`)
   }
-  if (targetMs !== undefined && !(targetMs > 0 && Number.isFinite(targetMs))) {
-    fail(`chunkTime must be a positive duration (got ${String(options.chunkTime)})`)
+  const chunkTime = options.chunkTime === undefined
+    ? undefined
+    : durationMs("chunkTime", options.chunkTime, options.chunkTime)
+  if (chunkTime !== undefined && "problem" in chunkTime) fail(chunkTime.problem)
+  const targetMs = chunkTime !== undefined && "ms" in chunkTime ? chunkTime.ms : undefined
+  if (targetMs !== undefined && !Number.isFinite(targetMs)) {
+    fail(`chunkTime must be a finite duration (got ${String(options.chunkTime)})`)
   }
   if (targetMs !== undefined && options.transaction !== "chunk") {
     fail(
@@ -477,6 +500,7 @@ export function chunked<P, C, CI, I, R, K extends RangeKey, KI, II>(
   options: ProcessOptions<P, C, CI, R, K, KI> | ReadWriteOptions<P, C, CI, I, R, K, KI, II>
 ): Chunked<P, C, R> {
   checkName(name)
+  const common = commonOf(name, options)
   const sizing = sizingOf(name, options)
   const split = options.split === undefined ? undefined : splitterOf(name, options.split)
   const runChunk: Chunked<P, C, R>["runChunk"] = "process" in options
@@ -489,13 +513,13 @@ export function chunked<P, C, CI, I, R, K extends RangeKey, KI, II>(
   return {
     _tag: "Chunked",
     name,
-    transaction: options.transaction,
+    transaction: common.transaction,
     cursor: options.cursor as Schema.Schema<C, unknown, never>,
     start: options.start,
     chunkSize: initialSize(sizing),
     sizing,
     chunkTimeMs: sizing._tag === "Adaptive" ? sizing.targetMs : undefined,
-    timeout: options.timeout,
+    timeout: common.timeout,
     idempotencyKey: options.idempotencyKey,
     resources: resourcesOf(name, options.resources),
     split,
@@ -562,11 +586,12 @@ export interface SingleOptions<P, R> extends CommonOptions {
 /** A single step: one effect, committed like one chunk. */
 export const single = <P, R>(name: string, options: SingleOptions<P, R>): Single<P, R> => {
   checkName(name)
+  const common = commonOf(name, options)
   return {
     _tag: "Single",
     name,
-    transaction: options.transaction,
-    timeout: options.timeout,
+    transaction: common.transaction,
+    timeout: common.timeout,
     idempotencyKey: options.idempotencyKey,
     resources: resourcesOf(name, options.resources),
     run: (ctx) => options.run(ctx)

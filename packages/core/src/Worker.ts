@@ -40,6 +40,7 @@ import { type Classified, classify } from "./internal/classify.js"
 import { base32, digest, stableId } from "./internal/hash.js"
 import { labelled } from "./internal/labelled.js"
 import { onLocalWork } from "./internal/localWork.js"
+import { durationMs, positiveIntProblem } from "./internal/settings.js"
 import * as Skips from "./internal/skips.js"
 import { runParentSpan } from "./internal/tracing.js"
 import * as Job from "./Job.js"
@@ -70,7 +71,7 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   readonly workerId?: string | undefined
   /** Units this worker runs at once across its jobs (default: the largest `concurrency.perWorker`). */
   readonly concurrency?: number | undefined
-  /** Lease (and message visibility) length (default 60 s); renewed every third of it. */
+  /** Lease (and message visibility) length (default 60 s, at least 1 s); renewed every third of it. */
   readonly leaseDuration?: Duration.DurationInput | undefined
   /** Long-poll wait of one receive (default 1 s). */
   readonly pollInterval?: Duration.DurationInput | undefined
@@ -165,18 +166,31 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         message: `Worker: concurrency must be a positive integer (got ${concurrency})`
       })
     }
-    const leaseMs = Duration.toMillis(options.leaseDuration ?? "60 seconds")
-    yield* checkTransactions(store, options.jobs, leaseMs)
-    yield* checkPool(store, concurrency, Duration.toMillis(options.poolCheckTimeout ?? "5 seconds"))
-    const limiter = yield* setupLimits(store, options.jobs, options.limits, workerId)
-    const pollMs = Duration.toMillis(options.pollInterval ?? "1 second")
-    const feedMs = Duration.toMillis(options.feedInterval ?? "1 second")
+    /** A duration option in ms, or a ConfigurationError that names it (at least `minMs`; default > 0). */
+    const setting = (name: keyof Options<Jobs>, fallback: Duration.DurationInput, minMs?: number) => {
+      const checked = durationMs(`Worker: ${name}`, options[name], fallback, minMs)
+      return "ms" in checked
+        ? Effect.succeed(checked.ms)
+        : Effect.fail(new Errors.ConfigurationError({ message: checked.problem }))
+    }
+    // A lease under a second leaves no room for the heartbeat (a third of it) nor SQS's whole seconds.
+    const leaseMs = yield* setting("leaseDuration", "60 seconds", 1000)
+    const pollMs = yield* setting("pollInterval", "1 second")
+    const feedMs = yield* setting("feedInterval", "1 second")
+    const redeliverAfterMs = yield* setting("redeliverAfter", Duration.millis(leaseMs + 30_000))
+    const sweepMs = yield* setting("sweepInterval", "30 seconds")
+    const shutdownMs = yield* setting("shutdownTimeout", "30 seconds", 0)
+    const graceMs = yield* setting("definitionMismatchGrace", "15 minutes", 0)
+    const inProcessRetryMs = yield* setting("inProcessRetryLimit", "30 seconds", 0)
+    const poolCheckMs = yield* setting("poolCheckTimeout", "5 seconds")
+    const outstandingProblem = positiveIntProblem("Worker: maxOutstanding", options.maxOutstanding)
+    if (outstandingProblem !== undefined) {
+      return yield* new Errors.ConfigurationError({ message: outstandingProblem })
+    }
     const maxOutstanding = options.maxOutstanding ?? 100
-    const redeliverAfterMs = Duration.toMillis(options.redeliverAfter ?? Duration.millis(leaseMs + 30_000))
-    const sweepMs = Duration.toMillis(options.sweepInterval ?? "30 seconds")
-    const shutdownMs = Duration.toMillis(options.shutdownTimeout ?? "30 seconds")
-    const graceMs = Duration.toMillis(options.definitionMismatchGrace ?? "15 minutes")
-    const inProcessRetryMs = Duration.toMillis(options.inProcessRetryLimit ?? "30 seconds")
+    yield* checkTransactions(store, options.jobs, leaseMs)
+    yield* checkPool(store, concurrency, poolCheckMs)
+    const limiter = yield* setupLimits(store, options.jobs, options.limits, workerId)
     const cliName = options.cliName ?? "chunkwise"
     const probe = yield* Probe.Probe
     const context = yield* Effect.context<Job.Context<Jobs[number]>>()

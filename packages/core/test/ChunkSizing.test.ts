@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option, Schema } from "effect"
+import { type Duration, Effect, Option, Schema } from "effect"
 import { Job, MemoryDatabase, Runner, Step, Worker } from "../src/index.js"
 import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
 
@@ -97,5 +97,19 @@ describe("chunk sizes", () => {
       .toThrow(/chunkTime must be a positive duration/)
     expect(() => Step.chunked("e", { ...base, transaction: "chunk", chunkSize: 0 }))
       .toThrow(/chunkSize must be a positive integer \(got 0\)/)
+    // What the types allow only from JavaScript or a computed value: a typo names the option.
+    const typo = "5 secs" as Duration.DurationInput
+    expect(() => Step.chunked("f", { ...base, transaction: "chunk", chunkSize: 100, chunkTime: typo }))
+      .toThrow(/Step "f": chunkTime must be a duration such as "30 seconds".*\(got "5 secs"\)/)
+    expect(() => Step.chunked("g", { ...base, transaction: "chunk", timeout: typo }))
+      .toThrow(/Step "g": timeout must be a duration such as/)
+    expect(() => Step.single("h", { transaction: "chunk", timeout: 0, run: () => Effect.void }))
+      .toThrow(/Step "h": timeout must be a positive duration/)
+    // A mode other than the two would run as "none" and lose exactly-once.
+    const mode = "Chunk" as "chunk"
+    expect(() => Step.chunked("i", { ...base, transaction: mode })).toThrow(
+      /transaction must be "chunk" .* \(got "Chunk"\)/
+    )
+    expect(() => Step.single("j", { transaction: mode, run: () => Effect.void })).toThrow(/transaction must be "chunk"/)
   })
 })

@@ -69,6 +69,11 @@ describe("operator CLI on a real Postgres store", () => {
 
           const listed = yield* exec(cli, "status", "--json")
           expect(listed.json().runs.map((r: any) => r.runId)).toEqual([started.runId])
+          // A bad number is the operator's input, named as such: not "the store is unavailable".
+          const badLimit = yield* exec(cli, "status", "--limit", "-1")
+          expect(badLimit.code).toBe(2)
+          expect(badLimit.stderr).toContain("--limit must be at least 1")
+          expect((yield* exec(cli, "failures", started.runId, "--limit", "0")).code).toBe(2)
           const table = yield* exec(cli, "status")
           expect(table.stdout).toMatch(/^RUN\s+JOB\s+STATUS\s+PARTITIONS/)
           expect(table.stdout).toContain(started.runId)

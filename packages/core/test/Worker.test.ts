@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Schema, Scope, TestClock } from "effect"
+import { type Duration, Effect, Exit, Fiber, Schema, Scope, TestClock } from "effect"
 import { Errors, Job, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
   crashOnce,
@@ -194,6 +194,28 @@ describe("Worker on the in-memory engine", () => {
       expect(steps).toBeLessThan(50) // well under the first backoff (1 s), let alone the shutdown timeout
       const [unit] = yield* store.listUnits(runId, { limit: 10 })
       expect(unit).toMatchObject({ status: "pending", leaseOwner: null, crashesSinceProgress: 0 })
+    }).pipe(Effect.provide(memoryEngine())))
+})
+
+describe("Worker options", () => {
+  it.scoped("a bad setting is refused at start with the option and the fix, before anything runs", () =>
+    Effect.gen(function*() {
+      const job = testJob(recorder(), { partitions: 1, itemsPerPartition: 1 })
+      const refused = (options: Partial<Worker.Options<[typeof job]>>) =>
+        Effect.flip(Worker.make({ jobs: [job], ...fastWorker, ...options }))
+      // A zero lease failed every unit as a CrashLoop; a zero cap sent nothing, silently.
+      expect((yield* refused({ leaseDuration: 0 })).message).toMatch(
+        /Worker: leaseDuration must be at least 1000 ms \(got 0\)/
+      )
+      expect((yield* refused({ maxOutstanding: 0 })).message).toMatch(
+        /Worker: maxOutstanding must be a positive integer \(got 0\)/
+      )
+      const typo = "10 sec" as Duration.DurationInput
+      expect((yield* refused({ shutdownTimeout: typo })).message).toMatch(
+        /Worker: shutdownTimeout must be a duration such as "30 seconds".*\(got "10 sec"\)/
+      )
+      expect((yield* refused({ pollInterval: -5 })).message).toMatch(/Worker: pollInterval must be a positive duration/)
+      expect(yield* refused({ leaseDuration: 0 })).toBeInstanceOf(Errors.ConfigurationError)
     }).pipe(Effect.provide(memoryEngine())))
 })
 
