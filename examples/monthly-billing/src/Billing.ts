@@ -137,27 +137,27 @@ export const billChunk = (options: {
       with co as (
         select fee_rate_bp, active from ${s}.companies where id = ${company}::bigint
       ), batch as (
-        select w.id, w.worked_on, w.minutes, w.hourly_wage_yen, w.transport_yen, w.status, w.invoiced_month
+        select w.id, w.worked_on, w.status, w.invoiced_month
         from ${s}.work_records w
         where w.company_id = ${company}::bigint
           and (w.worked_on, w.id) > (${from.workedOn}::date, ${from.afterId}::bigint)
           and w.worked_on < ${next}::date
         order by w.worked_on, w.id
         limit ${limit}
-      ), billable as (
-        select b.id, b.transport_yen, (b.minutes::bigint * b.hourly_wage_yen + 30) / 60 as wage, co.fee_rate_bp
+      ), marked as (
+        -- Marking comes first and the lines follow from what it marked: a record whose status another
+        -- transaction changes meanwhile is re-checked here (the update waits for it, then looks at its
+        -- latest version), so a record cancelled while the chunk runs is neither marked nor billed.
+        update ${s}.work_records w set invoiced_month = ${bounds.first}::date
         from batch b cross join co
-        where co.active and b.status = 'approved' and b.invoiced_month is null
+        where w.id = b.id and co.active and w.status = 'approved' and w.invoiced_month is null
+        returning w.id, w.transport_yen, (w.minutes::bigint * w.hourly_wage_yen + 30) / 60 as wage, co.fee_rate_bp
       ), lines as (
         insert into ${s}.invoice_lines (billing_month, work_record_id, company_id, wage_yen, transport_yen, fee_yen)
         select ${bounds.first}::date, id, ${company}::bigint, wage, transport_yen, (wage * fee_rate_bp + 5000) / 10000
-        from billable
+        from marked
         on conflict do nothing
         returning work_record_id, wage_yen, transport_yen, fee_yen
-      ), marked as (
-        update ${s}.work_records w set invoiced_month = ${bounds.first}::date
-        from billable b where w.id = b.id
-        returning 1
       ), sums as (
         select count(*)::int as n, coalesce(sum(wage_yen), 0) as wages, coalesce(sum(transport_yen), 0) as transport,
           coalesce(sum(fee_yen), 0) as fee
@@ -180,7 +180,7 @@ export const billChunk = (options: {
         (select count(*)::int from marked) as marked,
         (select worked_on::text from last) as "lastWorkedOn",
         (select id::text from last) as "lastId",
-        (select min(b.id)::text from billable b where b.id not in (select work_record_id from lines)) as "unbalanced",
+        (select min(m.id)::text from marked m where m.id not in (select work_record_id from lines)) as "unbalanced",
         (select id::text || ' ' || status || ' ' || invoiced_month::text from batch
           where invoiced_month is not null and status <> 'approved' order by worked_on, id limit 1) as changed`
     if (row === undefined || row.active !== true) {

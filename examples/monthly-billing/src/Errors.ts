@@ -69,8 +69,12 @@ export const runbooks = [
       "Ask billing operations whether the company is still billed for this month.",
       "If it is: reactivate it (`update companies set active = true where id = <company>`), then " +
       "`billing retry <run> --partition <company> --reason \"reactivated\"`; the step resumes at its checkpoint.",
-      "If it is not: `billing skip <run> --partition <company> --reason \"deactivated\"`, and have the lines " +
-      "already written for it reversed by the usual credit procedure."
+      "If it is not: undo the part of its month already billed (no invoice was issued for it), in one " +
+      "transaction: `begin; update work_records w set invoiced_month = null from invoice_lines l where " +
+      "l.billing_month = '<month>-01' and l.company_id = <company> and w.id = l.work_record_id; delete from " +
+      "invoice_lines where billing_month = '<month>-01' and company_id = <company>; delete from invoice_drafts " +
+      "where company_id = <company> and billing_month = '<month>-01'; commit;`, then " +
+      "`billing skip <run> --partition <company> --reason \"deactivated\"`."
     ]
   }),
   Runbook.make(RecordChangedAfterBilling, {
@@ -82,8 +86,14 @@ export const runbooks = [
       "the invoice wrong, so the partition stopped; nothing of the failing chunk was written.",
     steps: [
       "Look at the record named in the failure and ask whoever changed it why.",
-      "If the change is right, issue a credit note for its invoice line by the usual procedure, then clear the " +
-      "record's invoiced_month so that it is no longer counted as billed.",
+      "If the change is right, take the record out of the month in one transaction, so its line, the invoice " +
+      "draft and the record agree: `begin; update invoice_drafts d set line_count = d.line_count - 1, wages_yen " +
+      "= d.wages_yen - l.wage_yen, transport_yen = d.transport_yen - l.transport_yen, fee_yen = d.fee_yen - " +
+      "l.fee_yen from invoice_lines l where l.billing_month = '<month>-01' and l.work_record_id = <record> and " +
+      "d.company_id = l.company_id and d.billing_month = l.billing_month; delete from invoice_lines where " +
+      "billing_month = '<month>-01' and work_record_id = <record>; update work_records set invoiced_month = null " +
+      "where id = <record>; commit;`. The retry then issues the invoice at its new total; if the old invoice " +
+      "already reached the customer, send a credit note by the usual procedure.",
       "If the change is a mistake, set its status back to approved.",
       "Then `billing retry <run> --partition <company> --reason \"<what you did>\"`."
     ]
@@ -94,15 +104,21 @@ export const runbooks = [
     severity: "page",
     meaning: "A billing chunk found an invoice line for a work record that is not marked billed, so the " +
       "records it marks and the lines it writes differ, and the invoice (summed per chunk) would not match its " +
-      "lines. Something outside the job wrote or kept invoice lines: a manual fix, a restore, another process. " +
-      "The chunk rolled back; nothing of it was written.",
+      "lines. Something else wrote or kept invoice lines: most often a second run of the same month at the same " +
+      "time (`start --rerun` while the first still ran), else a manual fix, a restore or another process. The " +
+      "chunk rolled back; nothing of it was written.",
     steps: [
-      "Find the lines of the month without a billed record: `select l.* from invoice_lines l join work_records w " +
-      "on w.id = l.work_record_id where l.billing_month = '<month>-01' and w.invoiced_month is distinct from " +
-      "l.billing_month`.",
-      "Find out who wrote them; stop that process.",
-      "Delete those lines if they are wrong, or mark their records billed if they are right (then add them to the " +
-      "company's invoice_drafts row), and `billing retry <run> --partition <company> --reason \"<what you did>\"`."
+      "`billing status` lists the runs: if another run of this month is still running, let it finish (or cancel " +
+      "one of the two), then retry this one; nothing else is needed.",
+      "Otherwise find the lines of the month without a billed record: `select l.* from invoice_lines l join " +
+      "work_records w on w.id = l.work_record_id where l.billing_month = '<month>-01' and w.invoiced_month is " +
+      "distinct from l.billing_month`, find out who wrote them and stop that process.",
+      "Delete those lines if they are wrong, or mark their records billed if they are right; then set the " +
+      "company's draft from its lines, so nothing is counted twice: `update invoice_drafts d set (line_count, " +
+      "wages_yen, transport_yen, fee_yen) = (select count(*), coalesce(sum(wage_yen), 0), " +
+      "coalesce(sum(transport_yen), 0), coalesce(sum(fee_yen), 0) from invoice_lines l where l.company_id = " +
+      "d.company_id and l.billing_month = d.billing_month) where d.company_id = <company> and d.billing_month = " +
+      "'<month>-01'`. Then `billing retry <run> --partition <company> --reason \"<what you did>\"`."
     ]
   })
 ] as const

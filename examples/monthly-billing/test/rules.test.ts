@@ -5,7 +5,8 @@
 import { Runner, StateStore, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Deferred, Effect, Fiber } from "effect"
+import * as Billing from "../src/Billing.js"
 import * as Expected from "../src/Expected.js"
 import * as MonthlyBilling from "../src/MonthlyBilling.js"
 import * as Seed from "../src/Seed.js"
@@ -69,6 +70,44 @@ describe("monthly billing on Postgres", () => {
       expect(mails).toEqual([{ c: 1, total: 2512 }, { c: 2, total: 3480 }])
       // The independent computation agrees.
       expect((yield* Expected.verify(app, month)).problems).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(pgClient())), 60_000)
+
+  it.live("a record cancelled while its chunk runs is neither marked nor billed", () =>
+    Effect.gen(function*() {
+      const app = freshSchema("mb_app")
+      yield* withBilling(app, freshSchema("mb_store"))
+      yield* seedHandMade(app)
+      const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+      const s = sql(app)
+      // Another transaction cancels record 2 and holds its lock while the chunk reads and bills.
+      const [locked, release] = [yield* Deferred.make<void>(), yield* Deferred.make<void>()]
+      const cancelling = yield* Effect.fork(sql.withTransaction(Effect.gen(function*() {
+        yield* sql`update ${s}.work_records set status = 'cancelled' where id = 2`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      const chunk = yield* Effect.fork(sql.withTransaction(
+        Billing.billChunk({ schema: app, month, company: "1", cursor: Billing.startCursor, limit: 100 })
+      ))
+      yield* Effect.sleep("300 millis") // the chunk now waits for record 2's lock
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(cancelling)
+      expect((yield* Fiber.join(chunk)).billed).toBe(3)
+      const rows = yield* sql<
+        { readonly id: number; readonly status: string; readonly billed: boolean; readonly line: boolean }
+      >`
+        select w.id::int as id, w.status, w.invoiced_month is not null as billed, l.work_record_id is not null as line
+        from ${s}.work_records w left join ${s}.invoice_lines l on l.work_record_id = w.id
+        where w.id in (1, 2, 3, 4) order by w.id`
+      expect(rows.map((r) => [r.id, r.status, r.billed, r.line])).toEqual([
+        [1, "approved", true, true],
+        [2, "cancelled", false, false],
+        [3, "approved", true, true],
+        [4, "approved", true, true]
+      ])
+      const [draft] = yield* sql<{ readonly lines: number }>`select line_count as lines from ${s}.invoice_drafts`
+      expect(draft!.lines).toBe(3)
     }).pipe(Effect.scoped, Effect.provide(pgClient())), 60_000)
 
   it.live(
