@@ -129,9 +129,10 @@ export const billChunk = (options: {
     const dayTo = options.days?.to ?? bounds.next
     const first = dayFrom > bounds.first ? dayFrom : bounds.first
     const next = dayTo < bounds.next ? dayTo : bounds.next
-    // Before the range's first record: start at (first day, id 0), so the range scan starts there.
+    // Before the range's first record: start before (first day, the least id), so the range scan starts
+    // there and a record of any id (negative ones too) on the first day is billed.
     const from = cursor.workedOn < first
-      ? { workedOn: first, afterId: "0" }
+      ? { workedOn: first, afterId: "-9223372036854775808" }
       : { workedOn: cursor.workedOn, afterId: String(cursor.afterId) }
     const [row] = yield* sql<ChunkRow>`
       with co as (

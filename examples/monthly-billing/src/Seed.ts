@@ -48,8 +48,9 @@ export const seed = (options: Options) =>
     const sql = client.withoutTransforms()
     const s = sql(options.schema)
     const { first } = monthBounds(options.month)
-    const a = `hashtextextended(x.company_id || ':' || x.g || ':a', ${options.seed})`
-    const b = `hashtextextended(x.company_id || ':' || x.g || ':b', ${options.seed})`
+    // Two 64-bit hashes per record (columns of `x`, from the seed as a parameter), cut into 16-bit slices.
+    const a = "x.ha"
+    const b = "x.hb"
     yield* client.withTransaction(Effect.gen(function*() {
       yield* sql`truncate ${s}.billing_notifications, ${s}.invoices, ${s}.invoice_lines, ${s}.invoice_drafts,
         ${s}.mail_sent, ${s}.work_records, ${s}.companies`
@@ -76,7 +77,10 @@ export const seed = (options: Options) =>
             n + case when rank <= ${options.records}::bigint - sum(n) over () then 1 else 0 end as n
           from floors
         ), x as (
-          select c.company_id, g from counts c cross join lateral generate_series(1, c.n) g
+          select c.company_id, g,
+            hashtextextended(c.company_id || ':' || g || ':a', ${options.seed}::bigint) as ha,
+            hashtextextended(c.company_id || ':' || g || ':b', ${options.seed}::bigint) as hb
+          from counts c cross join lateral generate_series(1, c.n) g
         ), shaped as (
           select x.company_id,
             (${sql.literal(slice(a, 0))}) as u_month,

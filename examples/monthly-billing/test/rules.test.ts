@@ -111,6 +111,28 @@ describe("monthly billing on Postgres", () => {
     }).pipe(Effect.scoped, Effect.provide(pgClient())), 60_000)
 
   it.live(
+    "a record of any id on the month's first day is billed (the first chunk starts before the least id)",
+    () =>
+      Effect.gen(function*() {
+        const app = freshSchema("mb_app")
+        yield* withBilling(app, freshSchema("mb_store"))
+        yield* seedHandMade(app)
+        const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+        yield* sql`insert into ${sql(app)}.work_records
+        (id, company_id, worker_id, worked_on, minutes, hourly_wage_yen, transport_yen, status)
+        values (-7, 1, 1, '2026-10-01', 60, 1000, 0, 'approved'), (0, 1, 1, '2026-10-01', 60, 1000, 0, 'approved')`
+        const result = yield* sql.withTransaction(
+          Billing.billChunk({ schema: app, month, company: "1", cursor: Billing.startCursor, limit: 100 })
+        )
+        expect(result.billed).toBe(6)
+        const billed = yield* sql<{ readonly id: number }>`
+        select work_record_id::int as id from ${sql(app)}.invoice_lines order by 1`
+        expect(billed.map((b) => b.id)).toEqual([-7, 0, 1, 2, 3, 4])
+      }).pipe(Effect.scoped, Effect.provide(pgClient())),
+    60_000
+  )
+
+  it.live(
     "running a finished month again changes nothing: attached, or as an explicit re-run",
     () =>
       Effect.gen(function*() {

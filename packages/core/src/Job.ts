@@ -277,7 +277,8 @@ export const budgetOf = (job: string, budget: FailureBudget | undefined) => {
     return (_count: number) => spec
   }
   const percent = Number(spec.slice(0, -1))
-  if (!spec.endsWith("%") || !Number.isFinite(percent) || percent < 0 || percent > 100) {
+  // A number before the sign: `Number("")` is 0, so "%" alone would pass as 0 %.
+  if (!/^\d+(\.\d+)?%$/.test(spec) || percent > 100) {
     fail(job, `failureBudget.partitions must be a count >= 0 or a percentage like "1%" (got "${spec}")`)
   }
   return (count: number) => Math.floor((count * percent) / 100)

@@ -409,6 +409,13 @@ describe("configuration errors fail fast", () => {
     expect(() =>
       Job.make({
         ...base,
+        failureBudget: { partitions: "%" as `${number}%` },
+        steps: (step) => [step.single("s", { transaction: "none", run: () => Effect.void })]
+      })
+    ).toThrow(/failureBudget.partitions must be a count >= 0 or a percentage like "1%" \(got "%"\)/)
+    expect(() =>
+      Job.make({
+        ...base,
         errors: [{
           errorClass: Errors.LeaseLost,
           runbook: {
