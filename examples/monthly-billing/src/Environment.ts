@@ -71,7 +71,7 @@ export const settings: Config.Config<Settings> = Config.all({
 /** Reads the settings, checking the schema names. */
 export const load = Effect.gen(function*() {
   const s = yield* settings.pipe(
-    Effect.mapError((e) => new BillingError({ message: `invalid setting: ${e.toString()}` }))
+    Effect.mapError((e) => new BillingError({ message: `invalid setting: ${e.toString()}`, input: true }))
   )
   yield* checkSchema(s.billingSchema)
   yield* checkSchema(s.storeSchema)

@@ -51,9 +51,13 @@ export class InvoiceWouldNotBalance extends Schema.TaggedError<InvoiceWouldNotBa
   }
 }
 
-/** A setting or an input of the example is wrong; the message names it and the fix. */
+/**
+ * The example could not do what it was asked; the message names the cause and the fix. `input`: the
+ * cause is a setting or an argument (the CLI exits 2), not a failure of the work (exit 1).
+ */
 export class BillingError extends Schema.TaggedError<BillingError>()("BillingError", {
-  message: Schema.String
+  message: Schema.String,
+  input: Schema.optional(Schema.Boolean)
 }) {}
 
 /** The runbooks of the billing job's error classes. */

@@ -28,7 +28,9 @@ export const demoDefaults = { companies: 100, records: 50_000, seed: 42 } as con
 const positive = (what: string, value: number, max: number) =>
   Number.isInteger(value) && value >= 1 && value <= max
     ? Effect.void
-    : Effect.fail(new BillingError({ message: `${what} must be an integer from 1 to ${max} (got ${value})` }))
+    : Effect.fail(
+      new BillingError({ message: `${what} must be an integer from 1 to ${max} (got ${value})`, input: true })
+    )
 
 /** A uniform number in [0, 1) from 16 bits (`slice` 0..3) of a 64-bit hash. */
 const slice = (hash: string, k: number) => `(((${hash}) >> ${16 * k}) & 65535)::float8 / 65536`
@@ -42,7 +44,7 @@ export const seed = (options: Options) =>
     yield* positive("--companies", options.companies, 1_000_000)
     yield* positive("--records", options.records, 100_000_000)
     if (!Number.isInteger(options.seed)) {
-      return yield* new BillingError({ message: `--seed must be an integer (got ${options.seed})` })
+      return yield* new BillingError({ message: `--seed must be an integer (got ${options.seed})`, input: true })
     }
     const client = yield* SqlClient.SqlClient
     const sql = client.withoutTransforms()

@@ -18,7 +18,8 @@ export const checkSchema = (schema: string): Effect.Effect<string, BillingError>
     : Effect.fail(
       new BillingError({
         message: `schema "${schema}" must be a lower-case identifier (letters, digits, _), e.g. "billing"; ` +
-          `set BILLING_SCHEMA to one`
+          `set BILLING_SCHEMA to one`,
+        input: true
       })
     )
 

@@ -644,6 +644,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
               ))
         }
         const moved = yield* queue.redrive({ messageIds: args.ids.length === 0 ? undefined : args.ids })
+        // Ids that moved nothing were mistyped or redriven already: say so rather than report success.
+        const asked = new Set(args.ids).size
+        if (asked > 0 && moved < asked) {
+          return yield* usage(
+            `redrove ${moved} of ${asked} message(s): the others are not dead letters of this queue ` +
+              `(a typo, or redriven already). \`redrive --list\` shows the dead letters and their ids.`
+          )
+        }
         yield* print(
           args.json,
           { redriven: moved, messageIds: args.ids.length === 0 ? null : args.ids },

@@ -491,6 +491,11 @@ export function chunked<P, C, CI, R, K extends RangeKey = never, KI = never>(
   name: string,
   options: ProcessOptions<P, C, CI, R, K, KI>
 ): Chunked<P, C, R>
+/**
+ * A chunked step whose chunk is `read` (up to `chunkSize` items after the cursor, and the next cursor)
+ * then `write` (the items, in the chunk's transaction in `chunk` mode); with `skip`, bad items are set
+ * aside instead of failing the chunk.
+ */
 export function chunked<P, C, CI, I, R, K extends RangeKey = never, KI = never, II = never>(
   name: string,
   options: ReadWriteOptions<P, C, CI, I, R, K, KI, II>

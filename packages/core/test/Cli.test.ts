@@ -342,6 +342,10 @@ describe("operator CLI on a real Postgres store", () => {
           expect((yield* exec(cli, "redrive", "--list")).stdout).toContain("MalformedMessage: not JSON")
           const moved = (yield* exec(cli, "redrive", "--id", delivery!.messageId, "--json")).json()
           expect(moved).toEqual({ redriven: 1, messageIds: [delivery!.messageId] })
+          // Redriven already (or mistyped): said, not reported as done.
+          const again = yield* exec(cli, "redrive", "--id", delivery!.messageId)
+          expect(again.code).toBe(2)
+          expect(again.stderr).toContain("redrove 0 of 1 message(s)")
           expect((yield* exec(cli, "redrive", "--list")).stdout).toBe("No dead-lettered messages.")
           expect((yield* queue.depth).ready).toBe(1)
         })

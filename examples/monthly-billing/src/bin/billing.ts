@@ -34,7 +34,8 @@ const durableDatabase = Environment.isEmbedded(s)
   ? Layer.fail(
     new BillingError({
       message: "this command needs a database that outlives the process: set DATABASE_URL to a Postgres URL " +
-        "(the embedded PGlite lives only as long as `billing demo`)"
+        "(the embedded PGlite lives only as long as `billing demo`)",
+      input: true
     })
   )
   : Environment.database(s)
@@ -62,7 +63,7 @@ const seedOption = Options.integer("seed").pipe(Options.withDefault(Seed.demoDef
 const checkMonth = (value: string) =>
   /^\d{4}-(0[1-9]|1[0-2])$/.test(value)
     ? Effect.succeed(value)
-    : Effect.fail(new BillingError({ message: `--month must be YYYY-MM, e.g. 2026-10 (got "${value}")` }))
+    : Effect.fail(new BillingError({ message: `--month must be YYYY-MM, e.g. 2026-10 (got "${value}")`, input: true }))
 
 const demo = Command.make(
   "demo",
@@ -160,7 +161,8 @@ if (args[0] !== undefined && ownNames.has(args[0])) {
                 : `error: ${Cause.pretty(Cause.fail(error))}`
             ),
             Effect.sync(() => {
-              process.exitCode = 1
+              // A setting or an argument is wrong: 2, as the operator CLI's usage errors; else 1.
+              process.exitCode = (error as { readonly input?: unknown }).input === true ? 2 : 1
             })
           )
       ),
