@@ -289,14 +289,23 @@ export const runbookFor = (job: Any, tag: string): Runbook.Runbook =>
   job.runbooks.get(tag) ?? job.runbooks.get("Unclassified")!
 
 /** Decodes and validates params (applying schema defaults), returning their encoded form too. */
-export const validateParams = <P, R>(job: Job<P, R>, input: unknown, from: "type" | "encoded") =>
+export const validateParams = <P, R>(
+  job: Job<P, R>,
+  input: unknown,
+  from: "type" | "encoded",
+  /** `"error"`: a key the schema does not know is refused (input from outside); default: dropped. */
+  excess: "error" | "ignore" = "ignore"
+) =>
   Effect.gen(function*() {
     const invalid = (error: ParseResult.ParseError) =>
       new Errors.InvalidParams({ job: job.name, details: ParseResult.TreeFormatter.formatErrorSync(error) })
     const encodedInput = from === "type"
       ? yield* Effect.mapError(Schema.encodeUnknown(job.params)(input), invalid)
       : input
-    const params = yield* Effect.mapError(Schema.decodeUnknown(job.params)(encodedInput), invalid)
+    const params = yield* Effect.mapError(
+      Schema.decodeUnknown(job.params)(encodedInput, { onExcessProperty: excess }),
+      invalid
+    )
     const encoded = yield* Effect.mapError(Schema.encode(job.params)(params), invalid)
     return { params, encoded: encoded as unknown }
   })

@@ -46,7 +46,7 @@ export const startEncoded = <P, R>(
   job: Job.Job<P, R>,
   params: unknown,
   options: StartOptions = {}
-) => Effect.flatMap(Job.validateParams(job, params, "encoded"), (valid) => startValid(job, valid, options))
+) => Effect.flatMap(Job.validateParams(job, params, "encoded", "error"), (valid) => startValid(job, valid, options))
 
 const startValid = <P, R>(
   job: Job.Job<P, R>,

@@ -275,6 +275,10 @@ describe("bad input", () => {
       expect(error._tag).toBe("InvalidParams")
       expect(error.message).toContain(`invalid params for job "test-job"`)
       expect(error.message).toContain("label")
+      // A key the params schema does not know (a misspelt option) is refused, not dropped.
+      const typo = yield* Effect.flip(Runner.startEncoded(job, { label: "x", lable: "y" }))
+      expect(typo._tag).toBe("InvalidParams")
+      expect(typo.message).toContain("lable")
       const runs = yield* Effect.flatMap(StateStore.StateStore, (s) => s.listRuns({ limit: 10 }))
       expect(runs).toEqual([])
     }).pipe(Effect.provide(memoryEngine())))
