@@ -108,13 +108,10 @@ export const runbooks = [
     severity: "page",
     meaning: "A billing chunk found an invoice line for a work record that is not marked billed, so the " +
       "records it marks and the lines it writes differ, and the invoice (summed per chunk) would not match its " +
-      "lines. Something else wrote or kept invoice lines: most often a second run of the same month at the same " +
-      "time (`start --rerun` while the first still ran), else a manual fix, a restore or another process. The " +
-      "chunk rolled back; nothing of it was written.",
+      "lines. Something outside the job wrote or kept invoice lines: a manual fix, a restore, another process. " +
+      "The chunk rolled back; nothing of it was written.",
     steps: [
-      "`billing status` lists the runs: if another run of this month is still running, let it finish (or cancel " +
-      "one of the two), then retry this one; nothing else is needed.",
-      "Otherwise find the lines of the month without a billed record: `select l.* from invoice_lines l join " +
+      "Find the lines of the month without a billed record: `select l.* from invoice_lines l join " +
       "work_records w on w.id = l.work_record_id where l.billing_month = '<month>-01' and w.invoiced_month is " +
       "distinct from l.billing_month`, find out who wrote them and stop that process.",
       "Delete those lines if they are wrong, or mark their records billed if they are right; then set the " +

@@ -574,8 +574,8 @@ export const make = (
           "receive",
           Effect.suspend(() => {
             const sentAt = now()
-            // A request interrupted in flight (a worker draining) runs to its end (at most its long
-            // poll) and its messages go back at once, rather than stay hidden for the visibility.
+            // A request interrupted in flight (a worker draining) runs to its end in the background, and
+            // its messages go back at once, rather than stay hidden for the visibility.
             return QueueAdapter.receiveOrGiveBack(
               Effect.map(
                 request((o) =>

@@ -26,7 +26,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Deferred, Effect, Layer } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import * as Errors from "./Errors.js"
 
 /** A message to send. */
@@ -109,21 +109,25 @@ export interface QueueAdapterShape {
 }
 
 /**
- * For drivers: runs `call`, a broker call that hands messages out, to its end even if the caller is
- * interrupted meanwhile (a worker draining), and then gives what it received back with `giveBack`
- * (visible again at once) instead of dropping it, which would leave it hidden for its visibility
- * timeout. Keep `call` itself short: a long poll belongs outside it, or stays brief, since an
- * interruption waits for it.
+ * For drivers: runs `call`, a broker call that hands messages out. If the caller is interrupted (a
+ * worker draining) while the call is in flight, the caller is released at once and the call goes on
+ * in the background; what it received is then given back with `giveBack` (visible again at once)
+ * instead of dropped, which would leave it hidden for its visibility timeout. Interrupting the request
+ * itself could not undo a delivery the broker already made.
  */
 export const receiveOrGiveBack = <A, E, R, R2>(
   call: Effect.Effect<A, E, R>,
   giveBack: (received: A) => Effect.Effect<void, never, R2>
 ): Effect.Effect<A, E, R | R2> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(
-      call,
-      (received) => restore(Effect.succeed(received)).pipe(Effect.onInterrupt(() => giveBack(received)))
-    )
+    Effect.flatMap(Effect.forkDaemon(call), (inFlight) =>
+      restore(Fiber.join(inFlight)).pipe(
+        Effect.onInterrupt(() =>
+          Effect.forkDaemon(
+            Effect.flatMap(Fiber.await(inFlight), (exit) => Exit.isSuccess(exit) ? giveBack(exit.value) : Effect.void)
+          )
+        )
+      ))
   )
 
 /** The queue service. */

@@ -1054,7 +1054,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           // A lost reply leaves the outcome unknown: repeating the claim with its id is safe (the store
           // gives the lease it took back, or claims now), and a lease it took is not left to expire.
           // Nobody else receives the message meanwhile, so the repeats may go on for half a lease.
-          Effect.retry(claimRetry),
+          // A drain stops the repeats (the id is kept): it must not wait out half a lease.
+          Effect.retry({ schedule: claimRetry, while: () => !draining }),
           Effect.tapError(() => Effect.sync(() => keepUnsettledClaim(unitKey, claimId)))
         )
         // An id repeated without taking its lease (not yet expired, or no job slot free, or the feeder

@@ -215,6 +215,9 @@ describe("Worker options", () => {
         /Worker: shutdownTimeout must be a duration such as "30 seconds".*\(got "10 sec"\)/
       )
       expect((yield* refused({ pollInterval: -5 })).message).toMatch(/Worker: pollInterval must be a positive duration/)
+      // Effect reads a negative or NaN duration as zero; where zero is allowed, it must not slip through.
+      expect((yield* refused({ shutdownTimeout: -5 })).message).toMatch(/shutdownTimeout must be a positive duration/)
+      expect((yield* refused({ shutdownTimeout: Number.NaN })).message).toMatch(/got NaN/)
       expect(yield* refused({ leaseDuration: 0 })).toBeInstanceOf(Errors.ConfigurationError)
     }).pipe(Effect.provide(memoryEngine())))
 })

@@ -413,7 +413,10 @@ export const suite = (name: string, options: Options): void => {
         const queue = yield* QueueAdapter.QueueAdapter
         const waiting = yield* Effect.fork(queue.receive({ max: 10, visibilityMs: visibility, waitMs: visibility * 5 }))
         yield* options.time === "test-clock" ? Effect.yieldNow() : Effect.sleep(50)
+        const started = Date.now()
         yield* Fiber.interrupt(waiting)
+        // At once, not at the end of the wait: a draining worker must not sit out a long poll.
+        if (options.time === "live") expect(Date.now() - started).toBeLessThan(visibility * 2.5)
         yield* queue.send([{ body: "after shutdown" }])
         const [delivery] = yield* receiveUntil(1)
         expect(delivery!.body).toBe("after shutdown")

@@ -1126,37 +1126,37 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         if not found then
           return;
         end if;
-        -- The same claim again: its lease back, extended with its job slot, while both are live.
-        if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker) is true then
-          select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
-          select status into v_run_status from ${s}.runs where run_id = p_run;
-          if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker
-              and v_unit.lease_expires_at > clock_timestamp()
-              and v_run_status = case when v_unit.kind = 'finalize' then 'finalizing' else 'running' end) is true then
-            v_until := clock_timestamp() + p_lease_ms * interval '1 millisecond';
-            if p_slots is not null then
-              update ${s}.job_slots set expires_at = v_until
-              where run_id = p_run and unit_id = p_unit and fencing_token = v_unit.fencing_token
-                and expires_at > clock_timestamp();
-              if not found then
-                return; -- its slot lapsed and may be another unit's now: no longer this claim's lease
-              end if;
-            end if;
-            update ${s}.units u set lease_expires_at = v_until
-            where u.run_id = p_run and u.unit_id = p_unit
-            returning u.* into v_unit;
-            return next v_unit;
-            return;
-          end if;
-        end if;
-        -- A job at its cap claims nothing: looked at before any lock (a slot is taken for real below).
-        if p_slots is not null and not exists (
-          select 1 from ${s}.job_slots
-          where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())) then
+        -- A job at its cap claims nothing: looked at before any lock (a slot is taken for real below),
+        -- except by a repeat, whose lease holds its slot.
+        if p_slots is not null
+          and (v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker) is not true
+          and not exists (
+            select 1 from ${s}.job_slots
+            where job = p_job and slot <= p_slots and (unit_id is null or expires_at <= clock_timestamp())) then
           return;
         end if;
+        -- Locked, and read again: a repeat may have waited here for its own claim, still in flight.
         select * into v_unit from ${s}.units where run_id = p_run and unit_id = p_unit for no key update;
         select status into v_run_status from ${s}.runs where run_id = p_run;
+        -- The same claim again: its lease back, extended with its job slot, while both are live.
+        if (v_unit.status = 'leased' and v_unit.claim_id = p_claim and v_unit.lease_owner = p_worker
+            and v_unit.lease_expires_at > clock_timestamp()
+            and v_run_status = case when v_unit.kind = 'finalize' then 'finalizing' else 'running' end) is true then
+          v_until := clock_timestamp() + p_lease_ms * interval '1 millisecond';
+          if p_slots is not null then
+            update ${s}.job_slots set expires_at = v_until
+            where run_id = p_run and unit_id = p_unit and fencing_token = v_unit.fencing_token
+              and expires_at > clock_timestamp();
+            if not found then
+              return; -- its slot lapsed and may be another unit's now: no longer this claim's lease
+            end if;
+          end if;
+          update ${s}.units u set lease_expires_at = v_until
+          where u.run_id = p_run and u.unit_id = p_unit
+          returning u.* into v_unit;
+          return next v_unit;
+          return;
+        end if;
         if (v_unit.enqueue_seq <= p_seq
             and case when v_unit.kind = 'finalize' then v_run_status = 'finalizing' else v_run_status = 'running' end
             and (v_unit.status = 'pending'

@@ -14,11 +14,13 @@ export const durationMs = (
   fallback: Duration.DurationInput,
   minMs?: number
 ): { readonly ms: number } | { readonly problem: string } => {
-  const decoded = Duration.decodeUnknown(input ?? fallback)
+  // Effect reads a negative or NaN duration as zero: refuse it here, where its sign is still visible.
+  const negative = (typeof input === "number" && !(input >= 0)) || (typeof input === "string" && /^\s*-/.test(input))
+  const decoded = negative ? Option.none() : Duration.decodeUnknown(input ?? fallback)
   if (Option.isNone(decoded)) {
     return {
-      problem: `${name} must be a duration such as "30 seconds", "500 millis" or a number of milliseconds ` +
-        `(got ${JSON.stringify(input)})`
+      problem: `${name} must be ${negative ? "a positive" : "a"} duration such as "30 seconds", "500 millis" or a ` +
+        `number of milliseconds (got ${shown(input)})`
     }
   }
   const ms = Duration.toMillis(decoded.value)
@@ -36,4 +38,7 @@ export const durationMs = (
 export const positiveIntProblem = (name: string, value: unknown): string | undefined =>
   value === undefined || (typeof value === "number" && Number.isInteger(value) && value >= 1)
     ? undefined
-    : `${name} must be a positive integer (got ${JSON.stringify(value)})`
+    : `${name} must be a positive integer (got ${shown(value)})`
+
+/** A value as the user wrote it (strings quoted; bigints and others as text). */
+const shown = (value: unknown): string => typeof value === "string" ? JSON.stringify(value) : String(value)
