@@ -146,12 +146,14 @@ export const billChunk = (options: {
         order by w.worked_on, w.id
         limit ${limit}
       ), marked as (
-        -- Marking comes first and the lines follow from what it marked: a record whose status another
-        -- transaction changes meanwhile is re-checked here (the update waits for it, then looks at its
-        -- latest version), so a record cancelled while the chunk runs is neither marked nor billed.
+        -- Marking comes first and the lines follow from what it marked: a record another transaction
+        -- changes meanwhile is re-checked here (the update waits for it, then looks at its latest
+        -- version), so a record cancelled, moved to another company or month while the chunk runs is
+        -- neither marked nor billed.
         update ${s}.work_records w set invoiced_month = ${bounds.first}::date
         from batch b cross join co
         where w.id = b.id and co.active and w.status = 'approved' and w.invoiced_month is null
+          and w.company_id = ${company}::bigint and w.worked_on >= ${first}::date and w.worked_on < ${next}::date
         returning w.id, w.transport_yen, (w.minutes::bigint * w.hourly_wage_yen + 30) / 60 as wage, co.fee_rate_bp
       ), lines as (
         insert into ${s}.invoice_lines (billing_month, work_record_id, company_id, wage_yen, transport_yen, fee_yen)
