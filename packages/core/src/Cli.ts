@@ -36,6 +36,7 @@ import * as F from "./internal/cli/format.js"
 import * as L from "./internal/cli/limits.js"
 import * as Q from "./internal/cli/quarantine.js"
 import * as V from "./internal/cli/views.js"
+import { positiveIntProblem } from "./internal/settings.js"
 import type * as Job from "./Job.js"
 import * as Quarantine from "./Quarantine.js"
 import { QueueAdapter } from "./QueueAdapter.js"
@@ -427,9 +428,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>, E = never, QE = 
     (args) =>
       Effect.gen(function*() {
         const concurrency = Option.getOrUndefined(args.concurrency)
-        if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1)) {
-          return yield* usage(`--concurrency must be a positive integer (got ${concurrency})`)
-        }
+        const concurrencyProblem = positiveIntProblem("--concurrency", concurrency)
+        if (concurrencyProblem !== undefined) return yield* usage(concurrencyProblem)
         yield* withQueue(
           Effect.gen(function*() {
             const handle = yield* Worker.make({

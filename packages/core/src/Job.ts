@@ -7,6 +7,7 @@
 import { Effect, Either, ParseResult, Schema, Stream } from "effect"
 import * as Errors from "./Errors.js"
 import { canonicalJson, stableId } from "./internal/hash.js"
+import { positiveIntProblem } from "./internal/settings.js"
 import * as JobDefinition from "./JobDefinition.js"
 import * as Quarantine from "./Quarantine.js"
 import * as Runbook from "./Runbook.js"
@@ -107,9 +108,8 @@ const fail = (job: string, message: string): never => {
 }
 
 const positiveInt = (job: string, what: string, value: number | undefined) => {
-  if (value !== undefined && (!Number.isInteger(value) || value < 1)) {
-    fail(job, `${what} must be a positive integer (got ${value})`)
-  }
+  const problem = positiveIntProblem(what, value)
+  if (problem !== undefined) fail(job, problem)
 }
 
 /** D10: the start cursor must survive encode → JSON → decode, and stay under 1 KiB. */

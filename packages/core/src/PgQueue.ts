@@ -78,17 +78,14 @@ export const make = (options: Options = {}): Effect.Effect<
     const schema = options.schema ?? "chunkwise"
     const queue = options.queue ?? "chunkwise"
     const maxReceives = options.maxReceives ?? 50
-    if (!Number.isInteger(maxReceives) || maxReceives < 1) {
-      return yield* new Errors.ConfigurationError({
-        message: `PgQueue: maxReceives must be a positive integer (got ${maxReceives}); the default is 50`
-      })
-    }
     const maxBytes = options.maxMessageBytes ?? 262_144
     const poll = durationMs("PgQueue: pollInterval", options.pollInterval, "100 millis")
-    const problem = queue === ""
-      ? `PgQueue: queue must be a non-empty name (got "")`
-      : positiveIntProblem("PgQueue: maxMessageBytes", options.maxMessageBytes) ??
-        ("problem" in poll ? poll.problem : undefined)
+    const problem = [
+      positiveIntProblem("PgQueue: maxReceives", options.maxReceives)?.concat("; the default is 50"),
+      queue === "" ? `PgQueue: queue must be a non-empty name (got "")` : undefined,
+      positiveIntProblem("PgQueue: maxMessageBytes", options.maxMessageBytes),
+      "problem" in poll ? poll.problem : undefined
+    ].find((p) => p !== undefined)
     if (problem !== undefined) return yield* new Errors.ConfigurationError({ message: problem })
     const pollMs = "ms" in poll ? poll.ms : 100
     yield* migrate({ schema: options.schema })

@@ -12,7 +12,7 @@
  */
 import { Duration, Effect, Schema } from "effect"
 import { initialSize, type Sizing } from "./internal/chunkSizer.js"
-import { durationMs } from "./internal/settings.js"
+import { durationMs, positiveIntProblem } from "./internal/settings.js"
 import * as Quarantine from "./Quarantine.js"
 import { invalidResourceName } from "./ResourceLimiter.js"
 
@@ -462,7 +462,8 @@ const sizingOf = (name: string, options: ChunkingOptions & CommonOptions): Sizin
     )
   }
   if (typeof size === "number") {
-    if (!isPositiveInteger(size)) fail(`chunkSize must be a positive integer (got ${size})`)
+    const sizeProblem = positiveIntProblem("chunkSize", size)
+    if (sizeProblem !== undefined) fail(sizeProblem)
     return targetMs === undefined
       ? { _tag: "Fixed", size }
       : { _tag: "Adaptive", min: 1, max: size, initial: size, targetMs }

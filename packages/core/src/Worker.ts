@@ -161,10 +161,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
 
     const workerId = options.workerId ?? `w-${base32(digest([Math.random(), Date.now()])).slice(0, 10)}`
     const concurrency = options.concurrency ?? Math.max(...options.jobs.map((j) => j.concurrency.perWorker))
-    if (!Number.isInteger(concurrency) || concurrency < 1) {
-      return yield* new Errors.ConfigurationError({
-        message: `Worker: concurrency must be a positive integer (got ${concurrency})`
-      })
+    const concurrencyProblem = positiveIntProblem("Worker: concurrency", concurrency)
+    if (concurrencyProblem !== undefined) {
+      return yield* new Errors.ConfigurationError({ message: concurrencyProblem })
     }
     /** A duration option in ms, or a ConfigurationError that names it (at least `minMs`; default > 0). */
     const setting = (name: keyof Options<Jobs>, fallback: Duration.DurationInput, minMs?: number) => {
