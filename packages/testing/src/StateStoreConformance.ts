@@ -55,21 +55,30 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       ? it.effect(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>)
       : it.live(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>, 60_000)
 
-  /** A running run with `weights.length` partitions `k0, k1, ...`. */
-  /** A run of one partition per weight; `budget` maps the partition count to the failure budget. */
+  /** A new run of the suite's job, still enumerating: no partitions yet. */
+  const createRun = Effect.gen(function*() {
+    const store = yield* StateStore.StateStore
+    const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
+    const { created } = yield* store.createRun({
+      runId,
+      job: job.name,
+      runKey: runId,
+      params: { n: 1 },
+      definition: job.definition,
+      fingerprint: job.fingerprint
+    })
+    expect(created).toBe(true)
+    return runId
+  })
+
+  /**
+   * A running run with one partition per weight (`k0, k1, ...`); `budget` maps the partition count to
+   * the failure budget.
+   */
   const openRun = (weights: ReadonlyArray<number>, budget: (count: number) => number = (count) => count) =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
-      const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
-      const { created } = yield* store.createRun({
-        runId,
-        job: job.name,
-        runKey: runId,
-        params: { n: 1 },
-        definition: job.definition,
-        fingerprint: job.fingerprint
-      })
-      expect(created).toBe(true)
+      const runId = yield* createRun
       const units = weights.map((weight, i) => ({ unitId: `${runId}-u${i}`, partitionKey: `k${i}`, weight }))
       yield* store.insertUnits(runId, units)
       const run = yield* store.openRun(runId, budget)
@@ -710,15 +719,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       "a retry while the run is still enumerating leaves it enumerating: opening it sets its count and budget",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
-        yield* store.createRun({
-          runId,
-          job: job.name,
-          runKey: runId,
-          params: { n: 1 },
-          definition: job.definition,
-          fingerprint: job.fingerprint
-        })
+        const runId = yield* createRun
         yield* store.insertUnits(runId, [{ unitId: `${runId}-u0`, partitionKey: "k0", weight: 1 }])
         yield* store.retry(runId, { partitions: ["k0"], dryRun: false }, operator)
         expect((yield* store.progress(runId)).run.status).toBe("enumerating")
