@@ -62,6 +62,7 @@ export const run = (
   | Errors.StoreUnavailable
   | Errors.NotFound
   | Errors.RunKeyConflict
+  | Errors.RunAlreadyActive
   | Errors.EnumerationFailed
   | Errors.InvalidParams,
   SqlClient.SqlClient | StateStore.StateStore | QueueAdapter.QueueAdapter | Scope.Scope

@@ -43,6 +43,7 @@ const emptyChunks = Effect.gen(function*() {
     runId,
     job: "tps",
     runKey: runId,
+    baseKey: runId,
     params: {},
     definition: { version: 1, steps: [] },
     fingerprint: "f"

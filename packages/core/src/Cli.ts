@@ -112,6 +112,7 @@ const explain = (cli: string) => (error: unknown): CliError => {
     case "InvalidParams":
       return usage(`${tagged.message}. Fix --params: it is JSON decoded with the job's params schema.`)
     case "RunKeyConflict":
+    case "RunAlreadyActive":
     case "UnknownJob":
       return usage(String(tagged.message))
     case "StoreUnavailable":

@@ -77,6 +77,24 @@ export class RunKeyConflict extends Schema.TaggedError<RunKeyConflict>()("RunKey
   }
 }
 
+/**
+ * A new run of the same params was refused because another run of them has not ended: two runs of the
+ * same work at once would each apply it under their own idempotency keys.
+ */
+export class RunAlreadyActive extends Schema.TaggedError<RunAlreadyActive>()("RunAlreadyActive", {
+  job: Schema.String,
+  /** The run key of the run that was refused. */
+  runKey: Schema.String,
+  /** The run that has not ended. */
+  activeRunId: Schema.String,
+  activeStatus: Schema.String
+}) {
+  override get message() {
+    return `run key "${this.runKey}" of job "${this.job}" was not started: run ${this.activeRunId} of the same ` +
+      `params is still ${this.activeStatus}. Wait for it to end (or cancel it), then start again.`
+  }
+}
+
 /** A run was started by a job definition that differs incompatibly from this process's. */
 export class DefinitionChanged extends Schema.TaggedError<DefinitionChanged>()("DefinitionChanged", {
   job: Schema.String,

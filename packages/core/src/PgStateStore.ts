@@ -36,7 +36,7 @@ import type {
   UnitRecord,
   UnitStatus
 } from "./StateStore.js"
-import { databaseIdentity, emptyCounts, plannedUnit, StateStore } from "./StateStore.js"
+import { databaseIdentity, emptyCounts, isTerminalRun, plannedUnit, StateStore } from "./StateStore.js"
 
 /** Options of the Postgres store. */
 export interface Options {
@@ -75,7 +75,7 @@ const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>)
   )
 
 /** The newest migration this code knows. */
-const LATEST = 22
+const LATEST = 23
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -454,6 +454,37 @@ export const make = (options: Options = {}): Effect.Effect<
         ])
       ])
 
+    /**
+     * Fails with `RunAlreadyActive` while a run of `job` with `baseKey` other than `runId` has not ended.
+     * Takes an advisory lock on the base key first, held to the transaction's end, so starts and re-opens
+     * of one base key go one at a time and each sees the runs committed before it.
+     */
+    const refuseBesideActive = (run: { job: string; baseKey: string; runId: string; runKey: string }) =>
+      Effect.gen(function*() {
+        yield* sql`select pg_advisory_xact_lock(hashtext(${`chunkwise:run:${run.job}:${run.baseKey}`}))`
+        const [active] = yield* sql<{ readonly runId: string; readonly status: string }>`
+          select run_id as "runId", status from ${s}.runs
+          where job = ${run.job} and base_key = ${run.baseKey} and run_id <> ${run.runId}
+            and status not in ('succeeded', 'failed', 'cancelled')
+          limit 1`
+        if (active !== undefined) {
+          return yield* new Errors.RunAlreadyActive({
+            job: run.job,
+            runKey: run.runKey,
+            activeRunId: active.runId,
+            activeStatus: active.status
+          })
+        }
+      })
+    /** An ended run re-opens only while no other run of its params is active (as `createRun` refuses one). */
+    const refuseReopenBesideActive = (run: RunRecord) =>
+      isTerminalRun(run.status)
+        ? Effect.flatMap(
+          sql<{ readonly baseKey: string }>`select base_key as "baseKey" from ${s}.runs where run_id = ${run.runId}`,
+          ([row]) => refuseBesideActive({ ...run, baseKey: row!.baseKey })
+        )
+        : Effect.void
+
     const reopen = (runId: string) =>
       Effect.gen(function*() {
         yield* sql`
@@ -546,12 +577,18 @@ export const make = (options: Options = {}): Effect.Effect<
         op(
           "createRun",
           Effect.gen(function*() {
-            const inserted = yield* sql<Row>`
-              insert into ${s}.runs (run_id, job, run_key, params, definition, fingerprint, status)
-              values (${input.runId}, ${input.job}, ${input.runKey}, ${JSON.stringify(input.params)}::jsonb,
-                ${JSON.stringify(input.definition)}::jsonb, ${input.fingerprint}, 'enumerating')
-              on conflict (run_id) do nothing
-              returning run_id`
+            const existing = yield* getRun(input.runId)
+            if (Option.isSome(existing)) return { run: existing.value, created: false }
+            const inserted = yield* tx(Effect.gen(function*() {
+              yield* refuseBesideActive(input)
+              return yield* sql`
+                insert into ${s}.runs (run_id, job, run_key, base_key, params, definition, fingerprint, status)
+                values (${input.runId}, ${input.job}, ${input.runKey}, ${input.baseKey},
+                  ${JSON.stringify(input.params)}::jsonb, ${JSON.stringify(input.definition)}::jsonb,
+                  ${input.fingerprint}, 'enumerating')
+                on conflict (run_id) do nothing
+                returning run_id`
+            }))
             const run = yield* getRun(input.runId)
             return { run: Option.getOrThrow(run), created: inserted.length > 0 }
           })
@@ -1200,6 +1237,8 @@ export const make = (options: Options = {}): Effect.Effect<
               )
             )
             const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
+            // Read under the run's lock: whether it ended decides if the retry re-opens it.
+            if (planned.length > 0) yield* op("retry", Effect.flatMap(requireRun(runId), refuseReopenBesideActive))
             if (selection.dryRun || planned.length === 0) return planned
             const ids = planned.map((p) => p.unitId)
             yield* op(
@@ -1303,6 +1342,7 @@ export const make = (options: Options = {}): Effect.Effect<
               items: num(g["n"]),
               unitId: Quarantine.itemsUnitId(g["partitionUnit"] as string, g["step"] as string)
             })).sort((a, b) => (a.unitId < b.unitId ? -1 : 1))
+            if (planned.length > 0) yield* Effect.flatMap(requireRun(runId), refuseReopenBesideActive)
             if (options.dryRun || planned.length === 0) return planned
             yield* sql`
               update ${s}.quarantine q set status = 'retry', updated_at = clock_timestamp()

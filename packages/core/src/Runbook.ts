@@ -168,6 +168,16 @@ export const builtins: ReadonlyArray<Registration> = [
     meaning: "Two starts produced the same run key from different params, so the second was refused.",
     steps: ["Make the job's runKey cover every param that changes the work, or pass a rerun label."]
   }),
+  builtin(Errors.RunAlreadyActive, {
+    title: "A new run of the same params was refused while another has not ended",
+    severity: "ticket",
+    meaning: "A start with a rerun label (or of params whose run had ended) would have run the same work " +
+      "beside a run that is still going, each under its own idempotency keys; nothing was written.",
+    steps: [
+      "Look at the active run named in the error: `status <run>`.",
+      "Let it end, or cancel it (`cancel <run> --reason ...`), then start the re-run again."
+    ]
+  }),
   builtin(Errors.DefinitionChanged, {
     title: "A run was started by an incompatible job definition",
     severity: "ticket",

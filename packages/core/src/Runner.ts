@@ -25,7 +25,10 @@ export interface Started {
 
 /** Options of `start`. */
 export interface StartOptions {
-  /** Joins the run key, to run the same params again as a new run (D9). */
+  /**
+   * Joins the run key, to run the same params again as a new run (D9). Refused (`RunAlreadyActive`)
+   * while a run of the same params has not ended.
+   */
   readonly rerun?: string | undefined
 }
 
@@ -34,6 +37,8 @@ const ENUMERATION_BATCH = 1000
 /**
  * Starts a run of `job` for `params`, or attaches to the run with the same run key. Safe to call any
  * number of times, from any number of processes: the partitioner's output is inserted idempotently.
+ * A new run (a rerun label, or params whose earlier runs all ended) is refused with `RunAlreadyActive`
+ * while another run of the same params has not ended.
  */
 export const start = <P, R>(
   job: Job.Job<P, R>,
@@ -54,17 +59,23 @@ const startValid = <P, R>(
   options: StartOptions
 ): Effect.Effect<
   Started,
-  Errors.RunKeyConflict | Errors.EnumerationFailed | Errors.StoreUnavailable | Errors.NotFound,
+  | Errors.RunKeyConflict
+  | Errors.RunAlreadyActive
+  | Errors.EnumerationFailed
+  | Errors.StoreUnavailable
+  | Errors.NotFound,
   StateStore | R
 > => {
   const runKey = Job.runKeyOf(job, params, encoded, options.rerun)
   const runId = Job.runIdOf(job.name, runKey)
+  const baseKey = Job.baseKeyOf(job, params, encoded)
   return Effect.gen(function*() {
     const store = yield* StateStore
     const { created, run } = yield* store.createRun({
       runId,
       job: job.name,
       runKey,
+      baseKey,
       params: encoded,
       definition: job.definition,
       fingerprint: job.fingerprint
@@ -158,13 +169,18 @@ export interface RetryOptions {
 
 /**
  * Re-opens failed partitions (or the given ones) and, when the run had ended, the run; returns the
- * units that run again. With `dryRun` nothing changes.
+ * units that run again. With `dryRun` nothing changes. An ended run is not re-opened while a re-run of
+ * the same params is active (`RunAlreadyActive`, the dry run says so too).
  */
 export const retry = (
   runId: string,
   options: RetryOptions,
   actor: Actor
-): Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
+): Effect.Effect<
+  ReadonlyArray<PlannedUnit>,
+  Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive,
+  StateStore
+> =>
   Effect.gen(function*() {
     const store = yield* StateStore
     const run = yield* Effect.flatMap(
@@ -213,14 +229,19 @@ export const quarantine = (
 /**
  * Re-runs quarantined items after a fix (default: every item set aside in the run): each partition's
  * items of a step are written again by the step's `write`, in chunks, by an `items` unit; those that
- * write are `resolved`, the others are set aside again. Re-opens the run when it had ended. With
- * `dryRun` nothing changes.
+ * write are `resolved`, the others are set aside again. Re-opens the run when it had ended (refused
+ * with `RunAlreadyActive` while a re-run of the same params is active, as `retry`). With `dryRun`
+ * nothing changes.
  */
 export const retryQuarantine = (
   runId: string,
   filter: Quarantine.Filter & { readonly dryRun?: boolean | undefined },
   actor: Actor
-): Effect.Effect<ReadonlyArray<QuarantineRetry>, Errors.StoreUnavailable | Errors.NotFound, StateStore> =>
+): Effect.Effect<
+  ReadonlyArray<QuarantineRetry>,
+  Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive,
+  StateStore
+> =>
   Effect.gen(function*() {
     const store = yield* StateStore
     const planned = yield* store.retryQuarantine(runId, { ...filter, dryRun: filter.dryRun ?? false }, actor)

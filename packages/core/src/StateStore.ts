@@ -146,6 +146,11 @@ export interface NewRun {
   readonly runId: string
   readonly job: string
   readonly runKey: string
+  /**
+   * The run key without its rerun label: the runs of the job with the same base key do the same work.
+   * While one of them has not ended, no other is created.
+   */
+  readonly baseKey: string
   readonly params: unknown
   readonly definition: JobDefinition
   readonly fingerprint: string
@@ -466,10 +471,17 @@ export interface StateStoreShape {
     effect: Effect.Effect<A, E, R>
   ) => Effect.Effect<Exit.Exit<A, E>, Errors.StoreUnavailable, R>
 
-  /** Inserts the run, or returns the existing one with `created: false`. */
+  /**
+   * Inserts the run, or returns the existing one with `created: false`. Refuses to insert it
+   * (`RunAlreadyActive`, nothing written) while another run of the job with the same `baseKey` has not
+   * ended; atomically, so of two runs started at once at most one is created.
+   */
   readonly createRun: (
     run: NewRun
-  ) => Effect.Effect<{ readonly run: RunRecord; readonly created: boolean }, Errors.StoreUnavailable>
+  ) => Effect.Effect<
+    { readonly run: RunRecord; readonly created: boolean },
+    Errors.StoreUnavailable | Errors.RunAlreadyActive
+  >
   /** Inserts partitions; keys that exist are left alone (so enumeration can be re-run). */
   readonly insertUnits: (runId: string, units: ReadonlyArray<NewUnit>) => Effect.Effect<void, Errors.StoreUnavailable>
   /** `enumerating → running`: freezes the partition count and the failure budget. */
@@ -590,12 +602,15 @@ export interface StateStoreShape {
     runId: string,
     actor: Actor
   ) => Effect.Effect<RunRecord, Errors.StoreUnavailable | Errors.NotFound>
-  /** Operator: re-open failed (or, with `partitions`, any) units; re-opens the run when it had ended. */
+  /**
+   * Operator: re-open failed (or, with `partitions`, any) units; re-opens the run when it had ended,
+   * unless another run of its params is active (`RunAlreadyActive`, in a dry run too; nothing changes).
+   */
   readonly retry: (
     runId: string,
     selection: Selection,
     actor: Actor
-  ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
+  ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive>
   /** Quarantined items of a run, by step, partition and item id. */
   readonly listQuarantine: (
     runId: string,
@@ -603,13 +618,17 @@ export interface StateStoreShape {
   ) => Effect.Effect<ReadonlyArray<Quarantine.Entry>, Errors.StoreUnavailable>
   /**
    * Operator: marks the selected `quarantined` items `retry` and makes (or re-opens) one `items` unit per
-   * partition and step to write them again; re-opens the run when it had ended, like `retry`.
+   * partition and step to write them again; re-opens the run when it had ended, like `retry` (and refused
+   * like it while another run of its params is active).
    */
   readonly retryQuarantine: (
     runId: string,
     options: Quarantine.Filter & { readonly dryRun: boolean },
     actor: Actor
-  ) => Effect.Effect<ReadonlyArray<QuarantineRetry>, Errors.StoreUnavailable | Errors.NotFound>
+  ) => Effect.Effect<
+    ReadonlyArray<QuarantineRetry>,
+    Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive
+  >
   /** Operator: mark units skipped (fencing each); the run can then complete without them. */
   readonly skip: (
     runId: string,

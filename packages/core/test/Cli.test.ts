@@ -66,6 +66,10 @@ describe("operator CLI on a real Postgres store", () => {
           expect(started).toMatchObject({ job: "cli-job", created: true, status: "running", partitions: 4 })
           const again = (yield* exec(cli, "start", "cli-job", "--params", `{"label":"idem"}`, "--json")).json()
           expect(again).toMatchObject({ runId: started.runId, created: false, partitions: 4 })
+          // A re-run beside the live run is refused, naming it, and writes nothing.
+          const rerun = yield* exec(cli, "start", "cli-job", "--params", `{"label":"idem"}`, "--rerun", "again")
+          expect(rerun.code).toBe(2)
+          expect(rerun.stderr).toContain(`run ${started.runId} of the same params is still running`)
 
           const listed = yield* exec(cli, "status", "--json")
           expect(listed.json().runs.map((r: any) => r.runId)).toEqual([started.runId])

@@ -283,7 +283,7 @@ describe("bad input", () => {
       expect(runs).toEqual([])
     }).pipe(Effect.provide(memoryEngine())))
 
-  it.effect("starting the same run twice attaches; the same key with other params is a conflict", () =>
+  it.effect("starting the same run twice attaches; a re-run waits for it to end; other params under one key conflict", () =>
     Effect.gen(function*() {
       const rec = recorder()
       const job = testJob(rec, { partitions: 3, itemsPerPartition: 1 })
@@ -291,8 +291,15 @@ describe("bad input", () => {
       const second = yield* Runner.start(job, { label: "x" })
       expect(second).toMatchObject({ runId: first.runId, created: false, partitions: 3 })
       expect(first.created).toBe(true)
+      // A re-run of the same params waits for the first run to end: both at once would do the work twice.
+      const early = yield* Effect.flip(Runner.start(job, { label: "x" }, { rerun: "approved-late" }))
+      expect(early).toMatchObject({ _tag: "RunAlreadyActive", activeRunId: first.runId, activeStatus: "running" })
+      expect(early.message).toContain("Wait for it to end (or cancel it)")
+      expect(yield* Effect.flatMap(StateStore.StateStore, (s) => s.listRuns({ limit: 10 }))).toHaveLength(1)
+      yield* Runner.cancel(first.runId, { actor: "test", reason: "re-run it" })
       const rerun = yield* Runner.start(job, { label: "x" }, { rerun: "approved-late" })
       expect(rerun.runId).not.toBe(first.runId)
+      expect(rerun.created).toBe(true)
       const keyed = Job.make({
         name: "keyed",
         params: Schema.Struct({ month: Schema.String, note: Schema.String }),

@@ -63,6 +63,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       runId,
       job: job.name,
       runKey: runId,
+      baseKey: runId,
       params: { n: 1 },
       definition: job.definition,
       fingerprint: job.fingerprint
@@ -175,6 +176,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
           runId,
           job: job.name,
           runKey: runId,
+          baseKey: runId,
           params: { n: 1 },
           definition: job.definition,
           fingerprint: job.fingerprint
@@ -185,6 +187,56 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const units = yield* store.listUnits(runId, { limit: 10 })
         expect(units.map((u) => [u.partitionKey, u.weight]).sort()).toEqual([["k0", 1], ["k1", 2]])
         expect((yield* store.progress(runId)).units.pending).toBe(2)
+      })
+    )
+
+    test(
+      "createRun refuses a second live run of the same params (of two at once too); an ended run re-opens only without one",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const base = `base_${process.pid}_${Date.now().toString(36)}_${runs++}`
+        const newRun = (runId: string, baseKey = base, jobName = job.name) =>
+          store.createRun({
+            runId,
+            job: jobName,
+            runKey: runId,
+            baseKey,
+            params: { n: 1 },
+            definition: job.definition,
+            fingerprint: job.fingerprint
+          })
+        const both = yield* Effect.all([newRun(`${base}-a`), newRun(`${base}-b`)].map(Effect.either), {
+          concurrency: "unbounded"
+        })
+        const created = both.filter(Either.isRight).map((e) => e.right)
+        const refused = both.filter(Either.isLeft).map((e) => e.left)
+        expect(created.map((c) => c.created)).toEqual([true])
+        expect(refused.map((e) => e._tag)).toEqual(["RunAlreadyActive"])
+        const first = created[0]!.run.runId
+        const second = first === `${base}-a` ? `${base}-b` : `${base}-a`
+        expect(refused[0]).toMatchObject({ activeRunId: first, activeStatus: "enumerating", runKey: second })
+        expect(Option.isNone(yield* store.getRun(second))).toBe(true)
+        // Attaching to the live run itself is never refused; other params and other jobs are not held back.
+        expect((yield* newRun(first)).created).toBe(false)
+        expect((yield* newRun(`${base}-c`, `${base}-other`)).created).toBe(true)
+        expect((yield* newRun(`${base}-d`, base, `${job.name}-other`)).created).toBe(true)
+        yield* store.insertUnits(first, [{ unitId: `${first}-u0`, partitionKey: "k0", weight: 1 }])
+        yield* store.openRun(first, (count) => count)
+        expect(yield* Effect.flip(newRun(second))).toMatchObject({ _tag: "RunAlreadyActive", activeStatus: "running" })
+        expect((yield* store.cancelRun(first, operator)).status).toBe("cancelled")
+        expect((yield* newRun(second)).created).toBe(true)
+        // Nor does the ended run re-open beside its live re-run: a retry (its dry run too) is refused.
+        for (const dryRun of [true, false]) {
+          expect(yield* Effect.flip(store.retry(first, { dryRun }, operator))).toMatchObject({
+            _tag: "RunAlreadyActive",
+            activeRunId: second
+          })
+        }
+        expect((yield* store.getRun(first)).pipe(Option.map((r) => r.status))).toEqual(Option.some("cancelled"))
+        expect((yield* store.listUnits(first, { limit: 10 })).map((u) => u.status)).toEqual(["cancelled"])
+        expect((yield* store.cancelRun(second, operator)).status).toBe("cancelled")
+        expect((yield* store.retry(first, { dryRun: false }, operator)).map((p) => p.partitionKey)).toEqual(["k0"])
+        expect((yield* store.getRun(first)).pipe(Option.map((r) => r.status))).toEqual(Option.some("running"))
       })
     )
 

@@ -159,6 +159,20 @@ export const make = Effect.sync(() => {
   const snapshotUnit = (unit: Unit): UnitRecord => ({ ...unit })
   /** The id of the claim that leased each unit (`ClaimRequest.claimId`), when it named one. */
   const claimIds = new WeakMap<Unit, string>()
+  /** Each run's `NewRun.baseKey`. */
+  const baseKeys = new WeakMap<Run, string>()
+  /** A run of `job` with `baseKey` that has not ended, other than `except`. */
+  const activeRunOf = (job: string, baseKey: string | undefined, except?: Run) =>
+    [...runs.values()].find((r) =>
+      r !== except && r.job === job && baseKeys.get(r) === baseKey && !isTerminalRun(r.status)
+    )
+  const alreadyActive = (job: string, runKey: string, active: Run) =>
+    new Errors.RunAlreadyActive({ job, runKey, activeRunId: active.runId, activeStatus: active.status })
+  /** An ended run re-opens only while no other run of its params is active (as `createRun` refuses one). */
+  const refuseReopenBesideActive = (run: Run) => {
+    const active = isTerminalRun(run.status) ? activeRunOf(run.job, baseKeys.get(run), run) : undefined
+    return active === undefined ? Effect.void : Effect.fail(alreadyActive(run.job, run.runKey, active))
+  }
   const claimed = (run: Run, unit: Unit, workerId: string): ClaimResult => ({
     _tag: "Claimed",
     unit: snapshotUnit(unit),
@@ -377,10 +391,12 @@ export const make = Effect.sync(() => {
           Effect.exit(Effect.locally(effect, MemoryDatabase.currentWriteSet, new MemoryDatabase.WriteSet(active)))
       ),
 
-    createRun: (input) =>
-      Effect.map(now, (at) => {
+    createRun: ({ baseKey, ...input }) =>
+      Effect.flatMap(now, (at): Effect.Effect<{ run: RunRecord; created: boolean }, Errors.RunAlreadyActive> => {
         const existing = runs.get(input.runId)
-        if (existing !== undefined) return { run: snapshotRun(existing), created: false }
+        if (existing !== undefined) return Effect.succeed({ run: snapshotRun(existing), created: false })
+        const active = activeRunOf(input.job, baseKey)
+        if (active !== undefined) return Effect.fail(alreadyActive(input.job, input.runKey, active))
         const run: Run = {
           ...input,
           status: "enumerating",
@@ -393,7 +409,8 @@ export const make = Effect.sync(() => {
           reason: null
         }
         runs.set(run.runId, run)
-        return { run: snapshotRun(run), created: true }
+        baseKeys.set(run, baseKey)
+        return Effect.succeed({ run: snapshotRun(run), created: true })
       }),
 
     insertUnits: (runId, inputs) =>
@@ -886,6 +903,7 @@ export const make = Effect.sync(() => {
         const planned = chosen
           .filter((u) => !liveLease(u, at) && (selection.fromStep !== undefined || u.status !== "waiting"))
           .map((u) => plannedUnit(u, selection))
+        if (planned.length > 0) yield* refuseReopenBesideActive(run)
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) {
           const unit = unitsOf(runId).get(p.unitId)!
@@ -957,6 +975,7 @@ export const make = Effect.sync(() => {
           items: g.entries.length,
           unitId: Quarantine.itemsUnitId(partitions.get(g.partitionKey)!.unitId, g.step)
         })).sort((a, b) => (a.unitId < b.unitId ? -1 : 1))
+        if (planned.length > 0) yield* refuseReopenBesideActive(run)
         if (options.dryRun || planned.length === 0) return planned
         for (const group of groups.values()) {
           for (const entry of group.entries) {

@@ -1244,5 +1244,16 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
         join ${s}.runs r on r.run_id = u.run_id;
       end
       $$`
+  }),
+  "23_run_base_key": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // The run key without its rerun label, so that createRun can refuse a second live run of the same
+    // params. Runs of the versions before get it from their key: the part before "#rerun:".
+    yield* sql`alter table ${s}.runs add column base_key text`
+    yield* sql`update ${s}.runs set base_key = split_part(run_key, '#rerun:', 1)`
+    yield* sql`
+      create index runs_live_base_key on ${s}.runs (job, base_key)
+      where status not in ('succeeded', 'failed', 'cancelled')`
   })
 })
