@@ -626,16 +626,21 @@ export const make = (
       const calls = Math.min(receiveConcurrency, Math.ceil(max / MAX_BATCH_ENTRIES))
       const sizes = Array.from({ length: calls }, (_, i) => Math.min(MAX_BATCH_ENTRIES, max - i * MAX_BATCH_ENTRIES))
       if (calls === 1) return receiveCall(sizes[0]!, visibility, waitSeconds)
-      return Effect.flatMap(
-        Effect.all(sizes.map((n, i) => Effect.either(receiveCall(n, visibility, i === 0 ? waitSeconds : 0))), {
-          concurrency: "unbounded"
-        }),
-        (results) => {
-          // Messages a call received are never dropped because another call failed.
-          const got = results.flatMap((r) => Either.isRight(r) ? r.right : [])
-          const failure = results.find(Either.isLeft)
-          return got.length === 0 && failure !== undefined ? Effect.fail(failure.left) : Effect.succeed(got)
-        }
+      // The round as a whole gives back what it got when its caller is interrupted: a call that finished
+      // while another still polls holds messages that no call in flight would give back.
+      return QueueAdapter.receiveOrGiveBack(
+        Effect.flatMap(
+          Effect.all(sizes.map((n, i) => Effect.either(receiveCall(n, visibility, i === 0 ? waitSeconds : 0))), {
+            concurrency: "unbounded"
+          }),
+          (results) => {
+            // Messages a call received are never dropped because another call failed.
+            const got = results.flatMap((r) => Either.isRight(r) ? r.right : [])
+            const failure = results.find(Either.isLeft)
+            return got.length === 0 && failure !== undefined ? Effect.fail(failure.left) : Effect.succeed(got)
+          }
+        ),
+        giveBack
       )
     }
 

@@ -1,7 +1,7 @@
 import { SqsQueue } from "@chunkwise/adapters-sqs"
 import { QueueAdapter } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { afterAll, beforeAll } from "vitest"
 import * as Emulator from "./emulator.js"
 import * as Proxy from "./proxy.js"
@@ -47,6 +47,34 @@ const calls = (requests: ReadonlyArray<Proxy.Proxy["requests"][number]>, action:
   requests.filter((r) => r.action === action)
 
 describe("SqsQueue", () => {
+  it.live(
+    "a receive of more than 10 interrupted mid-round gives back what its finished call got, not only its call in flight",
+    () =>
+      sqs(
+        Effect.gen(function*() {
+          const queue = yield* QueueAdapter.QueueAdapter
+          const bodies = ["m1", "m2", "m3", "m4", "m5"]
+          yield* queue.send(bodies.map((body) => ({ body })))
+          // The round's long poll waits at the proxy; its other call takes the five at once and returns.
+          proxy.holdLongPollsMs = 1500
+          const receiving = yield* Effect.fork(queue.receive({ max: 20, visibilityMs: 60_000, waitMs: 1000 }))
+          yield* Effect.sleep("500 millis")
+          yield* Fiber.interrupt(receiving)
+          proxy.holdLongPollsMs = 0
+          // Given back once the round ends (about 2.5 s), long before their 60 s visibility would.
+          const again: Array<string> = []
+          const deadline = Date.now() + 8000
+          while (again.length < bodies.length && Date.now() < deadline) {
+            const got = yield* queue.receive({ max: 10, visibilityMs: 30_000, waitMs: 1000 })
+            again.push(...got.map((d) => d.body))
+          }
+          expect(again.sort()).toEqual(bodies)
+        }).pipe(Effect.ensuring(Effect.sync(() => (proxy.holdLongPollsMs = 0)))),
+        { prefetch: false }
+      ),
+    60_000
+  )
+
   it.live(
     "never sends a stale receipt: an ack after release reaches no SQS call and leaves the new delivery alone",
     () =>

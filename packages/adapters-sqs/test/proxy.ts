@@ -45,6 +45,8 @@ export interface Proxy {
   /** While true, every request's action and JSON body is appended to `requests`. */
   record: boolean
   readonly requests: Array<{ readonly action: string; readonly body: Record<string, unknown> }>
+  /** Milliseconds a long-polling ReceiveMessage (WaitTimeSeconds > 0) waits here before it is forwarded. */
+  holdLongPollsMs: number
   readonly stop: () => Promise<void>
 }
 
@@ -115,6 +117,7 @@ export const start = async (target: string, options: { readonly seed: number }):
     actions,
     record: false,
     requests: [],
+    holdLongPollsMs: 0,
     stop: () =>
       new Promise<void>((resolve) => {
         agent.destroy()
@@ -132,6 +135,10 @@ export const start = async (target: string, options: { readonly seed: number }):
         const action = String(req.headers["x-amz-target"] ?? "").replace("AmazonSQS.", "")
         actions.set(action, (actions.get(action) ?? 0) + 1)
         if (proxy.record) proxy.requests.push({ action, body: JSON.parse(body.toString("utf8")) })
+        if (proxy.holdLongPollsMs > 0 && action === "ReceiveMessage") {
+          const wait = Number((JSON.parse(body.toString("utf8")) as { WaitTimeSeconds?: number }).WaitTimeSeconds ?? 0)
+          if (wait > 0) await new Promise((resolve) => setTimeout(resolve, proxy.holdLongPollsMs))
+        }
         const f = proxy.faults
         const roll = random()
         let edge = f.throttle
