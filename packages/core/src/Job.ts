@@ -311,14 +311,16 @@ export const validateParams = <P, R>(
   })
 
 /** The run key of params (D9): the job's `runKey`, or the canonical JSON of the encoded params. */
-export const runKeyOf = <P, R>(job: Job<P, R>, params: P, encoded: unknown, rerun?: string): string => {
-  const base = baseKeyOf(job, params, encoded)
-  return rerun === undefined ? base : `${base}#rerun:${rerun}`
-}
+export const runKeyOf = <P, R>(job: Job<P, R>, params: P, encoded: unknown, rerun?: string): string =>
+  rerunKeyOf(baseKeyOf(job, params, encoded), rerun)
 
 /** The run key of params without a rerun label: every run of the same params shares it. */
 export const baseKeyOf = <P, R>(job: Job<P, R>, params: P, encoded: unknown): string =>
   job.runKey?.(params) ?? canonicalJson(encoded)
+
+/** The run key of a base key (`baseKeyOf`) with an optional rerun label. */
+export const rerunKeyOf = (baseKey: string, rerun?: string): string =>
+  rerun === undefined ? baseKey : `${baseKey}#rerun:${rerun}`
 
 /** The run id: derived from (job, run key), so starting the same run twice attaches to it. */
 export const runIdOf = (job: string, runKey: string): string => stableId("run_", [job, runKey])

@@ -66,9 +66,9 @@ const startValid = <P, R>(
   | Errors.NotFound,
   StateStore | R
 > => {
-  const runKey = Job.runKeyOf(job, params, encoded, options.rerun)
-  const runId = Job.runIdOf(job.name, runKey)
   const baseKey = Job.baseKeyOf(job, params, encoded)
+  const runKey = Job.rerunKeyOf(baseKey, options.rerun)
+  const runId = Job.runIdOf(job.name, runKey)
   return Effect.gen(function*() {
     const store = yield* StateStore
     const { created, run } = yield* store.createRun({
