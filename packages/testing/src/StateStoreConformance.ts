@@ -55,19 +55,23 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       ? it.effect(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>)
       : it.live(title, () => Effect.provide(body, options.make()) as Effect.Effect<void, unknown>, 60_000)
 
+  /** `createRun` of the suite's job (or `jobName`) with its params; the base key defaults to the run id. */
+  const newRun = (runId: string, baseKey = runId, jobName = job.name) =>
+    Effect.flatMap(StateStore.StateStore, (store) =>
+      store.createRun({
+        runId,
+        job: jobName,
+        runKey: runId,
+        baseKey,
+        params: { n: 1 },
+        definition: job.definition,
+        fingerprint: job.fingerprint
+      }))
+
   /** A new run of the suite's job, still enumerating: no partitions yet. */
   const createRun = Effect.gen(function*() {
-    const store = yield* StateStore.StateStore
     const runId = `run_conformance_${process.pid}_${Date.now().toString(36)}_${runs++}`
-    const { created } = yield* store.createRun({
-      runId,
-      job: job.name,
-      runKey: runId,
-      baseKey: runId,
-      params: { n: 1 },
-      definition: job.definition,
-      fingerprint: job.fingerprint
-    })
+    const { created } = yield* newRun(runId)
     expect(created).toBe(true)
     return runId
   })
@@ -172,15 +176,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         const { runId, run, unitIds } = yield* openRun([1, 2])
         expect(run.status).toBe("running")
         expect(run.partitionCount).toBe(2)
-        const again = yield* store.createRun({
-          runId,
-          job: job.name,
-          runKey: runId,
-          baseKey: runId,
-          params: { n: 1 },
-          definition: job.definition,
-          fingerprint: job.fingerprint
-        })
+        const again = yield* newRun(runId)
         expect(again.created).toBe(false)
         expect(again.run.runId).toBe(runId)
         yield* store.insertUnits(runId, [{ unitId: unitIds[0]!, partitionKey: "k0", weight: 99 }])
@@ -195,17 +191,7 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
         const base = `base_${process.pid}_${Date.now().toString(36)}_${runs++}`
-        const newRun = (runId: string, baseKey = base, jobName = job.name) =>
-          store.createRun({
-            runId,
-            job: jobName,
-            runKey: runId,
-            baseKey,
-            params: { n: 1 },
-            definition: job.definition,
-            fingerprint: job.fingerprint
-          })
-        const both = yield* Effect.all([newRun(`${base}-a`), newRun(`${base}-b`)].map(Effect.either), {
+        const both = yield* Effect.all([newRun(`${base}-a`, base), newRun(`${base}-b`, base)].map(Effect.either), {
           concurrency: "unbounded"
         })
         const created = both.filter(Either.isRight).map((e) => e.right)
@@ -217,14 +203,17 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         expect(refused[0]).toMatchObject({ activeRunId: first, activeStatus: "enumerating", runKey: second })
         expect(Option.isNone(yield* store.getRun(second))).toBe(true)
         // Attaching to the live run itself is never refused; other params and other jobs are not held back.
-        expect((yield* newRun(first)).created).toBe(false)
+        expect((yield* newRun(first, base)).created).toBe(false)
         expect((yield* newRun(`${base}-c`, `${base}-other`)).created).toBe(true)
         expect((yield* newRun(`${base}-d`, base, `${job.name}-other`)).created).toBe(true)
         yield* store.insertUnits(first, [{ unitId: `${first}-u0`, partitionKey: "k0", weight: 1 }])
         yield* store.openRun(first, (count) => count)
-        expect(yield* Effect.flip(newRun(second))).toMatchObject({ _tag: "RunAlreadyActive", activeStatus: "running" })
+        expect(yield* Effect.flip(newRun(second, base))).toMatchObject({
+          _tag: "RunAlreadyActive",
+          activeStatus: "running"
+        })
         expect((yield* store.cancelRun(first, operator)).status).toBe("cancelled")
-        expect((yield* newRun(second)).created).toBe(true)
+        expect((yield* newRun(second, base)).created).toBe(true)
         // Nor does the ended run re-open beside its live re-run: a retry (its dry run too) is refused.
         for (const dryRun of [true, false]) {
           expect(yield* Effect.flip(store.retry(first, { dryRun }, operator))).toMatchObject({
