@@ -18,7 +18,7 @@
  * Run: npm run bench -w examples/monthly-billing
  * Knobs: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), COMPANIES (2000), RECORDS
  * (1000000), RSS_RECORDS (4000000; 0 skips), CONCURRENCIES (1,2,4,8), LOOP_CONCURRENCY (4),
- * SPLIT_CONCURRENCIES (4,8), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes), ROUNDS
+ * SPLIT_CONCURRENCIES (4,8; empty skips), SPLIT_RECORDS (50000), ONLY (comma-separated contender name prefixes), ROUNDS
  * (1: how often the before, floor, hand loop and chunkwise contenders run, each round starting one
  * further along; times are the medians, ratios the medians of the rounds' ratios), POLL_MS and FEED_MS
  * (the in-process workers' poll and feed intervals; default the worker's own, 1 s), PROFILE_DIR (writes a
@@ -43,9 +43,16 @@ const url = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/t
 const COMPANIES = Number(process.env["COMPANIES"] ?? 2000)
 const RECORDS = Number(process.env["RECORDS"] ?? 1_000_000)
 const RSS_RECORDS = Number(process.env["RSS_RECORDS"] ?? 4_000_000)
-const CONCURRENCIES = (process.env["CONCURRENCIES"] ?? "1,2,4,8").split(",").map(Number)
+/** A comma-separated list of positive integers; empty means none (`SPLIT_CONCURRENCIES=` skips the makespans). */
+const integers = (name: string, fallback: string) => {
+  const values = (process.env[name] ?? fallback).split(",").filter((v) => v.trim() !== "").map(Number)
+  const bad = values.find((v) => !Number.isInteger(v) || v < 1)
+  if (bad !== undefined) throw new TypeError(`${name} must list positive integers, e.g. ${fallback} (got ${bad})`)
+  return values
+}
+const CONCURRENCIES = integers("CONCURRENCIES", "1,2,4,8")
 const LOOP_CONCURRENCY = Number(process.env["LOOP_CONCURRENCY"] ?? 4)
-const SPLIT_CONCURRENCIES = (process.env["SPLIT_CONCURRENCIES"] ?? "4,8").split(",").map(Number)
+const SPLIT_CONCURRENCIES = integers("SPLIT_CONCURRENCIES", "4,8")
 const SPLIT_RECORDS = Number(process.env["SPLIT_RECORDS"] ?? 50_000)
 const ONLY = process.env["ONLY"]?.split(",")
 const ROUNDS = Number(process.env["ROUNDS"] ?? 1)
