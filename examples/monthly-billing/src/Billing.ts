@@ -129,11 +129,11 @@ export const billChunk = (options: {
     const dayTo = options.days?.to ?? bounds.next
     const first = dayFrom > bounds.first ? dayFrom : bounds.first
     const next = dayTo < bounds.next ? dayTo : bounds.next
-    // Before the range's first record: start before (first day, the least id), so the range scan starts
-    // there and a record of any id (negative ones too) on the first day is billed.
-    const from = cursor.workedOn < first
-      ? { workedOn: first, afterId: "-9223372036854775808" }
-      : { workedOn: cursor.workedOn, afterId: String(cursor.afterId) }
+    // Before the range's first record, the scan starts at its first day, so a record of any id on that
+    // day is billed (a bound "after the least id" would skip a record holding the least id itself).
+    const after = cursor.workedOn < first
+      ? sql`w.worked_on >= ${first}::date`
+      : sql`(w.worked_on, w.id) > (${cursor.workedOn}::date, ${String(cursor.afterId)}::bigint)`
     const [row] = yield* sql<ChunkRow>`
       with co as (
         select fee_rate_bp, active from ${s}.companies where id = ${company}::bigint
@@ -141,7 +141,7 @@ export const billChunk = (options: {
         select w.id, w.worked_on, w.status, w.invoiced_month
         from ${s}.work_records w
         where w.company_id = ${company}::bigint
-          and (w.worked_on, w.id) > (${from.workedOn}::date, ${from.afterId}::bigint)
+          and ${after}
           and w.worked_on < ${next}::date
         order by w.worked_on, w.id
         limit ${limit}

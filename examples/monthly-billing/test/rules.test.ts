@@ -111,7 +111,7 @@ describe("monthly billing on Postgres", () => {
     }).pipe(Effect.scoped, Effect.provide(pgClient())), 60_000)
 
   it.live(
-    "a record of any id on the month's first day is billed (the first chunk starts before the least id)",
+    "a record of any id on the month's first day is billed, the least bigint too (the first chunk starts at the day)",
     () =>
       Effect.gen(function*() {
         const app = freshSchema("mb_app")
@@ -120,14 +120,15 @@ describe("monthly billing on Postgres", () => {
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         yield* sql`insert into ${sql(app)}.work_records
         (id, company_id, worker_id, worked_on, minutes, hourly_wage_yen, transport_yen, status)
-        values (-7, 1, 1, '2026-10-01', 60, 1000, 0, 'approved'), (0, 1, 1, '2026-10-01', 60, 1000, 0, 'approved')`
+        values (-9223372036854775808, 1, 1, '2026-10-01', 60, 1000, 0, 'approved'),
+          (-7, 1, 1, '2026-10-01', 60, 1000, 0, 'approved'), (0, 1, 1, '2026-10-01', 60, 1000, 0, 'approved')`
         const result = yield* sql.withTransaction(
           Billing.billChunk({ schema: app, month, company: "1", cursor: Billing.startCursor, limit: 100 })
         )
-        expect(result.billed).toBe(6)
-        const billed = yield* sql<{ readonly id: number }>`
-        select work_record_id::int as id from ${sql(app)}.invoice_lines order by 1`
-        expect(billed.map((b) => b.id)).toEqual([-7, 0, 1, 2, 3, 4])
+        expect(result.billed).toBe(7)
+        const billed = yield* sql<{ readonly id: string }>`
+        select work_record_id::text as id from ${sql(app)}.invoice_lines order by work_record_id`
+        expect(billed.map((b) => b.id)).toEqual(["-9223372036854775808", "-7", "0", "1", "2", "3", "4"])
       }).pipe(Effect.scoped, Effect.provide(pgClient())),
     60_000
   )
