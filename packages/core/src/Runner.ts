@@ -209,7 +209,11 @@ export const retry = (
     return planned
   })
 
-/** Marks partitions skipped (default: every failed one), so the run can complete without them. */
+/**
+ * Marks partitions skipped (default: every failed one), so the run can complete without them. A failed
+ * run re-opens to finalize again: refused with `RunAlreadyActive` while a re-run of the same params is
+ * active, as `retry`.
+ */
 export const skip = (
   runId: string,
   options: { readonly partitions?: ReadonlyArray<string> | undefined; readonly dryRun?: boolean | undefined },

@@ -629,12 +629,19 @@ export interface StateStoreShape {
     ReadonlyArray<QuarantineRetry>,
     Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive
   >
-  /** Operator: mark units skipped (fencing each); the run can then complete without them. */
+  /**
+   * Operator: mark units skipped (fencing each); the run can then complete without them. A skip in a
+   * failed run re-opens it to finalize again, refused with `RunAlreadyActive` (its dry run too) while
+   * another run of its params is active.
+   */
   readonly skip: (
     runId: string,
     selection: Selection,
     actor: Actor
-  ) => Effect.Effect<ReadonlyArray<PlannedUnit>, Errors.StoreUnavailable | Errors.NotFound>
+  ) => Effect.Effect<
+    ReadonlyArray<PlannedUnit>,
+    Errors.StoreUnavailable | Errors.NotFound | Errors.RunAlreadyActive
+  >
 }
 
 /** Which database a SqlClient reaches: `database@address:port`, asked of the server itself. */

@@ -799,6 +799,34 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "a skip that would re-open a failed run is refused beside its live re-run, and allowed once that ended",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1])
+        const bad = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* failBadRecord(bad.lease, "k0", null)
+        expect(yield* store.tryFinalize(runId)).toBe(true)
+        const [finalize] = [...(yield* messagesOf(runId)).values()].filter((m) => m.unitId.startsWith("finalize-"))
+        yield* store.finishRun((yield* claimed(finalize!, "w2")).lease, "failed", "complete-0")
+        const rerun = `${runId}-rerun`
+        expect((yield* newRun(rerun, runId)).created).toBe(true)
+        // Skipping the failed partition would finalize the failed run again beside the re-run: refused,
+        // its dry run too, and nothing changes.
+        for (const dryRun of [true, false]) {
+          expect(yield* Effect.flip(store.skip(runId, { partitions: ["k0"], dryRun }, operator))).toMatchObject({
+            _tag: "RunAlreadyActive",
+            activeRunId: rerun
+          })
+        }
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "failed" })
+        expect((yield* store.getRun(runId)).pipe(Option.map((r) => r.status))).toEqual(Option.some("failed"))
+        yield* store.cancelRun(rerun, operator)
+        expect(yield* store.skip(runId, { partitions: ["k0"], dryRun: false }, operator)).toHaveLength(1)
+        expect((yield* store.getRun(runId)).pipe(Option.map((r) => r.status))).toEqual(Option.some("finalizing"))
+      })
+    )
+
+    test(
       "split: the sweeper joins a partition whose last range committed but crashed before the barrier",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
