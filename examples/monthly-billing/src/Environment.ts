@@ -12,7 +12,7 @@
  * | `BILLING_CONCURRENCY` | `4` | companies one worker bills at once |
  * | `BILLING_CHUNK_SIZE` | `1000` | work records per chunk |
  * | `BILLING_SPLIT_RECORDS` | `50000` | a company with more records is billed as ranges of days in parallel |
- * | `BILLING_MAX_CONNECTIONS` | concurrency + 4 | the worker's connection pool |
+ * | `BILLING_MAX_CONNECTIONS` | concurrency + 4 | the worker's connection pool (at least concurrency + 2) |
  *
  * @since 0.1.0
  */
@@ -63,10 +63,19 @@ export const settings: Config.Config<Settings> = Config.all({
   chunkSize: positive("BILLING_CHUNK_SIZE", 1000),
   splitRecords: positive("BILLING_SPLIT_RECORDS", 50_000),
   maxConnections: Config.option(positiveInteger("BILLING_MAX_CONNECTIONS"))
-}).pipe(Config.map((c) => ({
-  ...c,
-  maxConnections: Option.getOrElse(c.maxConnections, () => c.concurrency + 4)
-})))
+}).pipe(
+  Config.validate({
+    // The worker refuses a pool below concurrency + 2 (a connection per unit's chunk transaction, plus
+    // the heartbeat and the feeder); said here in the example's own terms.
+    message: "BILLING_MAX_CONNECTIONS must be at least BILLING_CONCURRENCY + 2 (a connection per company " +
+      "billed at once, plus the heartbeat and the feeder); raise it, or unset it for BILLING_CONCURRENCY + 4",
+    validation: (c) => !Option.exists(c.maxConnections, (max) => max < c.concurrency + 2)
+  }),
+  Config.map((c) => ({
+    ...c,
+    maxConnections: Option.getOrElse(c.maxConnections, () => c.concurrency + 4)
+  }))
+)
 
 /** Reads the settings, checking the schema names. */
 export const load = Effect.gen(function*() {
