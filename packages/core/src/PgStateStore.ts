@@ -1383,7 +1383,7 @@ export const make = (options: Options = {}): Effect.Effect<
           const chosen = yield* op("skip", selectUnits(runId, selection, ["failed"], skippable, !selection.dryRun))
           const planned = chosen.filter((c) => c.eligible).map((c) => plannedUnit(c.unit, selection))
           // A skip in a failed run re-opens it to finalize again: not beside an active re-run.
-          if (planned.length > 0) yield* op("skip", refuseReopenBesideActive(run))
+          if (planned.length > 0 && run.status === "failed") yield* op("skip", refuseReopenBesideActive(run))
           if (selection.dryRun || planned.length === 0) return planned
           yield* op(
             "skip",

@@ -823,6 +823,14 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         yield* store.cancelRun(rerun, operator)
         expect(yield* store.skip(runId, { partitions: ["k0"], dryRun: false }, operator)).toHaveLength(1)
         expect((yield* store.getRun(runId)).pipe(Option.map((r) => r.status))).toEqual(Option.some("finalizing"))
+        // A skip does not re-open a cancelled run, so there it is not held back.
+        const other = yield* openRun([1, 1])
+        const lost = yield* claimed(yield* messageFor(other.runId, other.unitIds[0]!), "w3")
+        yield* failBadRecord(lost.lease, "k0", null)
+        yield* store.cancelRun(other.runId, operator)
+        expect((yield* newRun(`${other.runId}-rerun`, other.runId)).created).toBe(true)
+        expect(yield* store.skip(other.runId, { partitions: ["k0"], dryRun: false }, operator)).toHaveLength(1)
+        expect((yield* store.getRun(other.runId)).pipe(Option.map((r) => r.status))).toEqual(Option.some("cancelled"))
       })
     )
 

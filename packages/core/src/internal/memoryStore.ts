@@ -1013,7 +1013,7 @@ export const make = Effect.sync(() => {
           plannedUnit(u, selection)
         )
         // A skip in a failed run re-opens it to finalize again: not beside an active re-run.
-        if (planned.length > 0) yield* refuseReopenBesideActive(run)
+        if (planned.length > 0 && run.status === "failed") yield* refuseReopenBesideActive(run)
         if (selection.dryRun || planned.length === 0) return planned
         for (const p of planned) {
           const unit = unitsOf(runId).get(p.unitId)!
