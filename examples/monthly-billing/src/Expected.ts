@@ -21,7 +21,9 @@ export interface Verification {
 /**
  * Checks month `month` in `schema` against the rules: every expected line and invoice exists with the
  * expected amounts and nothing else does, exactly the billable records are marked billed, and every
- * invoice has one notification pointing at it and at least one mail.
+ * invoice has one notification pointing at it and at least one mail. The billable records are the
+ * month's approved ones of the companies active when they were billed: active now, or already billed
+ * for the month (a company deactivated after its invoice was issued keeps it).
  */
 export const verify = (schema: string, month: string) =>
   Effect.gen(function*() {
@@ -35,7 +37,8 @@ export const verify = (schema: string, month: string) =>
         w.transport_yen::numeric as transport_yen,
         floor((floor((w.minutes::numeric * w.hourly_wage_yen + 30) / 60) * c.fee_rate_bp + 5000) / 10000) as fee_yen
       from ${s}.work_records w join ${s}.companies c on c.id = w.company_id
-      where c.active and w.status = 'approved' and w.worked_on >= ${first}::date and w.worked_on < ${next}::date`
+      where (c.active or w.invoiced_month = ${first}::date) and w.status = 'approved'
+        and w.worked_on >= ${first}::date and w.worked_on < ${next}::date`
     const expectedInvoices = sql`
       select company_id, count(*) as line_count, sum(wage_yen) as wages_yen, sum(transport_yen) as transport_yen,
         sum(fee_yen) as fee_yen, floor(sum(fee_yen) / 10) as tax_yen,

@@ -68,7 +68,10 @@ describe("monthly billing on Postgres", () => {
       const mails = yield* sql<{ readonly c: number; readonly total: number }>`
         select company_id::int as c, total_yen::int as total from ${sql(app)}.mail_sent order by 1`
       expect(mails).toEqual([{ c: 1, total: 2512 }, { c: 2, total: 3480 }])
-      // The independent computation agrees.
+      // The independent computation agrees, and still does once a billed company is deactivated: its
+      // invoice was right when it was issued.
+      expect((yield* Expected.verify(app, month)).problems).toEqual([])
+      yield* sql`update ${sql(app)}.companies set active = false where id = 2`
       expect((yield* Expected.verify(app, month)).problems).toEqual([])
     }).pipe(Effect.scoped, Effect.provide(pgClient())), 60_000)
 
