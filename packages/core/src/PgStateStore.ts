@@ -464,8 +464,10 @@ export const make = (options: Options = {}): Effect.Effect<
         yield* sql`select pg_advisory_xact_lock(hashtext(${`chunkwise:run:${run.job}:${run.baseKey}`}))`
         const [active] = yield* sql<{ readonly runId: string; readonly status: string }>`
           select run_id as "runId", status from ${s}.runs
-          where job = ${run.job} and base_key = ${run.baseKey} and run_id <> ${run.runId}
-            and status not in ('succeeded', 'failed', 'cancelled')
+          where job = ${run.job} and run_id <> ${run.runId} and status not in ('succeeded', 'failed', 'cancelled')
+            and (base_key = ${run.baseKey}
+              -- A run a worker of the version before migration 23 started has no base key: its key says it.
+              or (base_key is null and split_part(run_key, '#rerun:', 1) = ${run.baseKey}))
           limit 1`
         if (active !== undefined) {
           return yield* new Errors.RunAlreadyActive({

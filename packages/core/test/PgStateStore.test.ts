@@ -576,6 +576,32 @@ describe("a claim by a worker of the version before on Postgres", () => {
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient({ maxConnections: 1 })))))
 })
 
+describe("a run started by a worker of the version before migration 23 on Postgres", () => {
+  it.live("holds a re-run of its params back, though it has no base key of its own", () =>
+    Effect.gen(function*() {
+      // Run r1 of job j, key k, running, inserted as a worker before migration 23 does: no base key.
+      const schema = yield* storeWithRun("cw_base_old", 1)
+      const store = yield* PgStateStore.make({ schema, migrate: false })
+      const rerun = {
+        runId: "r2",
+        job: "j",
+        runKey: "k#rerun:again",
+        baseKey: "k",
+        params: {},
+        definition: { version: 1, steps: [] },
+        fingerprint: "f"
+      }
+      expect(yield* Effect.flip(store.createRun(rerun))).toMatchObject({
+        _tag: "RunAlreadyActive",
+        activeRunId: "r1",
+        activeStatus: "running"
+      })
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`update ${sql(schema)}.runs set status = 'succeeded'`
+      expect((yield* store.createRun(rerun)).created).toBe(true)
+    }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
+})
+
 describe("a unit's end on Postgres", () => {
   it.live("does not wait for another unit's end while a pending unit is left to check completion after both", () =>
     Effect.gen(function*() {
