@@ -582,7 +582,7 @@ describe("a run started by a worker of the version before migration 23 on Postgr
       // Run r1 of job j, key k, running, inserted as a worker before migration 23 does: no base key.
       const schema = yield* storeWithRun("cw_base_old", 1)
       const store = yield* PgStateStore.make({ schema, migrate: false })
-      const rerun = {
+      const rerun: StateStore.NewRun = {
         runId: "r2",
         job: "j",
         runKey: "k#rerun:again",
