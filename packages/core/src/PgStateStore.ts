@@ -482,7 +482,9 @@ export const make = (options: Options = {}): Effect.Effect<
     const refuseReopenBesideActive = (run: RunRecord) =>
       isTerminalRun(run.status)
         ? Effect.flatMap(
-          sql<{ readonly baseKey: string }>`select base_key as "baseKey" from ${s}.runs where run_id = ${run.runId}`,
+          sql<{ readonly baseKey: string }>`
+            select coalesce(base_key, split_part(run_key, '#rerun:', 1)) as "baseKey" from ${s}.runs
+            where run_id = ${run.runId}`,
           ([row]) => refuseBesideActive({ ...run, baseKey: row!.baseKey })
         )
         : Effect.void

@@ -577,7 +577,7 @@ describe("a claim by a worker of the version before on Postgres", () => {
 })
 
 describe("a run started by a worker of the version before migration 23 on Postgres", () => {
-  it.live("holds a re-run of its params back, though it has no base key of its own", () =>
+  it.live("holds a re-run of its params back, though it has no base key of its own, and is held back by one", () =>
     Effect.gen(function*() {
       // Run r1 of job j, key k, running, inserted as a worker before migration 23 does: no base key.
       const schema = yield* storeWithRun("cw_base_old", 1)
@@ -597,8 +597,15 @@ describe("a run started by a worker of the version before migration 23 on Postgr
         activeStatus: "running"
       })
       const sql = yield* SqlClient.SqlClient
-      yield* sql`update ${sql(schema)}.runs set status = 'succeeded'`
+      yield* sql`update ${sql(schema)}.runs set status = 'failed'`
+      yield* sql`update ${sql(schema)}.units set status = 'failed'`
       expect((yield* store.createRun(rerun)).created).toBe(true)
+      // Nor does it re-open beside the re-run it let start.
+      const operator = { actor: "test", reason: "test" }
+      expect(yield* Effect.flip(store.retry("r1", { dryRun: true }, operator))).toMatchObject({
+        _tag: "RunAlreadyActive",
+        activeRunId: "r2"
+      })
     }).pipe(Effect.scoped, Effect.provide(Layer.orDie(pgClient()))))
 })
 
