@@ -5,7 +5,7 @@
 import { Runner, StateStore, Worker } from "@chunkwise/core"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber } from "effect"
+import { Deferred, Effect, Fiber, Schedule } from "effect"
 import * as Billing from "../src/Billing.js"
 import * as Expected from "../src/Expected.js"
 import * as MonthlyBilling from "../src/MonthlyBilling.js"
@@ -93,7 +93,14 @@ describe("monthly billing on Postgres", () => {
       const chunk = yield* Effect.fork(sql.withTransaction(
         Billing.billChunk({ schema: app, month, company: "1", cursor: Billing.startCursor, limit: 100 })
       ))
-      yield* Effect.sleep("300 millis") // the chunk now waits for record 2's lock
+      // Until the chunk waits for record 2's lock (a condition, not a guessed duration).
+      yield* sql<{ readonly waiting: number }>`
+        select count(*)::int as waiting from pg_stat_activity
+        where wait_event_type = 'Lock' and state = 'active' and pid <> pg_backend_pid()
+          and query like ${`%${app}%work_records%`}`
+        .pipe(
+          Effect.repeat({ until: ([row]) => row!.waiting > 0, schedule: Schedule.spaced("10 millis") })
+        )
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(cancelling)
       expect((yield* Fiber.join(chunk)).billed).toBe(3)
