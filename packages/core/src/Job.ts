@@ -318,9 +318,12 @@ export const runKeyOf = <P, R>(job: Job<P, R>, params: P, encoded: unknown, reru
 export const baseKeyOf = <P, R>(job: Job<P, R>, params: P, encoded: unknown): string =>
   job.runKey?.(params) ?? canonicalJson(encoded)
 
+/** What joins a rerun label to the base key in a run key: the base key is the run key up to it. */
+export const rerunSeparator = "#rerun:"
+
 /** The run key of a base key (`baseKeyOf`) with an optional rerun label. */
 export const rerunKeyOf = (baseKey: string, rerun?: string): string =>
-  rerun === undefined ? baseKey : `${baseKey}#rerun:${rerun}`
+  rerun === undefined ? baseKey : `${baseKey}${rerunSeparator}${rerun}`
 
 /** The run id: derived from (job, run key), so starting the same run twice attaches to it. */
 export const runIdOf = (job: string, runKey: string): string => stableId("run_", [job, runKey])

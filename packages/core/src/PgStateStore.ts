@@ -18,6 +18,7 @@ import * as Errors from "./Errors.js"
 import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
+import { rerunSeparator } from "./Job.js"
 import type { JobDefinition } from "./JobDefinition.js"
 import * as Quarantine from "./Quarantine.js"
 import type * as Runbook from "./Runbook.js"
@@ -454,6 +455,8 @@ export const make = (options: Options = {}): Effect.Effect<
         ])
       ])
 
+    /** A run's base key as its run key gives it: for runs a worker before migration 23 started, which have none. */
+    const baseKeyFromRunKey = sql`split_part(run_key, ${rerunSeparator}, 1)`
     /**
      * Fails with `RunAlreadyActive` while a run of `job` with `baseKey` other than `runId` has not ended.
      * Takes an advisory lock on the base key first, held to the transaction's end, so starts and re-opens
@@ -467,7 +470,7 @@ export const make = (options: Options = {}): Effect.Effect<
           where job = ${run.job} and run_id <> ${run.runId} and status not in ('succeeded', 'failed', 'cancelled')
             and (base_key = ${run.baseKey}
               -- A run a worker of the version before migration 23 started has no base key: its key says it.
-              or (base_key is null and split_part(run_key, '#rerun:', 1) = ${run.baseKey}))
+              or (base_key is null and ${baseKeyFromRunKey} = ${run.baseKey}))
           limit 1`
         if (active !== undefined) {
           return yield* new Errors.RunAlreadyActive({
@@ -483,7 +486,7 @@ export const make = (options: Options = {}): Effect.Effect<
       isTerminalRun(run.status)
         ? Effect.flatMap(
           sql<{ readonly baseKey: string }>`
-            select coalesce(base_key, split_part(run_key, '#rerun:', 1)) as "baseKey" from ${s}.runs
+            select coalesce(base_key, ${baseKeyFromRunKey}) as "baseKey" from ${s}.runs
             where run_id = ${run.runId}`,
           ([row]) => refuseBesideActive({ ...run, baseKey: row!.baseKey })
         )
