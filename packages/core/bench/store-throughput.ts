@@ -1,7 +1,7 @@
 /**
  * The store's own cost: empty chunks (the framework statement alone, in its transaction) committed by
  * WORKERS fibers for SECONDS, against `pgbench -N` with as many clients on the same database, in one run.
- * Prints figures; asserts nothing. Run: npm run bench:store -w packages/core
+ * Each fiber commits through a store session, as a worker does for a unit. Prints figures; asserts nothing. Run: npm run bench:store -w packages/core
  */
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Logger, LogLevel } from "effect"
@@ -65,9 +65,11 @@ const emptyChunks = Effect.gen(function*() {
   const deadline = Date.now() + SECONDS * 1000
   const counts = yield* Effect.forEach(leases, (lease) =>
     Effect.gen(function*() {
+      // One session per unit, as a worker holds one for a unit's chunks.
+      const transaction = store.session === undefined ? store.transaction : (yield* store.session).transaction
       let seq = 0
       while (Date.now() < deadline) {
-        yield* store.transaction(store.commitChunk({
+        yield* transaction(store.commitChunk({
           lease,
           from: { stepIndex: 0, chunkSeq: seq },
           to: { stepIndex: 0, chunkSeq: seq + 1, cursor: { n: seq + 1 } },
@@ -80,7 +82,7 @@ const emptyChunks = Effect.gen(function*() {
         seq += 1
       }
       return seq
-    }), { concurrency: "unbounded" })
+    }).pipe(Effect.scoped), { concurrency: "unbounded" })
   return counts.reduce((a, b) => a + b, 0) / SECONDS
 })
 

@@ -18,6 +18,7 @@ import * as Errors from "./Errors.js"
 import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
+import { makeSession } from "./internal/pgSession.js"
 import { rerunSeparator } from "./Job.js"
 import type { JobDefinition } from "./JobDefinition.js"
 import * as Quarantine from "./Quarantine.js"
@@ -256,6 +257,23 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.catchSomeDefect((defect) =>
           isSqlError(defect)
             ? Option.some(Effect.fail(defect))
+            : Option.none()
+        )
+      )
+    /** `StateStoreShape.transaction`: `withTransaction`, its errors told apart as the port says. */
+    const transaction: StateStoreShape["transaction"] = (effect) =>
+      client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(
+        Effect.mapError((error) =>
+          error instanceof UserFailure
+            ? error.error as never
+            : new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+        ),
+        // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
+        Effect.catchSomeDefect((defect) =>
+          isSqlError(defect)
+            ? Option.some(
+              Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message }))
+            )
             : Option.none()
         )
       )
@@ -563,22 +581,8 @@ export const make = (options: Options = {}): Effect.Effect<
           return exit
         }),
 
-      transaction: (effect) =>
-        client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(
-          Effect.mapError((error) =>
-            error instanceof UserFailure
-              ? error.error as never
-              : new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
-          ),
-          // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
-          Effect.catchSomeDefect((defect) =>
-            isSqlError(defect)
-              ? Option.some(
-                Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message }))
-              )
-              : Option.none()
-          )
-        ),
+      transaction,
+      session: makeSession(client, transaction),
 
       createRun: (input) =>
         op(

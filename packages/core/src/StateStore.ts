@@ -24,7 +24,7 @@
  * @since 0.1.0
  */
 import type { SqlClient } from "@effect/sql"
-import type { Exit } from "effect"
+import type { Exit, Scope } from "effect"
 import { Context, Effect, Layer, Option } from "effect"
 import type * as Errors from "./Errors.js"
 import * as MemoryStore from "./internal/memoryStore.js"
@@ -443,6 +443,18 @@ export const plannedUnit = (unit: UnitRecord, selection: Selection): PlannedUnit
   chunkSeq: selection.fromStep === undefined ? unit.chunkSeq : 0
 })
 
+/**
+ * Transactions on one connection kept between them (see `StateStoreShape.session`). Use it from one
+ * fiber at a time, one transaction after another; a transaction begun while another of the session's is
+ * open, or inside one, runs as `StateStoreShape.transaction` would.
+ */
+export interface StoreSession {
+  /** `StateStoreShape.transaction`, on the session's connection (taken on first use, kept after). */
+  readonly transaction: StateStoreShape["transaction"]
+  /** Gives the kept connection back now; the next transaction takes one again. */
+  readonly idle: Effect.Effect<void>
+}
+
 /** The state store. See the module doc for its contract. */
 export interface StateStoreShape {
   /** `"memory"`, `"postgres"`, ...: shown in messages and used for start-up checks. */
@@ -470,6 +482,14 @@ export interface StateStoreShape {
   readonly probe: <A, E, R>(
     effect: Effect.Effect<A, E, R>
   ) => Effect.Effect<Exit.Exit<A, E>, Errors.StoreUnavailable, R>
+  /**
+   * Optional: a session whose transactions share one connection, kept from the first until `idle` or
+   * the end of the session's scope. A worker runs a unit's consecutive `chunk`-mode chunks through one,
+   * so they skip a pool checkout and return each (the store's cost per chunk beside the chunk's own
+   * statements). It holds the connection between chunks too, so it goes `idle` before work that takes
+   * other connections (a `none`-mode step). A store without sessions runs every transaction alone.
+   */
+  readonly session?: Effect.Effect<StoreSession, never, Scope.Scope> | undefined
 
   /**
    * Inserts the run, or returns the existing one with `created: false`. Refuses to insert it

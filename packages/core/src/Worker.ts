@@ -505,6 +505,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         if (decodedParams._tag === "Left") return yield* failWith(job, claimed, decodedParams.left, stepName)
         const params = decodedParams.right.params
         const partition = { key: unit.partitionKey, weight: unit.weight }
+        /** The unit's `chunk`-mode transactions share one connection where the store keeps one. */
+        const session = store.session === undefined ? undefined : yield* store.session
+        const transact = session?.transaction ?? store.transaction
 
         let stepIndex = unit.stepIndex
         let chunkSeq = unit.chunkSeq
@@ -646,6 +649,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             yield* store.release(lease, { abandonedChunk: false })
             return "release" as Ending
           }
+          // A step outside a store transaction takes its connections from the pool: the kept one goes back.
+          if (session !== undefined && step.transaction !== "chunk") yield* session.idle
           let cursor: unknown = undefined
           if (step._tag === "Chunked") {
             if (encodedCursor === null) cursor = step.start
@@ -791,7 +796,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   })
                 const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
                   step.transaction === "chunk"
-                    ? store.transaction(Effect.flatMap(timed(effect), commit)).pipe(
+                    ? transact(Effect.flatMap(timed(effect), commit)).pipe(
                       Effect.onError((cause) =>
                         Effect.suspend(() => {
                           const span = fusedSpan
@@ -887,7 +892,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         }
         yield* partitionEnded(job, unit, "succeeded")
         return "ack" as Ending
-      }).pipe(Effect.onExit((exit) => endStepSpan(stepSpan, exit)))
+      }).pipe(Effect.onExit((exit) => endStepSpan(stepSpan, exit)), Effect.scoped)
     }
 
     /**

@@ -1,0 +1,97 @@
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql"
+import type { Connection } from "@effect/sql/SqlConnection"
+import { Context, Effect, Exit, Scope } from "effect"
+import * as Errors from "../Errors.js"
+import type { StateStoreShape, StoreSession } from "../StateStore.js"
+
+/** The kept connection and the scope that gives it back to the pool. */
+interface Kept {
+  readonly connection: Connection
+  readonly scope: Scope.CloseableScope
+}
+
+const unavailable = (error: SqlError.SqlError) =>
+  new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+
+/**
+ * A Postgres store session (`StateStoreShape.session`): its transactions run on one connection reserved
+ * from the client's pool on first use and kept until `idle` or the session's scope ends. Each is BEGIN,
+ * the effect with that connection as its `TransactionConnection` (so the user's SQL on the same client
+ * joins it, as in `withTransaction`), then COMMIT, or ROLLBACK when the effect fails or is interrupted.
+ * What `withTransaction` does per transaction beside that (a pool checkout and return, a scope, a span)
+ * is done once per session instead: most of the store's CPU per chunk in a worker.
+ *
+ * Errors as `transaction`'s: a failed BEGIN is `StoreUnavailable`, a failed COMMIT
+ * `CommitOutcomeUnknown`; either gives the connection up. A kept connection that the database closed
+ * while idle (a restart) fails its BEGIN: the session takes a fresh one and begins once more.
+ */
+export const makeSession = (
+  client: SqlClient.SqlClient,
+  alone: StateStoreShape["transaction"]
+): Effect.Effect<StoreSession, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    let kept: Kept | undefined = undefined
+    let open = false
+    const giveBack = Effect.suspend(() => {
+      const k = kept
+      kept = undefined
+      return k === undefined ? Effect.void : Scope.close(k.scope, Exit.void)
+    })
+    yield* Effect.addFinalizer(() => giveBack)
+
+    const take = Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const connection = yield* Scope.extend(client.reserve, scope).pipe(
+        Effect.tapError(() => Scope.close(scope, Exit.void))
+      )
+      kept = { connection, scope }
+      return connection
+    })
+    const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
+    /** BEGIN on the kept connection, or on a fresh one when the kept one fails it (closed while idle). */
+    const begin: Effect.Effect<Connection, Errors.StoreUnavailable> = Effect.gen(function*() {
+      const reused = kept?.connection
+      const connection = reused ?? (yield* Effect.mapError(take, unavailable))
+      const began = yield* Effect.either(exec(connection, "BEGIN"))
+      if (began._tag === "Right") return connection
+      yield* giveBack
+      if (reused === undefined) return yield* Effect.fail(unavailable(began.left))
+      const fresh = yield* Effect.mapError(take, unavailable)
+      return yield* exec(fresh, "BEGIN").pipe(
+        Effect.as(fresh),
+        Effect.tapError(() => giveBack),
+        Effect.mapError(unavailable)
+      )
+    })
+
+    const transaction = <A, E, R>(
+      effect: Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | Errors.StoreUnavailable | Errors.CommitOutcomeUnknown, R> =>
+      Effect.withFiberRuntime((fiber) => {
+        if (open || Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)._tag === "Some") {
+          return alone(effect)
+        }
+        open = true
+        return Effect.uninterruptibleMask((restore) =>
+          Effect.gen(function*() {
+            const connection = yield* begin
+            const exit = yield* Effect.exit(restore(
+              Effect.provideService(effect, SqlClient.TransactionConnection, [connection, 0]) as Effect.Effect<A, E, R>
+            ))
+            if (Exit.isFailure(exit)) {
+              yield* Effect.catchAll(exec(connection, "ROLLBACK"), () => giveBack)
+              return yield* exit
+            }
+            const committed = yield* Effect.either(exec(connection, "COMMIT"))
+            if (committed._tag === "Left") {
+              yield* giveBack
+              return yield* new Errors.CommitOutcomeUnknown({ message: committed.left.message })
+            }
+            return exit.value
+          })
+        ).pipe(Effect.ensuring(Effect.sync(() => (open = false))))
+      })
+
+    return { transaction, idle: giveBack }
+  })

@@ -1,0 +1,131 @@
+/**
+ * The Postgres store's session (`StateStoreShape.session`): transactions on one kept connection, with
+ * the same outcomes as the store's `transaction` when a step fails, is interrupted, or its COMMIT fails,
+ * and a kept connection that the database closed while idle replaced without failing a transaction.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Layer, Logger, LogLevel, type Scope } from "effect"
+import { Errors, PgStateStore, StateStore } from "../src/index.js"
+import { freshSchema, pgClient } from "./pg.js"
+
+/** Runs `body` with a session of the Postgres store and a fresh table `<app>.t (x int unique deferrable)`. */
+const withSession = <A, E>(
+  body: (
+    session: StateStore.StoreSession,
+    table: string
+  ) => Effect.Effect<A, E, SqlClient.SqlClient | Scope.Scope>,
+  maxConnections = 4
+) => {
+  const store = freshSchema("cw_store")
+  const app = freshSchema("cw_app")
+  return Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* Effect.acquireRelease(
+      Effect.zipRight(
+        sql`create schema ${sql(app)}`,
+        sql`create table ${sql(app)}.t (x integer unique deferrable initially deferred)`
+      ),
+      () =>
+        Effect.orDie(Effect.all([
+          sql`drop schema if exists ${sql(app)} cascade`,
+          sql`drop schema if exists ${sql(store)} cascade`
+        ]))
+    )
+    const shape = yield* Effect.provide(StateStore.StateStore, PgStateStore.layer({ schema: store }))
+    if (shape.session === undefined) return yield* Effect.die(new Error("the Postgres store has no session"))
+    return yield* body(yield* shape.session, `${app}.t`)
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(Layer.merge(pgClient({ maxConnections }), Logger.minimumLogLevel(LogLevel.None)))
+  )
+}
+
+const rows = (table: string) =>
+  Effect.flatMap(
+    SqlClient.SqlClient,
+    (sql) => sql<{ readonly x: number }>`select x from ${sql.unsafe(table)} order by x`
+  ).pipe(Effect.map((found) => found.map((r) => r.x)))
+const insert = (table: string, x: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql`insert into ${sql.unsafe(table)} (x) values (${x})`)
+const backendPid = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) => Effect.map(sql<{ readonly pid: number }>`select pg_backend_pid() as pid`, ([row]) => row!.pid)
+)
+
+describe("a Postgres store session", () => {
+  it.live("keeps one connection for its transactions; the user's writes commit with them or roll back", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const first = yield* session.transaction(Effect.zipRight(insert(table, 1), backendPid))
+        const second = yield* session.transaction(Effect.zipRight(insert(table, 2), backendPid))
+        expect(second).toBe(first)
+        const failed = yield* Effect.exit(session.transaction(Effect.zipRight(insert(table, 3), Effect.fail("no"))))
+        expect(failed).toEqual(Exit.fail("no"))
+        expect(yield* rows(table)).toEqual([1, 2])
+      })
+    ))
+
+  it.live("gives the connection back on idle and when its scope ends, so a pool of one is not starved", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        yield* session.transaction(insert(table, 1))
+        yield* session.idle
+        // Outside the session, on the pool's only connection: waits forever if the session still kept it.
+        expect(yield* rows(table).pipe(Effect.timeout("5 seconds"))).toEqual([1])
+        yield* session.transaction(insert(table, 2))
+        yield* session.idle
+        expect(yield* rows(table).pipe(Effect.timeout("5 seconds"))).toEqual([1, 2])
+      }), 1))
+
+  it.live("rolls an interrupted transaction back before the next one begins on the connection", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const fiber = yield* Effect.fork(session.transaction(Effect.zipRight(insert(table, 1), Effect.never)))
+        yield* Effect.sleep("200 millis")
+        yield* Fiber.interrupt(fiber)
+        // Were the interrupted transaction still open, this COMMIT would commit its row too.
+        yield* session.transaction(insert(table, 2))
+        expect(yield* rows(table)).toEqual([2])
+      })
+    ))
+
+  it.live("takes a fresh connection when the kept one was closed while idle, failing no transaction", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const pid = yield* session.transaction(Effect.zipRight(insert(table, 1), backendPid))
+        const [killed] = yield* sql<{ readonly ok: boolean }>`select pg_terminate_backend(${pid}) as ok`
+        expect(killed?.ok).toBe(true)
+        yield* Effect.sleep("100 millis")
+        const next = yield* session.transaction(Effect.zipRight(insert(table, 2), backendPid))
+        expect(next).not.toBe(pid)
+        expect(yield* rows(table)).toEqual([1, 2])
+      })
+    ))
+
+  it.live("reports a failed COMMIT as CommitOutcomeUnknown and goes on with another connection", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        // A deferred unique constraint fails at COMMIT, not at the insert.
+        const failed = yield* Effect.exit(session.transaction(Effect.zipRight(insert(table, 1), insert(table, 1))))
+        expect(Exit.isFailure(failed) && failed.cause._tag === "Fail" && failed.cause.error).toBeInstanceOf(
+          Errors.CommitOutcomeUnknown
+        )
+        yield* session.transaction(insert(table, 2))
+        expect(yield* rows(table)).toEqual([2])
+      })
+    ))
+
+  it.live("runs a transaction begun inside one of its own as a savepoint of it", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        yield* session.transaction(Effect.gen(function*() {
+          yield* insert(table, 1)
+          yield* Effect.exit(session.transaction(Effect.zipRight(insert(table, 2), Effect.fail("inner"))))
+          yield* insert(table, 3)
+        }))
+        expect(yield* rows(table)).toEqual([1, 3])
+      })
+    ))
+})
