@@ -6,6 +6,8 @@
  * at a time, into its own target table. Contenders, ROUNDS rounds on the same data, their order rotated
  *  - loop:        BEGIN; the chunk's INSERT ... SELECT; COMMIT            (the bare baseline of D20)
  *  - loop+ckpt:   the same plus an UPDATE of a checkpoint row in the transaction (a hand-written resumable loop)
+ *  - loop+ckpt kept: the same, each partition holding one connection for all its chunks (BEGIN and COMMIT
+ *                 on it) instead of a withTransaction per chunk, as chunkwise's units do
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
  * WARMUP (default 1) rounds run first, uncounted. ONLY (comma-separated contender names, e.g.
  * ONLY=chunkwise or ONLY=loop+ckpt) runs those contenders alone, to profile one (node --cpu-prof);
@@ -36,7 +38,7 @@ import {
 } from "./chunkData.js"
 
 const schema = "cw_bench"
-const targets = ["t_loop", "t_loop_ckpt", "t_chunkwise"]
+const targets = ["t_loop", "t_loop_ckpt", "t_loop_kept", "t_chunkwise"]
 
 const completions = makeCompletions()
 
@@ -74,11 +76,12 @@ const chunkwise = (round: number) =>
 const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* createData(schema, targets)
-  const results: Record<string, Rounds> = { loop: [], "loop+ckpt": [], chunkwise: [] }
+  const results: Record<string, Rounds> = { loop: [], "loop+ckpt": [], "loop+ckpt kept": [], chunkwise: [] }
   const only = process.env["ONLY"]?.split(",")
   const all: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
     ["loop", () => handLoop(schema, "t_loop", false)],
     ["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)],
+    ["loop+ckpt kept", () => handLoop(schema, "t_loop_kept", true, true)],
     ["chunkwise", chunkwise]
   ]
   const contenders = all.filter(([name]) => only === undefined || only.includes(name))

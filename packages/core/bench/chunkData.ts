@@ -5,7 +5,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Deferred, Effect, FiberId, Layer, Logger, type LogLevel } from "effect"
+import type { Connection } from "@effect/sql/SqlConnection"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Deferred, Effect, Exit, FiberId, Layer, Logger, type LogLevel } from "effect"
 import { type Job, PgStateStore, QueueAdapter, Runner, StateStore } from "../src/index.js"
 
 export const PARTITIONS = Number(process.env["PARTITIONS"] ?? 16)
@@ -86,15 +88,40 @@ export const forClaimedUnits = <E, R>(
       }), { concurrency: CONCURRENCY, discard: true })
   })
 
-/** The hand-written loop (D20): BEGIN; the chunk; optionally an UPDATE of a checkpoint row; COMMIT. */
-export const handLoop = (schema: string, target: string, withCheckpoint: boolean) =>
+/**
+ * A transaction on `connection`, kept by the caller between transactions: BEGIN, `effect` with the
+ * connection as its transaction connection (so `sql` statements in it use it), COMMIT or ROLLBACK. What
+ * a hand-written loop that holds one connection per partition does in place of `withTransaction`.
+ */
+const onKeptConnection = <A, E, R>(connection: Connection, effect: Effect.Effect<A, E, R>) =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function*() {
+      yield* connection.executeUnprepared("BEGIN", [], undefined)
+      const exit = yield* Effect.exit(
+        restore(Effect.provideService(effect, SqlClient.TransactionConnection, [connection, 0]))
+      )
+      yield* connection.executeUnprepared(Exit.isSuccess(exit) ? "COMMIT" : "ROLLBACK", [], undefined)
+      return yield* exit
+    })
+  )
+
+/**
+ * The hand-written loop (D20): BEGIN; the chunk; optionally an UPDATE of a checkpoint row; COMMIT.
+ * `keepConnection`: each partition holds one connection for all its chunks (as a chunkwise unit does)
+ * instead of a `withTransaction` per chunk.
+ */
+export const handLoop = (schema: string, target: string, withCheckpoint: boolean, keepConnection = false) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* forPartitions((p) =>
       Effect.gen(function*() {
+        const transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R> =
+          keepConnection
+            ? ((connection) => (effect) => onKeptConnection(connection, effect))(yield* sql.reserve)
+            : sql.withTransaction
         let after = 0
         while (true) {
-          const { last } = yield* sql.withTransaction(Effect.gen(function*() {
+          const { last } = yield* transaction(Effect.gen(function*() {
             const result = yield* copyChunk(schema, target, p, after)
             if (withCheckpoint) {
               yield* sql`update ${sql(schema)}.checkpoints set after_id = ${result.last ?? after}, chunks = chunks + 1
@@ -105,7 +132,7 @@ export const handLoop = (schema: string, target: string, withCheckpoint: boolean
           if (last === null) return
           after = last
         }
-      })
+      }).pipe(Effect.scoped)
     )
   })
 
@@ -165,7 +192,7 @@ export const report = (name: string, rounds: Rounds, base: number, baseName: str
   const m = median(rounds.map((r) => r.wallMs))
   const cpu = median(rounds.map((r) => r.cpuMs))
   console.log(
-    `  ${name.padEnd(11)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x ${baseName}  ` +
+    `  ${name.padEnd(14)} ${m.toFixed(0).padStart(7)} ms  ${(m / base).toFixed(3)}x ${baseName}  ` +
       `${((m / CHUNKS) * CONCURRENCY).toFixed(2)} ms/chunk  node cpu ${((cpu / CHUNKS) * 1000).toFixed(0)} µs/chunk  ` +
       `[${rounds.map((r) => r.wallMs.toFixed(0)).join(", ")}]`
   )
