@@ -1,7 +1,9 @@
 /**
  * The store's own cost: empty chunks (the framework statement alone, in its transaction) committed by
  * WORKERS fibers for SECONDS, against `pgbench -N` with as many clients on the same database, in one run.
- * Each fiber commits through a store session, as a worker does for a unit. Prints figures; asserts nothing. Run: npm run bench:store -w packages/core
+ * Each fiber commits through a store session, as a worker does for a unit. Prints the rates and the
+ * worker's CPU per chunk (steadier than the rate on a shared machine); asserts nothing.
+ * Run: npm run bench:store -w packages/core
  */
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Logger, LogLevel } from "effect"
@@ -63,6 +65,7 @@ const emptyChunks = Effect.gen(function*() {
       )
   )
   const deadline = Date.now() + SECONDS * 1000
+  const cpuFrom = process.cpuUsage()
   const counts = yield* Effect.forEach(leases, (lease) =>
     Effect.gen(function*() {
       // One session per unit, as a worker holds one for a unit's chunks.
@@ -83,7 +86,9 @@ const emptyChunks = Effect.gen(function*() {
       }
       return seq
     }).pipe(Effect.scoped), { concurrency: "unbounded" })
-  return counts.reduce((a, b) => a + b, 0) / SECONDS
+  const { system, user } = process.cpuUsage(cpuFrom)
+  const chunks = counts.reduce((a, b) => a + b, 0)
+  return { perSecond: chunks / SECONDS, cpuPerChunk: (user + system) / chunks }
 })
 
 const program = Effect.gen(function*() {
@@ -92,7 +97,8 @@ const program = Effect.gen(function*() {
   console.log(`store throughput: ${WORKERS} clients, ${SECONDS} s each, database ${DATABASE}`)
   console.log(`  pgbench -N       ${bench.toFixed(0).padStart(7)} tps`)
   console.log(
-    `  chunkwise commit ${chunkwise.toFixed(0).padStart(7)} chunks/s  ${(chunkwise / bench).toFixed(2)}x pgbench`
+    `  chunkwise commit ${chunkwise.perSecond.toFixed(0).padStart(7)} chunks/s  ` +
+      `${(chunkwise.perSecond / bench).toFixed(2)}x pgbench  node cpu ${chunkwise.cpuPerChunk.toFixed(0)} µs/chunk`
   )
 })
 
