@@ -1,7 +1,8 @@
 /**
  * Where chunkwise's per-chunk overhead lives: the same chunks copied by the hand-written loop with a
- * checkpoint row, by the Postgres store's own chunk path driven directly (BEGIN, the chunk's SQL, the
- * `commit_chunk` call, COMMIT, with no Worker around it), and by the Worker. The gap between the
+ * checkpoint row (each partition keeping one connection, as a unit keeps its session's), by the Postgres
+ * store's own chunk path driven directly (BEGIN, the chunk's SQL, the `commit_chunk` call, COMMIT, in a
+ * session per unit, with no Worker around it), and by the Worker. The gap between the
  * second and the third is the Worker's per-chunk path; the gap between the first and the second is the
  * store's. Prints figures; asserts nothing. Run: npx tsx bench/chunk-breakdown.ts (same env as `bench`).
  */
@@ -59,15 +60,17 @@ const job = (label: string) =>
 const workerJob = job("worker")
 const storeJob = job("store")
 
-/** The store's chunk path alone: claim each unit, then per chunk one store transaction with commit_chunk. */
+/** The store's chunk path alone: claim each unit, then per chunk one transaction of its session with commit_chunk. */
 const storeOnly = (round: number) =>
   forClaimedUnits(storeJob, round, ({ lease, unit }) =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
+      // The unit's chunks through one session, as the Worker runs them.
+      const transaction = store.session === undefined ? store.transaction : (yield* store.session).transaction
       let after = 0
       let chunkSeq = 0
       while (true) {
-        const done = yield* store.transaction(Effect.gen(function*() {
+        const done = yield* transaction(Effect.gen(function*() {
           const { last, n } = yield* copyChunk(schema, "t_store", Number(unit.partitionKey), after)
           yield* store.commitChunk({
             lease,
@@ -87,7 +90,7 @@ const storeOnly = (round: number) =>
         after = done
         chunkSeq += 1
       }
-    }))
+    }).pipe(Effect.scoped))
 
 const viaWorker = (round: number) =>
   Effect.gen(function*() {
@@ -123,7 +126,7 @@ const program = Effect.gen(function*() {
   yield* createData(schema, targets)
   yield* Worker.make({ jobs: [workerJob], concurrency: CONCURRENCY })
   const contenders: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
-    ["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)],
+    ["loop+ckpt kept", () => handLoop(schema, "t_loop_ckpt", true, true)],
     ["store path", storeOnly],
     ["worker", viaWorker]
   ]
@@ -136,12 +139,12 @@ const program = Effect.gen(function*() {
       if (round >= 0) results.get(name)!.push(measured)
     }
   }
-  const base = median(results.get("loop+ckpt")!.map((r) => r.wallMs))
+  const base = median(results.get("loop+ckpt kept")!.map((r) => r.wallMs))
   console.log(
     `chunk breakdown: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rotated rounds after ${WARMUP} warm-up`
   )
-  for (const [name, xs] of results) report(name, xs, base, "loop+ckpt")
+  for (const [name, xs] of results) report(name, xs, base, "loop+ckpt kept")
   for (const runId of workerRuns) {
     const t = yield* databaseTimes(runId)
     console.log(
