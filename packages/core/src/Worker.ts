@@ -664,8 +664,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               yield* store.release(lease, { abandonedChunk: false })
               return "release" as Ending
             }
-            // A step outside a store transaction takes its connections from the pool: the kept one goes back.
-            if (session !== undefined && step.transaction !== "chunk") yield* session.idle
+            // The kept connection goes back before work that takes others from the pool: a step outside a
+            // store transaction, or a chunk's resource permits (a wait that may be long, on the pool).
+            if (
+              session !== undefined &&
+              (step.transaction !== "chunk" || (limiter !== undefined && step.resources.length > 0))
+            ) yield* session.idle
             let cursor: unknown = undefined
             if (step._tag === "Chunked") {
               if (encodedCursor === null) cursor = step.start

@@ -6,7 +6,17 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
-import { Errors, Job, PgStateStore, QueueAdapter, Runner, StateStore, Step, Worker } from "../src/index.js"
+import {
+  Errors,
+  Job,
+  PgResourceLimiter,
+  PgStateStore,
+  QueueAdapter,
+  Runner,
+  StateStore,
+  Step,
+  Worker
+} from "../src/index.js"
 import { awaitRun, freshSchema, liveWorker, pgClient } from "./pg.js"
 
 /** Runs `body` with a session of the Postgres store and a fresh table `<app>.t (x int unique deferrable)`. */
@@ -130,56 +140,85 @@ describe("a Postgres store session", () => {
     ))
 })
 
-describe("a worker on the Postgres store", () => {
-  it.live("runs a unit's chunk-mode chunks through one session and gives its connection back before a none step", () => {
-    const schema = freshSchema("cw_store")
-    /** What the worker did with its sessions: transactions made, and the kept state at each none step. */
-    const seen = { transactions: 0, keptAtNoneStep: [] as Array<boolean> }
-    let kept = false
-    const watched = Layer.effect(
-      StateStore.StateStore,
-      Effect.map(StateStore.StateStore, (store): StateStore.StateStoreShape => ({
-        ...store,
-        session: Effect.map(store.session!, (session) => ({
-          transaction: (effect) =>
-            Effect.tap(session.transaction(effect), () => Effect.sync(() => (seen.transactions += 1, kept = true))),
-          idle: Effect.tap(session.idle, () => Effect.sync(() => (kept = false)))
-        }))
+/**
+ * Runs a two-partition job (a `chunk`-mode step of three chunks, then a `none`-mode step) on a worker
+ * whose store's sessions are watched; with `limited`, the chunked step loads a resource limited on
+ * Postgres. Returns what the worker did with its sessions.
+ */
+const watchedRun = (limited: boolean) => {
+  const schema = freshSchema("cw_store")
+  const seen = { transactions: 0, idles: 0, keptAtNoneStep: [] as Array<boolean> }
+  let kept = false
+  const watched = Layer.effect(
+    StateStore.StateStore,
+    Effect.map(StateStore.StateStore, (store): StateStore.StateStoreShape => ({
+      ...store,
+      session: Effect.map(store.session!, (session) => ({
+        transaction: (effect) =>
+          Effect.tap(session.transaction(effect), () => Effect.sync(() => (seen.transactions += 1, kept = true))),
+        idle: Effect.tap(session.idle, () => Effect.sync(() => (seen.idles += 1, kept = false)))
       }))
-    ).pipe(Layer.provideMerge(PgStateStore.layer({ schema })))
-    const job = Job.make({
-      name: "session-job",
-      params: Schema.Struct({ label: Schema.String }),
-      partitions: () => ["a", "b"],
-      steps: (step) => [
-        step.chunked("count", {
-          cursor: Schema.Struct({ n: Schema.Number }),
-          start: { n: 0 },
-          chunkSize: 1,
-          transaction: "chunk",
-          process: ({ cursor }) => Effect.succeed(Step.advance(cursor.n >= 2 ? Step.done : { n: cursor.n + 1 }, 1))
-        }),
-        step.single("notify", {
-          transaction: "none",
-          run: () => Effect.sync(() => seen.keptAtNoneStep.push(kept))
-        })
-      ],
-      concurrency: { perWorker: 1 }
+    }))
+  ).pipe(Layer.provideMerge(PgStateStore.layer({ schema })))
+  const job = Job.make({
+    name: "session-job",
+    params: Schema.Struct({ label: Schema.String }),
+    partitions: () => ["a", "b"],
+    steps: (step) => [
+      step.chunked("count", {
+        cursor: Schema.Struct({ n: Schema.Number }),
+        start: { n: 0 },
+        chunkSize: 1,
+        transaction: "chunk",
+        resources: limited ? ["db"] : [],
+        process: ({ cursor }) => Effect.succeed(Step.advance(cursor.n >= 2 ? Step.done : { n: cursor.n + 1 }, 1))
+      }),
+      step.single("notify", {
+        transaction: "none",
+        run: () => Effect.sync(() => seen.keptAtNoneStep.push(kept))
+      })
+    ],
+    concurrency: { perWorker: 1 }
+  })
+  return Effect.gen(function*() {
+    yield* Worker.make({
+      jobs: [job],
+      ...liveWorker,
+      concurrency: 1,
+      ...(limited ? { limits: { db: { inFlight: 1 } } } : {})
     })
-    return Effect.gen(function*() {
-      yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 1 })
-      const { runId } = yield* Runner.start(job, { label: "session" })
-      expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
+    const { runId } = yield* Runner.start(job, { label: "session" })
+    expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
+    return seen
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(Layer.mergeAll(
+      watched,
+      QueueAdapter.layerMemory(),
+      limited ? PgResourceLimiter.layer({ schema }) : Layer.empty,
+      Logger.minimumLogLevel(LogLevel.None)
+    )),
+    Effect.ensuring(
+      Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`))
+    ),
+    Effect.provide(pgClient())
+  )
+}
+
+describe("a worker on the Postgres store", () => {
+  it.live("runs a unit's chunk-mode chunks through one session and gives its connection back before a none step", () =>
+    Effect.gen(function*() {
+      const seen = yield* watchedRun(false)
       // Three chunks a partition, each its own transaction through the unit's session.
       expect(seen.transactions).toBe(6)
       expect(seen.keptAtNoneStep).toEqual([false, false])
-    }).pipe(
-      Effect.scoped,
-      Effect.provide(Layer.mergeAll(watched, QueueAdapter.layerMemory(), Logger.minimumLogLevel(LogLevel.None))),
-      Effect.ensuring(
-        Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`))
-      ),
-      Effect.provide(pgClient())
-    )
-  })
+    }))
+
+  it.live("gives the kept connection back before each chunk that waits for resource permits", () =>
+    Effect.gen(function*() {
+      const seen = yield* watchedRun(true)
+      expect(seen.transactions).toBe(6)
+      // Before each of the six chunks (the permits are taken on the pool), and before each none step.
+      expect(seen.idles).toBeGreaterThanOrEqual(8)
+    }))
 })
