@@ -451,7 +451,7 @@ export const plannedUnit = (unit: UnitRecord, selection: Selection): PlannedUnit
 export interface StoreSession {
   /** `StateStoreShape.transaction`, on the session's connection (taken on first use, kept after). */
   readonly transaction: StateStoreShape["transaction"]
-  /** Gives the kept connection back now; the next transaction takes one again. */
+  /** Gives the kept connection back now (while a transaction is open, when it ends); the next takes one again. */
   readonly idle: Effect.Effect<void>
 }
 

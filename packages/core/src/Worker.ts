@@ -510,6 +510,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           /** The unit's `chunk`-mode transactions share one connection where the store keeps one. */
           const session = store.session === undefined ? undefined : yield* Scope.extend(store.session, sessionScope)
           const transact = session?.transaction ?? store.transaction
+          /** `effect` (store calls on the pool) once the kept connection went back: never held while waiting for another. */
+          const withoutKept = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+            session === undefined ? effect : Effect.zipRight(session.idle, effect)
 
           let stepIndex = unit.stepIndex
           let chunkSeq = unit.chunkSeq
@@ -661,7 +664,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               stepSpan.index = stepIndex
             }
             if (draining) {
-              yield* store.release(lease, { abandonedChunk: false })
+              yield* withoutKept(store.release(lease, { abandonedChunk: false }))
               return "release" as Ending
             }
             // The kept connection goes back before work that takes others from the pool: a step outside a
@@ -676,7 +679,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
               else {
                 const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
                 if (decoded._tag === "Left") {
-                  return yield* failUndecodable(job, claimed, step.name, encodedCursor, decoded.left.message)
+                  return yield* withoutKept(
+                    failUndecodable(job, claimed, step.name, encodedCursor, decoded.left.message)
+                  )
                 }
                 cursor = decoded.right
               }
@@ -687,17 +692,17 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 const decoded = Schema.decodeUnknownEither(step.split.range)(unit.range)
                 if (decoded._tag === "Left") {
                   const details = `the stored key range does not decode: ${decoded.left.message}`
-                  return yield* failUndecodable(job, claimed, step.name, unit.range, details)
+                  return yield* withoutKept(failUndecodable(job, claimed, step.name, unit.range, details))
                 }
                 range = decoded.right
               } else if (unit.kind === "partition" && chunkSeq === 0 && encodedCursor === null) {
-                const split = yield* splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
+                const split = yield* withoutKept(splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
                   job: job.name,
                   runId: lease.runId,
                   params,
                   partition,
                   step: step.name
-                })
+                }))
                 if (split._tag === "end") return split.ending
                 if (split.value === "split") {
                   yield* kickFeeder
@@ -874,12 +879,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             if (result._tag === "end") return result.ending
             if (Option.isNone(result.value)) {
               // The drain started while the chunk waited for a resource permit: nothing ran.
-              yield* store.release(lease, { abandonedChunk: false })
+              yield* withoutKept(store.release(lease, { abandonedChunk: false }))
               return "release" as Ending
             }
             if (result.value.value instanceof Errors.RunStopped) {
               // The run stopped while the chunk and the step fused after it ran: both rolled back (D8).
-              yield* store.cancelUnit(lease)
+              yield* withoutKept(store.cancelUnit(lease))
               return "ack" as Ending
             }
             const { fused, items, setAside, to, tookMs } = result.value.value
@@ -905,7 +910,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             encodedCursor = to.cursor
             attempt = 1
             if (stepIndex < endStep && stopsWork(runStatus)) {
-              yield* store.cancelUnit(lease)
+              yield* withoutKept(store.cancelUnit(lease))
               return "ack" as Ending
             }
           }

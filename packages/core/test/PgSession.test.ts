@@ -88,6 +88,20 @@ describe("a Postgres store session", () => {
         expect(yield* rows(table).pipe(Effect.timeout("5 seconds"))).toEqual([1, 2])
       }), 1))
 
+  it.live("gives the connection back when a transaction fails, so what follows a failure gets the pool's", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        yield* session.transaction(insert(table, 1))
+        expect(yield* Effect.exit(session.transaction(Effect.zipRight(insert(table, 2), Effect.fail("no"))))).toEqual(
+          Exit.fail("no")
+        )
+        // No idle: on the pool's only connection, this waits forever if the failed transaction kept it.
+        expect(yield* rows(table).pipe(Effect.timeout("5 seconds"))).toEqual([1])
+        yield* session.transaction(insert(table, 3))
+        yield* session.idle
+        expect(yield* rows(table).pipe(Effect.timeout("5 seconds"))).toEqual([1, 3])
+      }), 1))
+
   it.live("rolls an interrupted transaction back before the next one begins on the connection", () =>
     withSession((session, table) =>
       Effect.gen(function*() {

@@ -23,8 +23,10 @@ const unavailable = (error: SqlError.SqlError) =>
  * is done once per session instead: most of the store's CPU per chunk in a worker.
  *
  * Errors as `transaction`'s: a failed BEGIN is `StoreUnavailable`, a failed COMMIT
- * `CommitOutcomeUnknown`; either gives the connection up. A kept connection that the database closed
- * while idle (a restart) fails its BEGIN: the session takes a fresh one and begins once more.
+ * `CommitOutcomeUnknown`. A transaction that fails in any way gives its connection up (after a
+ * ROLLBACK), so the work that follows a failure never holds one while it waits for the pool. A kept
+ * connection that the database closed while idle (a restart) fails its BEGIN: the session takes a fresh
+ * one and begins once more.
  */
 export const makeSession = (
   client: SqlClient.SqlClient,
@@ -65,33 +67,53 @@ export const makeSession = (
       )
     })
 
+    /**
+     * Ends the transaction that failed (or whose COMMIT failed) and gives its connection up. A ROLLBACK is
+     * tried twice (a cancel sent late for the chunk's statement can land on the first): a connection goes
+     * back to the pool outside a transaction, or broken (the pool drops a broken one).
+     */
+    const rollBack = (connection: Connection) =>
+      exec(connection, "ROLLBACK").pipe(
+        Effect.retry({ times: 1 }),
+        Effect.ignore,
+        Effect.zipRight(giveBack)
+      )
+
     const transaction = <A, E, R>(
       effect: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | Errors.StoreUnavailable | Errors.CommitOutcomeUnknown, R> =>
-      Effect.withFiberRuntime((fiber) => {
-        if (open || Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)._tag === "Some") {
-          return alone(effect)
-        }
-        open = true
-        return Effect.uninterruptibleMask((restore) =>
-          Effect.gen(function*() {
-            const connection = yield* begin
-            const exit = yield* Effect.exit(restore(
-              Effect.provideService(effect, SqlClient.TransactionConnection, [connection, 0]) as Effect.Effect<A, E, R>
-            ))
-            if (Exit.isFailure(exit)) {
-              yield* Effect.catchAll(exec(connection, "ROLLBACK"), () => giveBack)
-              return yield* exit
-            }
-            const committed = yield* Effect.either(exec(connection, "COMMIT"))
-            if (committed._tag === "Left") {
-              yield* giveBack
-              return yield* new Errors.CommitOutcomeUnknown({ message: committed.left.message })
-            }
-            return exit.value
-          })
-        ).pipe(Effect.ensuring(Effect.sync(() => (open = false))))
-      })
+      Effect.withFiberRuntime((fiber) =>
+        open || Context.getOption(fiber.currentContext, SqlClient.TransactionConnection)._tag === "Some"
+          ? alone(effect)
+          : Effect.uninterruptibleMask((restore) =>
+            Effect.gen(function*() {
+              open = true
+              const connection = yield* begin
+              const exit = yield* Effect.exit(restore(
+                Effect.provideService(effect, SqlClient.TransactionConnection, [connection, 0]) as Effect.Effect<
+                  A,
+                  E,
+                  R
+                >
+              ))
+              // A failed chunk gives its connection back: what follows it (recording the failure, a backoff,
+              // permits for the next attempt) takes connections from the pool and must not hold one meanwhile.
+              if (Exit.isFailure(exit)) {
+                yield* rollBack(connection)
+                return yield* exit
+              }
+              const committed = yield* Effect.either(exec(connection, "COMMIT"))
+              if (committed._tag === "Left") {
+                yield* rollBack(connection)
+                return yield* new Errors.CommitOutcomeUnknown({ message: committed.left.message })
+              }
+              return exit.value
+            }).pipe(Effect.ensuring(Effect.sync(() => (open = false))))
+          )
+      )
 
-    return { transaction, idle: giveBack }
+    /** Nothing to give back while a transaction of the session is open: it ends with the transaction. */
+    const idle = Effect.suspend(() => open ? Effect.void : giveBack)
+
+    return { transaction, idle }
   })
