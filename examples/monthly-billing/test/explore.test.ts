@@ -3,7 +3,7 @@
  * reaches (each step of each company, each chunk), on the in-memory and the Postgres queue, must end
  * with the same invoices, lines, billed records, outbox and mails as the run without faults.
  */
-import { Engine, Harness } from "@chunkwise/testing"
+import { Engine, Fault, Guarantees, Harness } from "@chunkwise/testing"
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -38,4 +38,32 @@ describe("explore on Postgres", () => {
         Harness.assertNoDivergence(report)
       }).pipe(Effect.scoped, Effect.provide(Layer.merge(pgClient(), quiet))), 240_000)
   }
+})
+
+describe("the harness's store faults on Postgres", () => {
+  it.live(
+    "reach the chunk transactions a worker runs on its kept connection; the month is still billed once",
+    () =>
+      Effect.gen(function*() {
+        const app = freshSchema("mb_app")
+        const store = freshSchema("mb_store")
+        yield* withBilling(app, store)
+        yield* seedHandMade(app)
+        const trial = yield* Harness.run({
+          engine: Engine.postgres({ schema: store, queue: "memory" }),
+          job: MonthlyBilling.make({ schema: app, chunkSize: 2 }),
+          params: { month: "2026-10" },
+          workers: 2,
+          seed: 3,
+          faults: [Fault.storeErrors({ rate: 0.3, replyLost: true, operations: ["transaction"] })],
+          observe: content(app)
+        })
+        expect(trial.status).toBe("succeeded")
+        // Each injection is a chunk's COMMIT that applied and whose reply was lost.
+        expect(trial.injections.filter((i) => i.fault.includes("store transaction failed")).length).toBeGreaterThan(0)
+        Guarantees.all(trial)
+        expect(Harness.observedOrThrow(trial).invoices).toEqual(handMadeInvoices)
+      }).pipe(Effect.scoped, Effect.provide(Layer.merge(pgClient(), quiet))),
+    120_000
+  )
 })

@@ -51,10 +51,21 @@ export const makeStore = (real: StateStore.StateStoreShape, options: StoreOption
 
   const wrapped: Record<string, unknown> = { ...real }
   for (const [name, value] of Object.entries(real)) {
-    if (typeof value !== "function" || name === "transaction") continue
+    if (typeof value !== "function" || name === "transaction") continue // `session` is an effect: wrapped below
     const operation = value as AnyOperation
     wrapped[name] = (...args: ReadonlyArray<unknown>) => guard(name, Effect.suspend(() => operation(...args)))
   }
+  /** A store transaction with the trial's faults, counting a completion that commits in it once. */
+  const guardedTransaction =
+    (transaction: StateStore.StateStoreShape["transaction"]): StateStore.StateStoreShape["transaction"] => (effect) =>
+      Effect.suspend(() => {
+        const cell = { finished: false }
+        const call = Effect.tap(
+          transaction(Effect.locally(effect, options.finishing, cell)),
+          () => Effect.sync(() => cell.finished && options.onCompleted())
+        )
+        return guard("transaction", call) as typeof call
+      })
   const claim = wrapped["claim"] as StateStore.StateStoreShape["claim"]
   const finishRun = wrapped["finishRun"] as StateStore.StateStoreShape["finishRun"]
   const shape: StateStore.StateStoreShape = {
@@ -68,15 +79,12 @@ export const makeStore = (real: StateStore.StateStoreShape, options: StoreOption
         finishRun(lease, outcome, key),
         () => Effect.map(FiberRef.get(options.finishing), (cell) => cell !== undefined && (cell.finished = true))
       ),
-    transaction: (effect) =>
-      Effect.suspend(() => {
-        const cell = { finished: false }
-        const call = Effect.tap(
-          real.transaction(Effect.locally(effect, options.finishing, cell)),
-          () => Effect.sync(() => cell.finished && options.onCompleted())
-        )
-        return guard("transaction", call) as typeof call
-      })
+    transaction: guardedTransaction(real.transaction),
+    // A worker's chunks run through a session where the store has one: the same faults on its transactions.
+    session: real.session === undefined ? undefined : Effect.map(real.session, (session) => ({
+      transaction: guardedTransaction(session.transaction),
+      idle: session.idle
+    }))
   }
   return shape
 }
