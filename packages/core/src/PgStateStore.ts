@@ -19,6 +19,7 @@ import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
 import { makeSession } from "./internal/pgSession.js"
+import { storeUnavailable as unavailable } from "./internal/storeUnavailable.js"
 import { rerunSeparator } from "./Job.js"
 import type { JobDefinition } from "./JobDefinition.js"
 import * as Quarantine from "./Quarantine.js"
@@ -61,9 +62,6 @@ const schemaOf = (options: Options) =>
     }
     return schema
   })
-
-const unavailable = (operation: string) => (error: SqlError.SqlError) =>
-  new Errors.StoreUnavailable({ operation, message: error.message, cause: error })
 
 /**
  * The chunk's commit refused because its transaction had already failed (25P02): a step caught an SQL
@@ -288,7 +286,7 @@ export const make = (options: Options = {}): Effect.Effect<
         Effect.mapError((error) =>
           error instanceof UserFailure
             ? error.error as never
-            : new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+            : unavailable("transaction")(error)
         ),
         // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
         Effect.catchSomeDefect((defect) =>

@@ -1,9 +1,9 @@
 import { SqlClient } from "@effect/sql"
-import type { SqlError } from "@effect/sql"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { Context, Effect, Exit, Scope } from "effect"
 import * as Errors from "../Errors.js"
 import type { StateStoreShape, StoreSession } from "../StateStore.js"
+import { storeUnavailable } from "./storeUnavailable.js"
 
 /** The kept connection and the scope that gives it back to the pool. */
 interface Kept {
@@ -11,8 +11,7 @@ interface Kept {
   readonly scope: Scope.CloseableScope
 }
 
-const unavailable = (error: SqlError.SqlError) =>
-  new Errors.StoreUnavailable({ operation: "transaction", message: error.message, cause: error })
+const unavailable = storeUnavailable("transaction")
 
 /**
  * A Postgres store session (`StateStoreShape.session`): its transactions run on one connection reserved
