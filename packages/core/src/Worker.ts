@@ -486,437 +486,440 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     ) => {
       // One span per step beneath the unit's span; its chunks hang from it.
       const stepSpan: StepSpan = { index: -1, span: undefined }
-      // The session lives in a scope of its own, so the steps keep the Scope the worker's context gives them.
-      return Effect.acquireUseRelease(Scope.make(), (sessionScope) =>
-        Effect.gen(function*() {
-          const { lease, run, unit } = claimed
-          const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
-          if (unit.crashesSinceProgress >= job.maxCrashes) {
-            return yield* failWith(
-              job,
-              claimed,
-              new Errors.CrashLoop({
-                crashes: unit.crashesSinceProgress,
-                step: stepName,
-                cursor: JSON.stringify(unit.cursor)
-              }),
-              stepName
-            )
-          }
-          const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
-          if (decodedParams._tag === "Left") return yield* failWith(job, claimed, decodedParams.left, stepName)
-          const params = decodedParams.right.params
-          const partition = { key: unit.partitionKey, weight: unit.weight }
-          /** The unit's `chunk`-mode transactions share one connection where the store keeps one. */
-          const session = store.session === undefined ? undefined : yield* Scope.extend(store.session, sessionScope)
-          const transact = session?.transaction ?? store.transaction
-          /** `effect` (store calls on the pool) once the kept connection went back: never held while waiting for another. */
-          const withoutKept = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-            session === undefined ? effect : Effect.zipRight(session.idle, effect)
+      /** The unit's execution, its store session in `sessionScope`. */
+      const execute = Effect.fnUntraced(function*(sessionScope: Scope.Scope) {
+        const { lease, run, unit } = claimed
+        const stepName = job.steps[unit.stepIndex]?.name ?? "(done)"
+        if (unit.crashesSinceProgress >= job.maxCrashes) {
+          return yield* failWith(
+            job,
+            claimed,
+            new Errors.CrashLoop({
+              crashes: unit.crashesSinceProgress,
+              step: stepName,
+              cursor: JSON.stringify(unit.cursor)
+            }),
+            stepName
+          )
+        }
+        const decodedParams = yield* Effect.either(Job.validateParams(job, run.params, "encoded"))
+        if (decodedParams._tag === "Left") return yield* failWith(job, claimed, decodedParams.left, stepName)
+        const params = decodedParams.right.params
+        const partition = { key: unit.partitionKey, weight: unit.weight }
+        /** The unit's `chunk`-mode transactions share one connection where the store keeps one. */
+        const session = store.session === undefined ? undefined : yield* Scope.extend(store.session, sessionScope)
+        const transact = session?.transaction ?? store.transaction
+        /** `effect` (store calls on the pool) once the kept connection went back: never held while waiting for another. */
+        const withoutKept = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+          session === undefined ? effect : Effect.zipRight(session.idle, effect)
 
-          let stepIndex = unit.stepIndex
-          let chunkSeq = unit.chunkSeq
-          let encodedCursor: unknown = unit.cursor
-          let attempt = unit.attempt
-          /** A range unit runs its split step only, an items unit re-runs one step's items; a partition runs to its last step. */
-          const endStep = unit.kind === "range" || unit.kind === "items" ? unit.stepIndex + 1 : job.steps.length
-          /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
-          let size = { stepIndex: -1, items: 1 }
-          /**
-           * Off once a fused step failed in this execution, and from the start after a crash: every step
-           * then runs in its own transaction, so a step that keeps killing the worker neither takes the
-           * progress of the chunk before it down with it nor has its crashes counted against that chunk.
-           */
-          let fusion = unit.crashesSinceProgress === 0
-          /** The run's status as the claim, then each commit, returned it. */
-          let runStatus = run.status
-          /** The fused step's span between its commit call and its transaction's end, to end if that fails. */
-          let fusedSpan: Tracer.Span | undefined = undefined
-          const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
-          /** The attributes every step and chunk span of this unit carries. */
-          const spanAttributes = (stepName: string) => ({
-            "chunkwise.job": job.name,
-            "chunkwise.run_id": lease.runId,
-            "chunkwise.partition": partition.key,
-            "chunkwise.step": stepName
+        let stepIndex = unit.stepIndex
+        let chunkSeq = unit.chunkSeq
+        let encodedCursor: unknown = unit.cursor
+        let attempt = unit.attempt
+        /** A range unit runs its split step only, an items unit re-runs one step's items; a partition runs to its last step. */
+        const endStep = unit.kind === "range" || unit.kind === "items" ? unit.stepIndex + 1 : job.steps.length
+        /** The current step's chunk size: fixed, or adapting to the step's chunk time. */
+        let size = { stepIndex: -1, items: 1 }
+        /**
+         * Off once a fused step failed in this execution, and from the start after a crash: every step
+         * then runs in its own transaction, so a step that keeps killing the worker neither takes the
+         * progress of the chunk before it down with it nor has its crashes counted against that chunk.
+         */
+        let fusion = unit.crashesSinceProgress === 0
+        /** The run's status as the claim, then each commit, returned it. */
+        let runStatus = run.status
+        /** The fused step's span between its commit call and its transaction's end, to end if that fails. */
+        let fusedSpan: Tracer.Span | undefined = undefined
+        const unitSpan = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        /** The attributes every step and chunk span of this unit carries. */
+        const spanAttributes = (stepName: string) => ({
+          "chunkwise.job": job.name,
+          "chunkwise.run_id": lease.runId,
+          "chunkwise.partition": partition.key,
+          "chunkwise.step": stepName
+        })
+        /** Opens the span of the step `stepName` under the unit's span, at its chunk `chunkSeq`. */
+        const openStepSpan = (stepName: string, index: number, chunkSeq: number) =>
+          Effect.makeSpan("chunkwise.step", {
+            captureStackTrace: false,
+            ...(unitSpan === undefined ? {} : { parent: unitSpan }),
+            attributes: {
+              ...spanAttributes(stepName),
+              "chunkwise.step_index": index,
+              "chunkwise.chunk_seq": chunkSeq
+            }
           })
-          /** Opens the span of the step `stepName` under the unit's span, at its chunk `chunkSeq`. */
-          const openStepSpan = (stepName: string, index: number, chunkSeq: number) =>
-            Effect.makeSpan("chunkwise.step", {
-              captureStackTrace: false,
-              ...(unitSpan === undefined ? {} : { parent: unitSpan }),
-              attributes: {
-                ...spanAttributes(stepName),
-                "chunkwise.step_index": index,
-                "chunkwise.chunk_seq": chunkSeq
-              }
-            })
-          /**
-           * Wraps a chunk of the step `stepName` in its span, under the step's span. The attributes are
-           * set one by one on the span: an attributes object (spread, then walked by the tracer) cost a
-           * chunk 7 µs of CPU more, half of what the span itself costs.
-           */
-          const inChunkSpan = (
-            stepName: string,
-            parent: Tracer.AnySpan | undefined,
-            chunk: {
-              readonly chunkSeq: number
-              readonly cursor: unknown
-              readonly chunkSize: number
-              readonly attempt: number
-              readonly idempotencyKey: string
+        /**
+         * Wraps a chunk of the step `stepName` in its span, under the step's span. The attributes are
+         * set one by one on the span: an attributes object (spread, then walked by the tracer) cost a
+         * chunk 7 µs of CPU more, half of what the span itself costs.
+         */
+        const inChunkSpan = (
+          stepName: string,
+          parent: Tracer.AnySpan | undefined,
+          chunk: {
+            readonly chunkSeq: number
+            readonly cursor: unknown
+            readonly chunkSize: number
+            readonly attempt: number
+            readonly idempotencyKey: string
+          }
+        ) =>
+        <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+          Effect.useSpan(
+            "chunkwise.chunk",
+            parent === undefined ? { captureStackTrace: false } : { captureStackTrace: false, parent },
+            (span) => {
+              span.attribute("chunkwise.job", job.name)
+              span.attribute("chunkwise.run_id", lease.runId)
+              span.attribute("chunkwise.partition", partition.key)
+              span.attribute("chunkwise.step", stepName)
+              span.attribute("chunkwise.chunk_seq", chunk.chunkSeq)
+              span.attribute("chunkwise.cursor", chunk.cursor === null ? "start" : JSON.stringify(chunk.cursor))
+              span.attribute("chunkwise.chunk_size", chunk.chunkSize)
+              span.attribute("chunkwise.attempt", chunk.attempt)
+              span.attribute("chunkwise.idempotency_key", chunk.idempotencyKey)
+              return Effect.withParentSpan(effect, span)
             }
-          ) =>
-          <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-            Effect.useSpan(
-              "chunkwise.chunk",
-              parent === undefined ? { captureStackTrace: false } : { captureStackTrace: false, parent },
-              (span) => {
-                span.attribute("chunkwise.job", job.name)
-                span.attribute("chunkwise.run_id", lease.runId)
-                span.attribute("chunkwise.partition", partition.key)
-                span.attribute("chunkwise.step", stepName)
-                span.attribute("chunkwise.chunk_seq", chunk.chunkSeq)
-                span.attribute("chunkwise.cursor", chunk.cursor === null ? "start" : JSON.stringify(chunk.cursor))
-                span.attribute("chunkwise.chunk_size", chunk.chunkSize)
-                span.attribute("chunkwise.attempt", chunk.attempt)
-                span.attribute("chunkwise.idempotency_key", chunk.idempotencyKey)
-                return Effect.withParentSpan(effect, span)
-              }
+          )
+        /**
+         * Runs `next`, a single `chunk`-mode step after the step that just finished, inside that step's
+         * last transaction, with its own ledger row, step and chunk spans and probe points, then commits
+         * the chunk and the step in one `commitChunk`: one transaction and one store call where there
+         * would be two of each. Its failure fails the transaction with `FusedStepFailed`, so both roll
+         * back and the caller redoes the chunk alone.
+         */
+        const runFused = (
+          next: FusableStep,
+          chunk: ChunkCommit,
+          keyInput: Step.KeyInput,
+          ctx: Step.StepContext<unknown>
+        ) =>
+          Effect.gen(function*() {
+            const key = keyOf(next, { ...keyInput, step: next.name, chunkSeq: 0 })
+            const info = infoOf(lease, job.name, next.name, 0, 1)
+            const span = yield* openStepSpan(next.name, chunk.to.stepIndex, 0)
+            // Only the step's own failure is FusedStepFailed; the commit's (fenced, moved) stays itself.
+            const exit = yield* Effect.exit(
+              Effect.gen(function*() {
+                yield* probe.at("before-effect", info)
+                yield* Effect.suspend(() =>
+                  next.run({
+                    job: ctx.job,
+                    runId: ctx.runId,
+                    params: ctx.params,
+                    partition: ctx.partition,
+                    step: next.name,
+                    idempotencyKey: key,
+                    itemKey: (id) => itemKeyOf(key, id),
+                    attempt: 1,
+                    fencingToken: ctx.fencingToken,
+                    chunkSeq: 0
+                  })
+                )
+                yield* probe.at("after-effect", info)
+              }).pipe(inChunkSpan(next.name, span, {
+                chunkSeq: 0,
+                cursor: null,
+                chunkSize: 1,
+                attempt: 1,
+                idempotencyKey: key
+              }))
             )
-          /**
-           * Runs `next`, a single `chunk`-mode step after the step that just finished, inside that step's
-           * last transaction, with its own ledger row, step and chunk spans and probe points, then commits
-           * the chunk and the step in one `commitChunk`: one transaction and one store call where there
-           * would be two of each. Its failure fails the transaction with `FusedStepFailed`, so both roll
-           * back and the caller redoes the chunk alone.
-           */
-          const runFused = (
-            next: FusableStep,
-            chunk: ChunkCommit,
-            keyInput: Step.KeyInput,
-            ctx: Step.StepContext<unknown>
-          ) =>
-            Effect.gen(function*() {
-              const key = keyOf(next, { ...keyInput, step: next.name, chunkSeq: 0 })
-              const info = infoOf(lease, job.name, next.name, 0, 1)
-              const span = yield* openStepSpan(next.name, chunk.to.stepIndex, 0)
-              // Only the step's own failure is FusedStepFailed; the commit's (fenced, moved) stays itself.
-              const exit = yield* Effect.exit(
-                Effect.gen(function*() {
-                  yield* probe.at("before-effect", info)
-                  yield* Effect.suspend(() =>
-                    next.run({
-                      job: ctx.job,
-                      runId: ctx.runId,
-                      params: ctx.params,
-                      partition: ctx.partition,
-                      step: next.name,
-                      idempotencyKey: key,
-                      itemKey: (id) => itemKeyOf(key, id),
-                      attempt: 1,
-                      fencingToken: ctx.fencingToken,
-                      chunkSeq: 0
-                    })
-                  )
-                  yield* probe.at("after-effect", info)
-                }).pipe(inChunkSpan(next.name, span, {
-                  chunkSeq: 0,
-                  cursor: null,
-                  chunkSize: 1,
-                  attempt: 1,
-                  idempotencyKey: key
-                }))
-              )
-              if (Exit.isFailure(exit)) {
-                yield* endSpan(span, exit)
-                if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-                return yield* Effect.fail(new FusedStepFailed())
+            if (Exit.isFailure(exit)) {
+              yield* endSpan(span, exit)
+              if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+              return yield* Effect.fail(new FusedStepFailed())
+            }
+            const to = { stepIndex: chunk.to.stepIndex + 1, chunkSeq: 0, cursor: null }
+            const committed = yield* store.commitChunk({
+              ...chunk,
+              to,
+              unitDone: to.stepIndex === endStep,
+              fused: { step: next.name, idempotencyKey: key }
+            }).pipe(
+              // A statement error here is the fused step's doing (it left the transaction aborted, say):
+              // redo the chunk alone and let the step fail on its own. Fenced and moved stay themselves.
+              Effect.catchIf(
+                (error) => error._tag === "StoreUnavailable" || error._tag === "TransactionAborted",
+                () => Effect.fail(new FusedStepFailed())
+              ),
+              Effect.onError((cause) => endSpan(span, Exit.failCause(cause)))
+            )
+            // The step's span stays open as the unit's current step (the loop ends it), unless the
+            // transaction's COMMIT fails after this.
+            fusedSpan = span
+            return { to, runStatus: committed.runStatus, span }
+          })
+        while (stepIndex < endStep) {
+          const step = job.steps[stepIndex]!
+          if (size.stepIndex !== stepIndex) {
+            size = { stepIndex, items: step._tag === "Chunked" ? step.chunkSize : 1 }
+          }
+          if (stepSpan.index !== stepIndex) {
+            yield* endStepSpan(stepSpan, Exit.void)
+            stepSpan.span = yield* openStepSpan(step.name, stepIndex, chunkSeq)
+            stepSpan.index = stepIndex
+          }
+          if (draining) {
+            yield* withoutKept(store.release(lease, { abandonedChunk: false }))
+            return "release" as Ending
+          }
+          // The kept connection goes back before work that takes others from the pool: a step outside a
+          // store transaction, or a chunk's resource permits (a wait that may be long, on the pool).
+          if (
+            session !== undefined &&
+            (step.transaction !== "chunk" || (limiter !== undefined && step.resources.length > 0))
+          ) yield* session.idle
+          let cursor: unknown = undefined
+          if (step._tag === "Chunked") {
+            if (encodedCursor === null) cursor = step.start
+            else {
+              const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
+              if (decoded._tag === "Left") {
+                return yield* withoutKept(
+                  failUndecodable(job, claimed, step.name, encodedCursor, decoded.left.message)
+                )
               }
-              const to = { stepIndex: chunk.to.stepIndex + 1, chunkSeq: 0, cursor: null }
-              const committed = yield* store.commitChunk({
-                ...chunk,
-                to,
-                unitDone: to.stepIndex === endStep,
-                fused: { step: next.name, idempotencyKey: key }
-              }).pipe(
-                // A statement error here is the fused step's doing (it left the transaction aborted, say):
-                // redo the chunk alone and let the step fail on its own. Fenced and moved stay themselves.
-                Effect.catchIf(
-                  (error) => error._tag === "StoreUnavailable" || error._tag === "TransactionAborted",
-                  () => Effect.fail(new FusedStepFailed())
-                ),
-                Effect.onError((cause) => endSpan(span, Exit.failCause(cause)))
-              )
-              // The step's span stays open as the unit's current step (the loop ends it), unless the
-              // transaction's COMMIT fails after this.
-              fusedSpan = span
-              return { to, runStatus: committed.runStatus, span }
-            })
-          while (stepIndex < endStep) {
-            const step = job.steps[stepIndex]!
-            if (size.stepIndex !== stepIndex) {
-              size = { stepIndex, items: step._tag === "Chunked" ? step.chunkSize : 1 }
+              cursor = decoded.right
             }
-            if (stepSpan.index !== stepIndex) {
-              yield* endStepSpan(stepSpan, Exit.void)
-              stepSpan.span = yield* openStepSpan(step.name, stepIndex, chunkSeq)
-              stepSpan.index = stepIndex
-            }
-            if (draining) {
-              yield* withoutKept(store.release(lease, { abandonedChunk: false }))
-              return "release" as Ending
-            }
-            // The kept connection goes back before work that takes others from the pool: a step outside a
-            // store transaction, or a chunk's resource permits (a wait that may be long, on the pool).
-            if (
-              session !== undefined &&
-              (step.transaction !== "chunk" || (limiter !== undefined && step.resources.length > 0))
-            ) yield* session.idle
-            let cursor: unknown = undefined
-            if (step._tag === "Chunked") {
-              if (encodedCursor === null) cursor = step.start
-              else {
-                const decoded = Schema.decodeUnknownEither(step.cursor)(encodedCursor)
-                if (decoded._tag === "Left") {
-                  return yield* withoutKept(
-                    failUndecodable(job, claimed, step.name, encodedCursor, decoded.left.message)
-                  )
-                }
-                cursor = decoded.right
+          }
+          let range: Step.Range<unknown> = Step.everything
+          if (step._tag === "Chunked" && step.split !== undefined) {
+            if (unit.kind === "range") {
+              const decoded = Schema.decodeUnknownEither(step.split.range)(unit.range)
+              if (decoded._tag === "Left") {
+                const details = `the stored key range does not decode: ${decoded.left.message}`
+                return yield* withoutKept(failUndecodable(job, claimed, step.name, unit.range, details))
+              }
+              range = decoded.right
+            } else if (unit.kind === "partition" && chunkSeq === 0 && encodedCursor === null) {
+              const split = yield* withoutKept(splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
+                job: job.name,
+                runId: lease.runId,
+                params,
+                partition,
+                step: step.name
+              }))
+              if (split._tag === "end") return split.ending
+              if (split.value === "split") {
+                yield* kickFeeder
+                return "ack" as Ending
               }
             }
-            let range: Step.Range<unknown> = Step.everything
-            if (step._tag === "Chunked" && step.split !== undefined) {
-              if (unit.kind === "range") {
-                const decoded = Schema.decodeUnknownEither(step.split.range)(unit.range)
-                if (decoded._tag === "Left") {
-                  const details = `the stored key range does not decode: ${decoded.left.message}`
-                  return yield* withoutKept(failUndecodable(job, claimed, step.name, unit.range, details))
+          }
+          const keyInput: Step.KeyInput = {
+            job: job.name,
+            runId: lease.runId,
+            unitId: lease.unitId,
+            partition: partition.key,
+            step: step.name,
+            generation: unit.generation,
+            chunkSeq
+          }
+          const idempotencyKey = keyOf(step, keyInput)
+          const from = { stepIndex, chunkSeq }
+          const fusable = unit.kind === "partition" && step.transaction === "chunk"
+            ? fusableAfter(job, stepIndex, endStep)
+            : undefined
+          const result = yield* withRetries(
+            job,
+            unit,
+            entry,
+            attempt,
+            { step: step.name, cursor: encodedCursor },
+            (n) =>
+              Effect.gen(function*() {
+                const info = infoOf(lease, job.name, step.name, chunkSeq, n)
+                yield* probe.at("before-effect", info)
+                const holder = {
+                  runId: lease.runId,
+                  unitId: lease.unitId,
+                  partitionKey: partition.key,
+                  job: job.name,
+                  step: step.name,
+                  workerId
                 }
-                range = decoded.right
-              } else if (unit.kind === "partition" && chunkSeq === 0 && encodedCursor === null) {
-                const split = yield* withoutKept(splitAt(job, claimed, entry, step.split, stepIndex, attempt, {
+                // A chunk is charged its planned size on an item rate; a single step, one item.
+                if (Option.isNone(yield* takePermits(step.resources, holder, entry, size.items))) {
+                  return Option.none()
+                }
+                const ctx: Step.ChunkContext<unknown, unknown, unknown> = {
                   job: job.name,
                   runId: lease.runId,
                   params,
                   partition,
-                  step: step.name
-                }))
-                if (split._tag === "end") return split.ending
-                if (split.value === "split") {
-                  yield* kickFeeder
-                  return "ack" as Ending
+                  step: step.name,
+                  idempotencyKey,
+                  itemKey: (id) => itemKeyOf(idempotencyKey, id),
+                  attempt: n,
+                  fencingToken: lease.fencingToken,
+                  chunkSeq,
+                  cursor,
+                  range,
+                  chunkSize: size.items,
+                  deadline: step._tag === "Chunked" && step.chunkTimeMs !== undefined
+                    ? (yield* Clock.currentTimeMillis) + step.chunkTimeMs
+                    : undefined
                 }
-              }
-            }
-            const keyInput: Step.KeyInput = {
-              job: job.name,
-              runId: lease.runId,
-              unitId: lease.unitId,
-              partition: partition.key,
-              step: step.name,
-              generation: unit.generation,
-              chunkSeq
-            }
-            const idempotencyKey = keyOf(step, keyInput)
-            const from = { stepIndex, chunkSeq }
-            const fusable = unit.kind === "partition" && step.transaction === "chunk"
-              ? fusableAfter(job, stepIndex, endStep)
-              : undefined
-            const result = yield* withRetries(
-              job,
-              unit,
-              entry,
-              attempt,
-              { step: step.name, cursor: encodedCursor },
-              (n) =>
-                Effect.gen(function*() {
-                  const info = infoOf(lease, job.name, step.name, chunkSeq, n)
-                  yield* probe.at("before-effect", info)
-                  const holder = {
-                    runId: lease.runId,
-                    unitId: lease.unitId,
-                    partitionKey: partition.key,
-                    job: job.name,
-                    step: step.name,
-                    workerId
-                  }
-                  // A chunk is charged its planned size on an item rate; a single step, one item.
-                  if (Option.isNone(yield* takePermits(step.resources, holder, entry, size.items))) {
-                    return Option.none()
-                  }
-                  const ctx: Step.ChunkContext<unknown, unknown, unknown> = {
-                    job: job.name,
-                    runId: lease.runId,
-                    params,
-                    partition,
-                    step: step.name,
-                    idempotencyKey,
-                    itemKey: (id) => itemKeyOf(idempotencyKey, id),
-                    attempt: n,
-                    fencingToken: lease.fencingToken,
-                    chunkSeq,
-                    cursor,
-                    range,
-                    chunkSize: size.items,
-                    deadline: step._tag === "Chunked" && step.chunkTimeMs !== undefined
-                      ? (yield* Clock.currentTimeMillis) + step.chunkTimeMs
-                      : undefined
-                  }
-                  const chunk: Effect.Effect<Skips.Outcome, unknown, unknown> = step._tag === "Single"
-                    ? Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
-                    : unit.kind === "items"
-                    ? Skips.rerunChunk(store, job, step, ctx)
-                    : step.skip !== undefined
-                    ? Skips.firstTry(step.skip, ctx)
-                    : Effect.suspend(() => step.runChunk(ctx))
-                  const timed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
-                    step.timeout === undefined ? probe.around(info, effect) : probe.around(info, effect).pipe(
-                      Effect.timeoutFail({
-                        duration: step.timeout,
-                        onTimeout: () =>
-                          new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
-                      })
-                    )
-                  const commit = (progress: Skips.Outcome) =>
-                    Effect.gen(function*() {
-                      yield* probe.at("after-effect", info)
-                      const stepDone = progress.next === Step.done
-                      const nextCursor = stepDone || step._tag !== "Chunked"
-                        ? null
-                        : yield* Effect.orDie(Schema.encodeEither(step.cursor)(progress.next))
-                      const to = stepDone
-                        ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
-                        : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
-                      const chunkCommit: ChunkCommit = {
-                        lease,
-                        from,
-                        to,
-                        unitDone: stepDone && stepIndex + 1 === endStep,
-                        items: progress.items,
-                        idempotencyKey,
-                        step: step.name,
-                        leaseMs,
-                        quarantine: progress.quarantine
-                      }
-                      const done = {
-                        items: progress.items,
-                        setAside: progress.quarantine?.items ?? [],
-                        fused: undefined as { readonly step: string; readonly span: Tracer.Span } | undefined
-                      }
-                      // The run's status as the last store call saw it: a run that stopped starts no new step.
-                      if (!stepDone || fusable === undefined || !fusion || stopsWork(runStatus)) {
-                        const committed = yield* store.commitChunk(chunkCommit)
-                        return { ...done, to, runStatus: committed.runStatus }
-                      }
-                      const fused = yield* runFused(fusable, chunkCommit, keyInput, ctx)
-                      return {
-                        ...done,
-                        to: fused.to,
-                        runStatus: fused.runStatus,
-                        fused: { step: fusable.name, span: fused.span }
-                      }
-                    })
-                  const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
-                    step.transaction === "chunk"
-                      ? transact(Effect.flatMap(timed(effect), commit)).pipe(
-                        Effect.onError((cause) =>
-                          Effect.suspend(() => {
-                            const span = fusedSpan
-                            fusedSpan = undefined
-                            return endSpan(span, Exit.failCause(cause))
-                          })
-                        )
-                      )
-                      : Effect.flatMap(timed(effect), commit)
-                  // A fused step that failed rolled this chunk back with it: redo the chunk alone, and let
-                  // that step run in its own transaction, with its own retries and failure record.
-                  const alone = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
-                    committed(effect).pipe(Effect.catchIf(
-                      (error): error is FusedStepFailed => error instanceof FusedStepFailed,
-                      () => Effect.suspend(() => (fusion = false, committed(effect)))
-                    ))
-                  // D17: a skippable write failure rolls the chunk back; the isolation pass redoes it.
-                  const run = alone(chunk).pipe(Effect.catchIf(
-                    (error): error is Skips.IsolateChunk => error instanceof Skips.IsolateChunk,
-                    ({ skip }) =>
-                      alone(Skips.isolateChunk(store, job, skip, ctx, {
-                        cursor: encodedCursor,
-                        range: unit.kind === "range" ? unit.range : null
-                      }))
-                  ))
-                  const began = yield* monotonicMs
-                  fusedSpan = undefined
-                  const out = yield* run.pipe(
-                    // D8: the run stopped while the chunk and the step fused after it ran; the store refused
-                    // the step's commit and both rolled back.
-                    Effect.catchIf(
-                      (error): error is Errors.RunStopped => error instanceof Errors.RunStopped,
-                      Effect.succeed
-                    ),
-                    Effect.tapErrorCause((cause) =>
-                      Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
-                    ),
-                    inChunkSpan(step.name, stepSpan.span, {
-                      chunkSeq,
-                      cursor: encodedCursor,
-                      chunkSize: ctx.chunkSize,
-                      attempt: n,
-                      idempotencyKey
+                const chunk: Effect.Effect<Skips.Outcome, unknown, unknown> = step._tag === "Single"
+                  ? Effect.as(Effect.suspend(() => step.run(ctx)), { next: Step.done, items: 0 })
+                  : unit.kind === "items"
+                  ? Skips.rerunChunk(store, job, step, ctx)
+                  : step.skip !== undefined
+                  ? Skips.firstTry(step.skip, ctx)
+                  : Effect.suspend(() => step.runChunk(ctx))
+                const timed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  step.timeout === undefined ? probe.around(info, effect) : probe.around(info, effect).pipe(
+                    Effect.timeoutFail({
+                      duration: step.timeout,
+                      onTimeout: () =>
+                        new Errors.StepTimeout({ step: step.name, timeoutMs: Duration.toMillis(step.timeout!) })
                     })
                   )
-                  if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
-                  // The chunk's time, transaction included: its lock time in mode chunk.
-                  const tookMs = (yield* monotonicMs) - began
-                  yield* probe.at("after-commit", info)
-                  return Option.some<ChunkEnd>({ ...out, tookMs })
-                }).pipe(
-                  step.resources.length === 0 || limiter === undefined ? identity : Effect.ensuring(givePermits(entry)),
-                  inJobContext
+                const commit = (progress: Skips.Outcome) =>
+                  Effect.gen(function*() {
+                    yield* probe.at("after-effect", info)
+                    const stepDone = progress.next === Step.done
+                    const nextCursor = stepDone || step._tag !== "Chunked"
+                      ? null
+                      : yield* Effect.orDie(Schema.encodeEither(step.cursor)(progress.next))
+                    const to = stepDone
+                      ? { stepIndex: stepIndex + 1, chunkSeq: 0, cursor: null }
+                      : { stepIndex, chunkSeq: chunkSeq + 1, cursor: nextCursor }
+                    const chunkCommit: ChunkCommit = {
+                      lease,
+                      from,
+                      to,
+                      unitDone: stepDone && stepIndex + 1 === endStep,
+                      items: progress.items,
+                      idempotencyKey,
+                      step: step.name,
+                      leaseMs,
+                      quarantine: progress.quarantine
+                    }
+                    const done = {
+                      items: progress.items,
+                      setAside: progress.quarantine?.items ?? [],
+                      fused: undefined as { readonly step: string; readonly span: Tracer.Span } | undefined
+                    }
+                    // The run's status as the last store call saw it: a run that stopped starts no new step.
+                    if (!stepDone || fusable === undefined || !fusion || stopsWork(runStatus)) {
+                      const committed = yield* store.commitChunk(chunkCommit)
+                      return { ...done, to, runStatus: committed.runStatus }
+                    }
+                    const fused = yield* runFused(fusable, chunkCommit, keyInput, ctx)
+                    return {
+                      ...done,
+                      to: fused.to,
+                      runStatus: fused.runStatus,
+                      fused: { step: fusable.name, span: fused.span }
+                    }
+                  })
+                const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  step.transaction === "chunk"
+                    ? transact(Effect.flatMap(timed(effect), commit)).pipe(
+                      Effect.onError((cause) =>
+                        Effect.suspend(() => {
+                          const span = fusedSpan
+                          fusedSpan = undefined
+                          return endSpan(span, Exit.failCause(cause))
+                        })
+                      )
+                    )
+                    : Effect.flatMap(timed(effect), commit)
+                // A fused step that failed rolled this chunk back with it: redo the chunk alone, and let
+                // that step run in its own transaction, with its own retries and failure record.
+                const alone = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
+                  committed(effect).pipe(Effect.catchIf(
+                    (error): error is FusedStepFailed => error instanceof FusedStepFailed,
+                    () => Effect.suspend(() => (fusion = false, committed(effect)))
+                  ))
+                // D17: a skippable write failure rolls the chunk back; the isolation pass redoes it.
+                const run = alone(chunk).pipe(Effect.catchIf(
+                  (error): error is Skips.IsolateChunk => error instanceof Skips.IsolateChunk,
+                  ({ skip }) =>
+                    alone(Skips.isolateChunk(store, job, skip, ctx, {
+                      cursor: encodedCursor,
+                      range: unit.kind === "range" ? unit.range : null
+                    }))
+                ))
+                const began = yield* monotonicMs
+                fusedSpan = undefined
+                const out = yield* run.pipe(
+                  // D8: the run stopped while the chunk and the step fused after it ran; the store refused
+                  // the step's commit and both rolled back.
+                  Effect.catchIf(
+                    (error): error is Errors.RunStopped => error instanceof Errors.RunStopped,
+                    Effect.succeed
+                  ),
+                  Effect.tapErrorCause((cause) =>
+                    Effect.annotateCurrentSpan("chunkwise.error_tag", classify(job, cause, step.name).tag)
+                  ),
+                  inChunkSpan(step.name, stepSpan.span, {
+                    chunkSeq,
+                    cursor: encodedCursor,
+                    chunkSize: ctx.chunkSize,
+                    attempt: n,
+                    idempotencyKey
+                  })
                 )
-            )
-            if (result._tag === "end") return result.ending
-            if (Option.isNone(result.value)) {
-              // The drain started while the chunk waited for a resource permit: nothing ran.
-              yield* withoutKept(store.release(lease, { abandonedChunk: false }))
-              return "release" as Ending
-            }
-            if (result.value.value instanceof Errors.RunStopped) {
-              // The run stopped while the chunk and the step fused after it ran: both rolled back (D8).
-              yield* withoutKept(store.cancelUnit(lease))
-              return "ack" as Ending
-            }
-            const { fused, items, setAside, to, tookMs } = result.value.value
-            runStatus = result.value.value.runStatus
-            if (fused !== undefined) {
-              yield* probe.at("after-commit", infoOf(lease, job.name, fused.step, 0, 1))
-              yield* Metric.increment(labelled(Metrics.chunks, [["job", job.name], ["step", fused.step]]))
-              yield* endStepSpan(stepSpan, Exit.void)
-              stepSpan.span = fused.span
-              stepSpan.index = to.stepIndex - 1
-            }
-            if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
-            entry.deadline = (yield* monotonicMs) + leaseMs
-            if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
-            const labels = [["job", job.name], ["step", step.name]] as const
-            yield* Metric.increment(labelled(Metrics.chunks, labels))
-            if (items > 0) yield* Metric.incrementBy(labelled(Metrics.items, labels), items)
-            for (const item of setAside) {
-              yield* Metric.increment(labelled(Metrics.itemsQuarantined, [...labels, ["error_tag", item.errorTag]]))
-            }
-            stepIndex = to.stepIndex
-            chunkSeq = to.chunkSeq
-            encodedCursor = to.cursor
-            attempt = 1
-            if (stepIndex < endStep && stopsWork(runStatus)) {
-              yield* withoutKept(store.cancelUnit(lease))
-              return "ack" as Ending
-            }
+                if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
+                // The chunk's time, transaction included: its lock time in mode chunk.
+                const tookMs = (yield* monotonicMs) - began
+                yield* probe.at("after-commit", info)
+                return Option.some<ChunkEnd>({ ...out, tookMs })
+              }).pipe(
+                step.resources.length === 0 || limiter === undefined ? identity : Effect.ensuring(givePermits(entry)),
+                inJobContext
+              )
+          )
+          if (result._tag === "end") return result.ending
+          if (Option.isNone(result.value)) {
+            // The drain started while the chunk waited for a resource permit: nothing ran.
+            yield* withoutKept(store.release(lease, { abandonedChunk: false }))
+            return "release" as Ending
           }
-          yield* partitionEnded(job, unit, "succeeded")
-          return "ack" as Ending
-        }), Scope.close).pipe(Effect.onExit((exit) => endStepSpan(stepSpan, exit)))
+          if (result.value.value instanceof Errors.RunStopped) {
+            // The run stopped while the chunk and the step fused after it ran: both rolled back (D8).
+            yield* withoutKept(store.cancelUnit(lease))
+            return "ack" as Ending
+          }
+          const { fused, items, setAside, to, tookMs } = result.value.value
+          runStatus = result.value.value.runStatus
+          if (fused !== undefined) {
+            yield* probe.at("after-commit", infoOf(lease, job.name, fused.step, 0, 1))
+            yield* Metric.increment(labelled(Metrics.chunks, [["job", job.name], ["step", fused.step]]))
+            yield* endStepSpan(stepSpan, Exit.void)
+            stepSpan.span = fused.span
+            stepSpan.index = to.stepIndex - 1
+          }
+          if (to.stepIndex === endStep) entry.endedByCommit = { finalized: runStatus === "finalizing" }
+          entry.deadline = (yield* monotonicMs) + leaseMs
+          if (step._tag === "Chunked") size.items = nextSize(step.sizing, size.items, tookMs)
+          const labels = [["job", job.name], ["step", step.name]] as const
+          yield* Metric.increment(labelled(Metrics.chunks, labels))
+          if (items > 0) yield* Metric.incrementBy(labelled(Metrics.items, labels), items)
+          for (const item of setAside) {
+            yield* Metric.increment(labelled(Metrics.itemsQuarantined, [...labels, ["error_tag", item.errorTag]]))
+          }
+          stepIndex = to.stepIndex
+          chunkSeq = to.chunkSeq
+          encodedCursor = to.cursor
+          attempt = 1
+          if (stepIndex < endStep && stopsWork(runStatus)) {
+            yield* withoutKept(store.cancelUnit(lease))
+            return "ack" as Ending
+          }
+        }
+        yield* partitionEnded(job, unit, "succeeded")
+        return "ack" as Ending
+      })
+      // The session lives in a scope of its own, so the steps keep the Scope the worker's context gives them.
+      return Effect.acquireUseRelease(Scope.make(), execute, Scope.close).pipe(
+        Effect.onExit((exit) => endStepSpan(stepSpan, exit))
+      )
     }
 
     /**
