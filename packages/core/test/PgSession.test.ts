@@ -5,7 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Logger, LogLevel, Schema, type Scope } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, Schedule, Schema, type Scope } from "effect"
 import {
   Errors,
   Job,
@@ -105,8 +105,11 @@ describe("a Postgres store session", () => {
   it.live("rolls an interrupted transaction back before the next one begins on the connection", () =>
     withSession((session, table) =>
       Effect.gen(function*() {
-        const fiber = yield* Effect.fork(session.transaction(Effect.zipRight(insert(table, 1), Effect.never)))
-        yield* Effect.sleep("200 millis")
+        const inserted = yield* Deferred.make<void>()
+        const fiber = yield* Effect.fork(session.transaction(
+          insert(table, 1).pipe(Effect.zipRight(Deferred.succeed(inserted, undefined)), Effect.zipRight(Effect.never))
+        ))
+        yield* Deferred.await(inserted)
         yield* Fiber.interrupt(fiber)
         // Were the interrupted transaction still open, this COMMIT would commit its row too.
         yield* session.transaction(insert(table, 2))
@@ -121,7 +124,10 @@ describe("a Postgres store session", () => {
         const pid = yield* session.transaction(Effect.zipRight(insert(table, 1), backendPid))
         const [killed] = yield* sql<{ readonly ok: boolean }>`select pg_terminate_backend(${pid}) as ok`
         expect(killed?.ok).toBe(true)
-        yield* Effect.sleep("100 millis")
+        // Until the backend is gone (the kept connection is then closed under the session).
+        yield* sql`select 1 from pg_stat_activity where pid = ${pid}`.pipe(
+          Effect.repeat({ until: (found) => found.length === 0, schedule: Schedule.spaced("10 millis") })
+        )
         const next = yield* session.transaction(Effect.zipRight(insert(table, 2), backendPid))
         expect(next).not.toBe(pid)
         expect(yield* rows(table)).toEqual([1, 2])
