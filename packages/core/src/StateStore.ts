@@ -664,6 +664,14 @@ export interface StateStoreShape {
   >
 }
 
+/**
+ * A session of `store`: its own (`StateStoreShape.session`) where it has one; otherwise one whose
+ * transactions each run alone (`store.transaction`) and whose `idle` does nothing. What a worker runs a
+ * unit's chunks through, so it needs no case for a store without sessions.
+ */
+export const sessionOf = (store: StateStoreShape): Effect.Effect<StoreSession, never, Scope.Scope> =>
+  store.session ?? Effect.succeed({ transaction: store.transaction, idle: Effect.void })
+
 /** Which database a SqlClient reaches: `database@address:port`, asked of the server itself. */
 export const databaseIdentity = (sql: SqlClient.SqlClient) =>
   Effect.map(

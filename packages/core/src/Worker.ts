@@ -61,7 +61,7 @@ import type {
   StateStoreShape,
   UnitRecord
 } from "./StateStore.js"
-import { databaseIdentity, StateStore } from "./StateStore.js"
+import { databaseIdentity, sessionOf, StateStore } from "./StateStore.js"
 import * as Step from "./Step.js"
 
 /** Worker options. Durations take Effect `DurationInput` ("30 seconds", 5000, ...). */
@@ -507,11 +507,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         const params = decodedParams.right.params
         const partition = { key: unit.partitionKey, weight: unit.weight }
         /** The unit's `chunk`-mode transactions share one connection where the store keeps one. */
-        const session = store.session === undefined ? undefined : yield* Scope.extend(store.session, sessionScope)
-        const transact = session?.transaction ?? store.transaction
+        const session = yield* Scope.extend(sessionOf(store), sessionScope)
         /** `effect` (store calls on the pool) once the kept connection went back: never held while waiting for another. */
-        const withoutKept = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-          session === undefined ? effect : Effect.zipRight(session.idle, effect)
+        const withoutKept = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.zipRight(session.idle, effect)
 
         let stepIndex = unit.stepIndex
         let chunkSeq = unit.chunkSeq
@@ -668,10 +666,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           }
           // The kept connection goes back before work that takes others from the pool: a step outside a
           // store transaction, or a chunk's resource permits (a wait that may be long, on the pool).
-          if (
-            session !== undefined &&
-            (step.transaction !== "chunk" || (limiter !== undefined && step.resources.length > 0))
-          ) yield* session.idle
+          if (step.transaction !== "chunk" || (limiter !== undefined && step.resources.length > 0)) yield* session.idle
           let cursor: unknown = undefined
           if (step._tag === "Chunked") {
             if (encodedCursor === null) cursor = step.start
@@ -819,7 +814,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                   })
                 const committed = (effect: Effect.Effect<Skips.Outcome, unknown, unknown>) =>
                   step.transaction === "chunk"
-                    ? transact(Effect.flatMap(timed(effect), commit)).pipe(
+                    ? session.transaction(Effect.flatMap(timed(effect), commit)).pipe(
                       Effect.onError((cause) =>
                         Effect.suspend(() => {
                           const span = fusedSpan

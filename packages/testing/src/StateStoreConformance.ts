@@ -9,7 +9,7 @@
  */
 import { Errors, Job, type Message, Quarantine, StateStore, Step } from "@chunkwise/core"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, type Layer, Option, Schema, TestClock } from "effect"
+import { Deferred, Effect, Either, Exit, Fiber, type Layer, Option, Schema, TestClock } from "effect"
 
 /** Options of the suite. */
 export interface Options<W, E, R> {
@@ -1041,6 +1041,135 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         expect((yield* store.getRun(runId)).pipe(Option.getOrThrow).status).toBe("finalizing")
         expect(yield* store.tryFinalize(runId)).toBe(false)
         expect((yield* store.auditLog(runId)).map((a) => a.action)).toEqual(["quarantine-retry", "quarantine-retry"])
+      })
+    )
+
+    // A worker runs a unit's chunk transactions through the store's session (`sessionOf`: the store's own,
+    // or transactions alone): each of them keeps the contract of `transaction`, one after another.
+    test(
+      "a session's transactions commit the user's writes with each chunk; a failed one rolls back its own alone",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const session = yield* StateStore.sessionOf(store)
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        yield* session.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-0`),
+          commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
+        ))
+        // The step fails after its write: the step's own error, and neither its write nor a chunk.
+        const failed = yield* Effect.flip(session.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-failed`),
+          Effect.fail("step failed" as const)
+        )))
+        expect(failed).toBe("step failed")
+        // A fenced commit (a stale token) is refused, and takes the user's write back with it.
+        const fenced = yield* Effect.flip(session.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-fenced`),
+          commit({ ...lease, fencingToken: lease.fencingToken + 7 }, { stepIndex: 0, chunkSeq: 1 }, "fenced")
+        )))
+        expect(fenced).toBeInstanceOf(Errors.LeaseLost)
+        // The session goes on: the next chunk commits.
+        yield* session.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-1`),
+          commit(lease, { stepIndex: 0, chunkSeq: 1 }, "chunk-1")
+        ))
+        const written = yield* Effect.forEach(
+          ["0", "failed", "fenced", "1"],
+          (k) => options.writes.read(`${runId}-${k}`)
+        )
+        expect(written).toEqual([true, false, false, true])
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0", "chunk-1"])
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "leased", chunkSeq: 2, chunks: 2 })
+      }).pipe(Effect.scoped)
+    )
+
+    test(
+      "a session's transaction interrupted before its commit rolls back, and the session's next one commits",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const session = yield* StateStore.sessionOf(store)
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        const written = yield* Deferred.make<void>()
+        const interrupted = yield* Effect.fork(session.transaction(Effect.gen(function*() {
+          yield* options.writes.write(`${runId}-interrupted`)
+          yield* Deferred.succeed(written, undefined)
+          return yield* Effect.never
+        })))
+        yield* Deferred.await(written)
+        expect(Exit.isInterrupted(yield* Fiber.interrupt(interrupted))).toBe(true)
+        yield* session.transaction(Effect.zipRight(
+          options.writes.write(`${runId}-next`),
+          commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0")
+        ))
+        expect(yield* options.writes.read(`${runId}-interrupted`)).toBe(false)
+        expect(yield* options.writes.read(`${runId}-next`)).toBe(true)
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0"])
+      }).pipe(Effect.scoped)
+    )
+
+    test(
+      "a session's idle, between transactions or inside one, changes no outcome; work outside it goes on meanwhile",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const session = yield* StateStore.sessionOf(store)
+        const { runId, unitIds } = yield* openRun([1, 1])
+        const messages = yield* messagesOf(runId)
+        const { lease } = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        yield* session.transaction(commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0"))
+        yield* session.idle
+        // Between the session's transactions, the store's own calls (another unit's claim and commit).
+        const other = yield* claimed(messages.get(unitIds[1]!)!, "w2")
+        yield* store.transaction(commit(other.lease, { stepIndex: 0, chunkSeq: 0 }, "other-0"))
+        // Idle inside a transaction: it still commits as one, the user's write with its chunk.
+        yield* session.transaction(Effect.gen(function*() {
+          yield* options.writes.write(`${runId}-1`)
+          yield* session.idle
+          yield* commit(lease, { stepIndex: 0, chunkSeq: 1 }, "chunk-1")
+        }))
+        const refused = yield* Effect.flip(session.transaction(Effect.gen(function*() {
+          yield* options.writes.write(`${runId}-2`)
+          yield* session.idle
+          return yield* Effect.fail("step failed" as const)
+        })))
+        expect(refused).toBe("step failed")
+        yield* session.idle
+        yield* session.idle
+        yield* session.transaction(commit(lease, { stepIndex: 0, chunkSeq: 2 }, "chunk-2"))
+        expect([yield* options.writes.read(`${runId}-1`), yield* options.writes.read(`${runId}-2`)]).toEqual([
+          true,
+          false
+        ])
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0", "chunk-1", "chunk-2"])
+        expect(yield* store.ledger(runId, unitIds[1]!)).toEqual(["other-0"])
+      }).pipe(Effect.scoped)
+    )
+
+    test(
+      "sessions side by side (a worker's units at once) each commit their own unit's chunks, and none of the others'",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1, 1, 1])
+        const messages = yield* messagesOf(runId)
+        yield* Effect.forEach(unitIds, (unitId, u) =>
+          Effect.gen(function*() {
+            const session = yield* StateStore.sessionOf(store)
+            const { lease } = yield* claimed(messages.get(unitId)!, `w${u}`)
+            for (let chunkSeq = 0; chunkSeq < 3; chunkSeq++) {
+              yield* session.transaction(Effect.zipRight(
+                options.writes.write(`${runId}-${u}-${chunkSeq}`),
+                commit(lease, { stepIndex: 0, chunkSeq }, `u${u}-${chunkSeq}`)
+              ))
+              yield* Effect.yieldNow()
+            }
+          }).pipe(Effect.scoped), { concurrency: "unbounded", discard: true })
+        for (const [u, unitId] of unitIds.entries()) {
+          expect(yield* store.ledger(runId, unitId)).toEqual([`u${u}-0`, `u${u}-1`, `u${u}-2`])
+          for (let chunkSeq = 0; chunkSeq < 3; chunkSeq++) {
+            expect(yield* options.writes.read(`${runId}-${u}-${chunkSeq}`)).toBe(true)
+          }
+        }
       })
     )
   })
