@@ -1584,6 +1584,18 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
 /** Pool probes run one at a time per client, so workers starting together never split a pool between them. */
 const poolProbes = new WeakMap<SqlClient.SqlClient, Effect.Semaphore>()
 
+/** The concurrency of each worker of this process running on a client: they share its pool. */
+const poolWorkers = new WeakMap<SqlClient.SqlClient, Array<number>>()
+
+/** The pool size a client declares (`PgClient`'s `config.maxConnections`), when it declares one. */
+const declaredPoolSize = (sql: SqlClient.SqlClient): number | undefined => {
+  const config: unknown = (sql as { readonly config?: unknown }).config
+  const size = typeof config === "object" && config !== null
+    ? (config as { readonly maxConnections?: unknown }).maxConnections
+    : undefined
+  return typeof size === "number" ? size : undefined
+}
+
 /**
  * D16: each unit holds a connection for its chunk transaction, and the heartbeat and the feeder or
  * sweeper need one beside them, so a pool below `concurrency + 2` starves leases under load. The pool's
@@ -1591,6 +1603,10 @@ const poolProbes = new WeakMap<SqlClient.SqlClient, Effect.Semaphore>()
  * connections at once and refuses to start when they are not all served within `waitMs`. No checkout is
  * interrupted (an interrupted checkout would leak its connection once the pool serves it): the held
  * ones are released, which lets any still waiting be served and released in turn.
+ *
+ * Workers of one process on one client share its pool, so they need the sum. Their connections are in
+ * use while they run, so a probe cannot ask for the others' share: a client that declares its pool size
+ * (`PgClient`) is held to the sum instead, and the worker is counted until its scope closes.
  */
 const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) =>
   Effect.gen(function*() {
@@ -1623,7 +1639,33 @@ const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) 
       const failure = results.find((r) => r._tag === "Left")
       return { ok: Option.isSome(served), most, failure: failure?._tag === "Left" ? failure.left.message : undefined }
     })
-    const result = yield* lock.withPermits(1)(probe)
+    // Under the client's lock: workers starting together each count the ones before them.
+    const result = yield* lock.withPermits(1)(Effect.gen(function*() {
+      const others = poolWorkers.get(sql) ?? []
+      const size = declaredPoolSize(sql)
+      const total = others.reduce((sum, c) => sum + c + 2, needed)
+      if (others.length > 0 && size !== undefined && size < total) {
+        return yield* new Errors.ConfigurationError({
+          message: `Worker: concurrency ${concurrency} needs ${needed} connections of its SqlClient's pool, and ` +
+            `${others.length} other worker(s) of this process share that pool (concurrency ${others.join(", ")}; ` +
+            `each needs its concurrency + 2), so the pool needs at least ${total} connections, but it holds ` +
+            `${size}. Raise the pool size (PgClient maxConnections: ${total} or more), lower the workers' ` +
+            `concurrency, or give this worker a SqlClient of its own.`
+        })
+      }
+      const probed = yield* probe
+      if (probed.ok) {
+        poolWorkers.set(sql, [...others, concurrency])
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            const now = poolWorkers.get(sql) ?? []
+            const at = now.indexOf(concurrency)
+            poolWorkers.set(sql, now.filter((_, k) => k !== at))
+          })
+        )
+      }
+      return probed
+    }))
     if (result.ok) return
     return yield* new Errors.ConfigurationError({
       message: `Worker: concurrency ${concurrency} needs a SqlClient pool of at least ${needed} connections ` +

@@ -150,4 +150,30 @@ describe("job-wide concurrency on Postgres (D16)", () => {
         }),
       5
     ), { timeout: 60_000 })
+
+  it.live(
+    "workers of one process on one pool are held to the sum of their needs, each counted until it stops",
+    () =>
+      onPostgres(
+        (_store, app) =>
+          Effect.gen(function*() {
+            const job = cappedJob(app, { partitions: 1, size: 2, total: 2, delayMs: 0 })
+            // Pool of 8: a worker of concurrency 3 needs 5, one of 2 needs 4, 9 together.
+            const refused = yield* Effect.scoped(Effect.gen(function*() {
+              yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 3, workerId: "A" })
+              return yield* Effect.exit(Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "B" }))
+            }))
+            expect(Exit.isFailure(refused)).toBe(true)
+            const message = JSON.stringify(refused)
+            expect(message).toContain("ConfigurationError")
+            expect(message).toContain("1 other worker(s) of this process share that pool (concurrency 3")
+            expect(message).toContain("the pool needs at least 9 connections, but it holds 8")
+            // Worker A stopped with its scope: B fits alone, and then one of concurrency 2 beside it (8).
+            yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "B" })
+            yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "C" })
+          }),
+        8
+      ),
+    { timeout: 60_000 }
+  )
 })

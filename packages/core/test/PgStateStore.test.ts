@@ -19,6 +19,9 @@ import {
 } from "./pg.js"
 
 /** Runs `body` with a fresh store schema and app schema on real Postgres. */
+/** A pool for `workers` workers of `concurrency` each in this process: together they need the sum of `concurrency + 2`. */
+const sharedPool = (workers: number, concurrency: number) => pgClient({ maxConnections: workers * (concurrency + 2) })
+
 const onPostgres = <A, E>(
   body: (
     app: string
@@ -166,8 +169,7 @@ describe("PgStateStore on real Postgres", () => {
           expect(yield* applied(app)).toEqual(expectedApplied(16, 12))
           const sql = yield* SqlClient.SqlClient
           expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
-        })
-      ),
+        }), sharedPool(3, 4)),
     60_000
   )
 
@@ -188,8 +190,7 @@ describe("PgStateStore on real Postgres", () => {
           expect(yield* applied(app)).toEqual(expectedApplied(150, 2))
           const sql = yield* SqlClient.SqlClient
           expect(yield* sql`select count from ${sql(app)}.completions`).toEqual([{ count: 1 }])
-        })
-      ),
+        }), sharedPool(3, 4)),
     60_000
   )
 
