@@ -282,21 +282,27 @@ export const make = (options: Options = {}): Effect.Effect<
       )
     /** `StateStoreShape.transaction`: `withTransaction`, its errors told apart as the port says. */
     const transaction: StateStoreShape["transaction"] = (effect) =>
-      client.withTransaction(Effect.mapError(effect, (error) => new UserFailure(error))).pipe(
-        Effect.mapError((error) =>
-          error instanceof UserFailure
-            ? error.error as never
-            : unavailable("transaction")(error)
-        ),
-        // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
-        Effect.catchSomeDefect((defect) =>
-          isSqlError(defect)
-            ? Option.some(
-              Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message }))
-            )
-            : Option.none()
+      Effect.suspend(() => {
+        // Whether the step succeeded: only then is a SqlError defect the COMMIT's, not the step's own.
+        let stepSucceeded = false
+        return client.withTransaction(
+          Effect.mapError(effect, (error) => new UserFailure(error)).pipe(
+            Effect.tap(() => (stepSucceeded = true))
+          )
+        ).pipe(
+          Effect.mapError((error) =>
+            error instanceof UserFailure
+              ? error.error as never
+              : unavailable("transaction")(error)
+          ),
+          // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
+          Effect.catchSomeDefect((defect) =>
+            stepSucceeded && isSqlError(defect)
+              ? Option.some(Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message })))
+              : Option.none()
+          )
         )
-      )
+      })
     /** The store's own SQL errors become `StoreUnavailable`, naming the operation; other errors pass. */
     const op = <A, E extends { readonly _tag: string }>(
       operation: string,

@@ -23,7 +23,8 @@ import { awaitRun, freshSchema, liveWorker, pgClient } from "./pg.js"
 const withSession = <A, E>(
   body: (
     session: StateStore.StoreSession,
-    table: string
+    table: string,
+    store: StateStore.StateStoreShape
   ) => Effect.Effect<A, E, SqlClient.SqlClient | Scope.Scope>,
   maxConnections = 4
 ) => {
@@ -44,7 +45,7 @@ const withSession = <A, E>(
     )
     const shape = yield* Effect.provide(StateStore.StateStore, PgStateStore.layer({ schema: store }))
     if (shape.session === undefined) return yield* Effect.die(new Error("the Postgres store has no session"))
-    return yield* body(yield* shape.session, `${app}.t`)
+    return yield* body(yield* shape.session, `${app}.t`, shape)
   }).pipe(
     Effect.scoped,
     Effect.provide(Layer.merge(pgClient({ maxConnections }), Logger.minimumLogLevel(LogLevel.None)))
@@ -144,6 +145,22 @@ describe("a Postgres store session", () => {
         )
         yield* session.transaction(insert(table, 2))
         expect(yield* rows(table)).toEqual([2])
+      })
+    ))
+
+  it.live("tells the store's own transaction's failed COMMIT (outcome unknown) from a step's SQL defect", () =>
+    withSession((_session, table, store) =>
+      Effect.gen(function*() {
+        const commitFailed = yield* Effect.exit(store.transaction(Effect.zipRight(insert(table, 1), insert(table, 1))))
+        expect(Exit.isFailure(commitFailed) && commitFailed.cause._tag === "Fail" && commitFailed.cause.error)
+          .toBeInstanceOf(Errors.CommitOutcomeUnknown)
+        // The step's own statement fails and the step dies of it: its defect, not a COMMIT's.
+        const divide = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`select 1 / 0`)
+        const stepDied = yield* Effect.exit(store.transaction(Effect.zipRight(insert(table, 2), Effect.orDie(divide))))
+        expect(Exit.isFailure(stepDied) && stepDied.cause._tag === "Die" && stepDied.cause.defect).toMatchObject({
+          _tag: "SqlError"
+        })
+        expect(yield* rows(table)).toEqual([])
       })
     ))
 
