@@ -188,8 +188,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
     }
     const maxOutstanding = options.maxOutstanding ?? 100
     yield* checkTransactions(store, options.jobs, leaseMs)
-    yield* checkPool(store, concurrency, poolCheckMs)
     const limiter = yield* setupLimits(store, options.jobs, options.limits, workerId)
+    // The last start-up check that can fail: the worker counts on its pool from here until it stops.
+    yield* checkPool(store, concurrency, poolCheckMs)
     const cliName = options.cliName ?? "chunkwise"
     const probe = yield* Probe.Probe
     const context = yield* Effect.context<Job.Context<Jobs[number]>>()
@@ -1640,41 +1641,48 @@ const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) 
       return { ok: Option.isSome(served), most, failure: failure?._tag === "Left" ? failure.left.message : undefined }
     })
     // Under the client's lock: workers starting together each count the ones before them.
-    const result = yield* lock.withPermits(1)(Effect.gen(function*() {
+    return yield* lock.withPermits(1)(Effect.gen(function*() {
       const others = poolWorkers.get(sql) ?? []
       const size = declaredPoolSize(sql)
       const total = others.reduce((sum, c) => sum + c + 2, needed)
+      const sharing = `${others.length} other worker(s) of this process share that pool (concurrency ` +
+        `${others.join(", ")}; each needs its concurrency + 2), so the pool needs at least ${total} connections`
       if (others.length > 0 && size !== undefined && size < total) {
         return yield* new Errors.ConfigurationError({
           message: `Worker: concurrency ${concurrency} needs ${needed} connections of its SqlClient's pool, and ` +
-            `${others.length} other worker(s) of this process share that pool (concurrency ${others.join(", ")}; ` +
-            `each needs its concurrency + 2), so the pool needs at least ${total} connections, but it holds ` +
-            `${size}. Raise the pool size (PgClient maxConnections: ${total} or more), lower the workers' ` +
-            `concurrency, or give this worker a SqlClient of its own.`
+            `${sharing}, but it holds ${size}. Raise the pool size (PgClient maxConnections: ${total} or more), ` +
+            `lower the workers' concurrency, or give this worker a SqlClient of its own.`
         })
       }
+      if (others.length > 0 && size === undefined) {
+        yield* Effect.logWarning(
+          `chunkwise: Worker: ${sharing}, and the client declares no pool size (PgClient maxConnections), so ` +
+            `that could not be checked; only this worker's ${needed} were.`
+        )
+      }
       const probed = yield* probe
-      if (probed.ok) {
-        poolWorkers.set(sql, [...others, concurrency])
-        yield* Effect.addFinalizer(() =>
+      if (!probed.ok) {
+        return yield* new Errors.ConfigurationError({
+          message: `Worker: concurrency ${concurrency} needs a SqlClient pool of at least ${needed} connections ` +
+            `(one per unit's chunk transaction, plus the heartbeat and the feeder/sweeper), but the pool served ` +
+            `only ${probed.most} at once within ${waitMs} ms` +
+            (probed.failure === undefined ? "" : ` (checking out a connection failed: ${probed.failure})`) +
+            (others.length === 0 ? "" : `; ${sharing}, and theirs are in use`) +
+            `. Raise the pool size (PgClient maxConnections: ${total} or more) or lower the worker's ` +
+            `concurrency; if other work keeps the pool busy at start-up, raise poolCheckTimeout.`
+        })
+      }
+      // Counted until the worker's scope closes; the list is read again, as a worker may have stopped meanwhile.
+      yield* Effect.acquireRelease(
+        Effect.sync(() => poolWorkers.set(sql, [...(poolWorkers.get(sql) ?? []), concurrency])),
+        () =>
           Effect.sync(() => {
             const now = poolWorkers.get(sql) ?? []
             const at = now.indexOf(concurrency)
             poolWorkers.set(sql, now.filter((_, k) => k !== at))
           })
-        )
-      }
-      return probed
+      )
     }))
-    if (result.ok) return
-    return yield* new Errors.ConfigurationError({
-      message: `Worker: concurrency ${concurrency} needs a SqlClient pool of at least ${needed} connections ` +
-        `(one per unit's chunk transaction, plus the heartbeat and the feeder/sweeper), but the pool served only ` +
-        `${result.most} at once within ${waitMs} ms` +
-        (result.failure === undefined ? "" : ` (checking out a connection failed: ${result.failure})`) +
-        `. Raise the pool size (PgClient maxConnections: ${needed} or more) or lower the worker's concurrency; ` +
-        `if other work keeps the pool busy at start-up, raise poolCheckTimeout.`
-    })
   })
 
 /**

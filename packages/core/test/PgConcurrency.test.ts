@@ -5,7 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Schema, type Scope } from "effect"
+import { Effect, Either, Exit, Fiber, Layer, Schema, type Scope } from "effect"
 import { Job, type QueueAdapter, Runner, type StateStore, Step, Worker } from "../src/index.js"
 import { applied, awaitRun, expectedApplied, freshSchema, liveWorker, pgClient, pgEngine, withSchemas } from "./pg.js"
 
@@ -168,9 +168,39 @@ describe("job-wide concurrency on Postgres (D16)", () => {
             expect(message).toContain("ConfigurationError")
             expect(message).toContain("1 other worker(s) of this process share that pool (concurrency 3")
             expect(message).toContain("the pool needs at least 9 connections, but it holds 8")
+            // A worker whose start fails (limits declared, no ResourceLimiter provided) is not counted.
+            const failed = yield* Effect.exit(
+              Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "F", limits: { x: { inFlight: 1 } } })
+            )
+            expect(Exit.isFailure(failed)).toBe(true)
             // Worker A stopped with its scope: B fits alone, and then one of concurrency 2 beside it (8).
             yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "B" })
             yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId: "C" })
+          }),
+        8
+      ),
+    { timeout: 60_000 }
+  )
+
+  it.live(
+    "of workers starting at once on one pool, those past its size are refused, each counting the ones before",
+    () =>
+      onPostgres(
+        (_store, app) =>
+          Effect.gen(function*() {
+            const job = cappedJob(app, { partitions: 1, size: 2, total: 2, delayMs: 0 })
+            // Pool of 8: three workers of concurrency 2 need 4 each; two fit, the third would need 12.
+            const starts = yield* Effect.all(
+              ["A", "B", "C"].map((workerId) =>
+                Effect.either(Worker.make({ jobs: [job], ...liveWorker, concurrency: 2, workerId }))
+              ),
+              { concurrency: "unbounded" }
+            )
+            const refused = starts.filter(Either.isLeft).map((e) => e.left.message)
+            expect(starts.filter(Either.isRight)).toHaveLength(2)
+            expect(refused).toHaveLength(1)
+            expect(refused[0]).toContain("2 other worker(s) of this process share that pool (concurrency 2, 2")
+            expect(refused[0]).toContain("needs at least 12 connections, but it holds 8")
           }),
         8
       ),

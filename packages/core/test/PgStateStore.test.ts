@@ -18,10 +18,10 @@ import {
   withSchemas
 } from "./pg.js"
 
-/** Runs `body` with a fresh store schema and app schema on real Postgres. */
 /** A pool for `workers` workers of `concurrency` each in this process: together they need the sum of `concurrency + 2`. */
 const sharedPool = (workers: number, concurrency: number) => pgClient({ maxConnections: workers * (concurrency + 2) })
 
+/** Runs `body` with a fresh store schema and app schema on real Postgres. */
 const onPostgres = <A, E>(
   body: (
     app: string
