@@ -13,7 +13,7 @@
  */
 import { SqlClient, type SqlError, type Statement } from "@effect/sql"
 import { Migrator } from "@effect/sql"
-import { Effect, Layer, Option } from "effect"
+import { Cause, Chunk, Effect, Exit, Layer, Option } from "effect"
 import * as Errors from "./Errors.js"
 import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
@@ -283,11 +283,12 @@ export const make = (options: Options = {}): Effect.Effect<
     /** `StateStoreShape.transaction`: `withTransaction`, its errors told apart as the port says. */
     const transaction: StateStoreShape["transaction"] = (effect) =>
       Effect.suspend(() => {
-        // Whether the step succeeded: only then is a SqlError defect the COMMIT's, not the step's own.
-        let stepSucceeded = false
+        // How the step ended tells whose a SqlError defect is: @effect/sql turns a failed COMMIT or
+        // ROLLBACK into one, in place of the step's exit.
+        let step: Exit.Exit<unknown, unknown> | undefined
         return client.withTransaction(
           Effect.mapError(effect, (error) => new UserFailure(error)).pipe(
-            Effect.tap(() => (stepSucceeded = true))
+            Effect.onExit((exit) => Effect.sync(() => (step = exit)))
           )
         ).pipe(
           Effect.mapError((error) =>
@@ -295,12 +296,20 @@ export const make = (options: Options = {}): Effect.Effect<
               ? error.error as never
               : unavailable("transaction")(error)
           ),
-          // @effect/sql turns a failed COMMIT into a defect; its outcome is unknown (D3).
-          Effect.catchSomeDefect((defect) =>
-            stepSucceeded && isSqlError(defect)
-              ? Option.some(Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message })))
-              : Option.none()
-          )
+          Effect.catchSomeDefect((defect) => {
+            if (!isSqlError(defect) || step === undefined) return Option.none()
+            // The step succeeded, then COMMIT failed: its outcome is unknown (D3).
+            if (Exit.isSuccess(step)) {
+              return Option.some(Effect.fail(new Errors.CommitOutcomeUnknown({ message: defect.message })))
+            }
+            // The step died of this error itself: its defect stands.
+            if (Chunk.some(Cause.defects(step.cause), (own) => own === defect)) return Option.none()
+            // The step failed, then ROLLBACK failed (its connection lost): nothing committed; the step's
+            // own failure stands, as it would had the ROLLBACK gone through.
+            return Option.some(
+              Effect.failCause(Cause.map(step.cause, (error) => (error as UserFailure).error as never))
+            )
+          })
         )
       })
     /** The store's own SQL errors become `StoreUnavailable`, naming the operation; other errors pass. */
@@ -314,14 +323,15 @@ export const make = (options: Options = {}): Effect.Effect<
           : error as Exclude<E, SqlError.SqlError>)
 
     const getRun = (runId: string) =>
-      Effect.map(sql<Row>`select ${runs} from ${s}.runs r where r.run_id = ${runId}`, (rows) =>
-        Option.map(Option.fromNullable(rows[0]), toRun))
+      Effect.map(
+        sql<Row>`select ${runs} from ${s}.runs r where r.run_id = ${runId}`,
+        (rows) => Option.map(Option.fromNullable(rows[0]), toRun)
+      )
     const requireRun = (runId: string) =>
       Effect.flatMap(
         op("getRun", getRun(runId)),
         Option.match({
-          onNone: () =>
-            Effect.fail(new Errors.NotFound({ what: "run", id: runId })),
+          onNone: () => Effect.fail(new Errors.NotFound({ what: "run", id: runId })),
           onSome: Effect.succeed
         })
       )

@@ -148,8 +148,8 @@ describe("a Postgres store session", () => {
       })
     ))
 
-  it.live("tells the store's own transaction's failed COMMIT (outcome unknown) from a step's SQL defect", () =>
-    withSession((_session, table, store) =>
+  it.live("tells the store's own transaction's failed COMMIT (outcome unknown) from a step's SQL error or defect", () =>
+    withSession((session, table, store) =>
       Effect.gen(function*() {
         const commitFailed = yield* Effect.exit(store.transaction(Effect.zipRight(insert(table, 1), insert(table, 1))))
         expect(Exit.isFailure(commitFailed) && commitFailed.cause._tag === "Fail" && commitFailed.cause.error)
@@ -160,6 +160,19 @@ describe("a Postgres store session", () => {
         expect(Exit.isFailure(stepDied) && stepDied.cause._tag === "Die" && stepDied.cause.defect).toMatchObject({
           _tag: "SqlError"
         })
+        expect(yield* rows(table)).toEqual([])
+        // The step fails as its connection is lost, so ROLLBACK fails too: the step's failure stands, as
+        // through the session.
+        const terminate = Effect.flatMap(
+          SqlClient.SqlClient,
+          (sql) => sql`select pg_terminate_backend(pg_backend_pid())`
+        )
+        for (const run of [store.transaction, session.transaction]) {
+          const lost = yield* Effect.exit(run(Effect.zipRight(insert(table, 3), terminate)))
+          expect(Exit.isFailure(lost) && lost.cause._tag === "Fail" && lost.cause.error).toMatchObject({
+            _tag: "SqlError"
+          })
+        }
         expect(yield* rows(table)).toEqual([])
       })
     ))
