@@ -5,6 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, Schedule, Schema, type Scope } from "effect"
 import {
   Errors,
@@ -17,6 +18,7 @@ import {
   Step,
   Worker
 } from "../src/index.js"
+import * as Telemetry from "../src/Telemetry.js"
 import { awaitRun, freshSchema, liveWorker, pgClient } from "./pg.js"
 
 /** Runs `body` with a session of the Postgres store and a fresh table `<app>.t (x int unique deferrable)`. */
@@ -263,6 +265,58 @@ describe("a worker on the Postgres store", () => {
       expect(seen.transactions).toBe(6)
       expect(seen.keptAtNoneStep).toEqual([false, false])
     }))
+
+  it.live("hangs each chunk's statements, the step's and its commit_chunk, under the chunk's span", () => {
+    const spans = new InMemorySpanExporter()
+    const schema = freshSchema("cw_store")
+    const job = Job.make({
+      name: "traced-session-job",
+      params: Schema.Struct({ label: Schema.String }),
+      partitions: () => ["a"],
+      steps: (step) => [
+        step.chunked("count", {
+          cursor: Schema.Struct({ n: Schema.Number }),
+          start: { n: 0 },
+          chunkSize: 1,
+          transaction: "chunk",
+          process: ({ cursor }) =>
+            Effect.flatMap(SqlClient.SqlClient, (sql) => sql`select ${cursor.n}::int as n`).pipe(
+              Effect.as(Step.advance(cursor.n >= 1 ? Step.done : { n: cursor.n + 1 }, 1))
+            )
+        })
+      ]
+    })
+    return Effect.gen(function*() {
+      yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 1 })
+      const { runId } = yield* Runner.start(job, { label: "traced" })
+      expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
+      const finished = spans.getFinishedSpans()
+      const chunks = finished.filter((span) => span.name === "chunkwise.chunk")
+      expect(chunks).toHaveLength(2)
+      for (const chunk of chunks) {
+        const statements = finished
+          .filter((span) =>
+            span.name === "sql.execute" && span.parentSpanContext?.spanId === chunk.spanContext().spanId
+          )
+          .map((span) => String(span.attributes["db.query.text"]))
+        expect(statements).toHaveLength(2)
+        expect(statements[0]).toContain("select $1::int as n")
+        expect(statements[1]).toContain(`"${schema}".commit_chunk(`)
+      }
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(
+        PgStateStore.layer({ schema }),
+        QueueAdapter.layerMemory(),
+        Telemetry.layer({ serviceName: "pg-session-test", spanProcessors: [new SimpleSpanProcessor(spans)] }),
+        Logger.minimumLogLevel(LogLevel.None)
+      )),
+      Effect.ensuring(
+        Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`))
+      ),
+      Effect.provide(pgClient())
+    )
+  })
 
   it.live("gives the kept connection back before each chunk that waits for resource permits", () =>
     Effect.gen(function*() {
