@@ -12,7 +12,7 @@ const recent = new Map<string, Tracer.ExternalSpan>()
 export const runParentSpan = (runId: string): Tracer.ExternalSpan => {
   let span = recent.get(runId)
   if (span === undefined) {
-    const hex = Buffer.from(digest(["chunkwise-trace", runId])).toString("hex")
+    const hex = digest(["chunkwise-trace", runId])
     span = Tracer.externalSpan({ traceId: hex.slice(0, 32), spanId: hex.slice(32, 48), sampled: true })
     if (recent.size >= 64) recent.clear()
     recent.set(runId, span)
