@@ -13,6 +13,7 @@ import {
   PgResourceLimiter,
   PgStateStore,
   QueueAdapter,
+  type ResourceLimiter,
   Runner,
   StateStore,
   Step,
@@ -232,30 +233,42 @@ const watchedRun = (limited: boolean) => {
     ],
     concurrency: { perWorker: 1 }
   })
-  return Effect.gen(function*() {
-    yield* Worker.make({
-      jobs: [job],
-      ...liveWorker,
-      concurrency: 1,
-      ...(limited ? { limits: { db: { inFlight: 1 } } } : {})
-    })
-    const { runId } = yield* Runner.start(job, { label: "session" })
+  return Effect.as(
+    runOnPostgres(
+      schema,
+      job,
+      Layer.merge(watched, limited ? PgResourceLimiter.layer({ schema }) : Layer.empty),
+      limited ? { limits: { db: { inFlight: 1 } } } : {}
+    ),
+    seen
+  )
+}
+
+/**
+ * Runs `job` once, to success, on a worker of concurrency 1 over the Postgres store in `schema` (given
+ * by `layers`, beside an in-memory queue), then `inspect` while the layers are still up, and drops the
+ * schema afterwards.
+ */
+const runOnPostgres = (
+  schema: string,
+  job: Job.Any,
+  layers: Layer.Layer<StateStore.StateStore, unknown, SqlClient.SqlClient>,
+  options: { readonly limits?: ResourceLimiter.Limits; readonly inspect?: () => void } = {}
+) =>
+  Effect.gen(function*() {
+    const limits = options.limits === undefined ? {} : { limits: options.limits }
+    yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 1, ...limits })
+    const { runId } = yield* Runner.start(job, { label: "once" })
     expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
-    return seen
+    options.inspect?.()
   }).pipe(
     Effect.scoped,
-    Effect.provide(Layer.mergeAll(
-      watched,
-      QueueAdapter.layerMemory(),
-      limited ? PgResourceLimiter.layer({ schema }) : Layer.empty,
-      Logger.minimumLogLevel(LogLevel.None)
-    )),
+    Effect.provide(Layer.mergeAll(layers, QueueAdapter.layerMemory(), Logger.minimumLogLevel(LogLevel.None))),
     Effect.ensuring(
       Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`))
     ),
     Effect.provide(pgClient())
-  )
-}
+  ) as Effect.Effect<void, unknown>
 
 describe("a worker on the Postgres store", () => {
   it.live("runs a unit's chunk-mode chunks through one session and gives its connection back before a none step", () =>
@@ -286,36 +299,28 @@ describe("a worker on the Postgres store", () => {
         })
       ]
     })
-    return Effect.gen(function*() {
-      yield* Worker.make({ jobs: [job], ...liveWorker, concurrency: 1 })
-      const { runId } = yield* Runner.start(job, { label: "traced" })
-      expect((yield* awaitRun(runId)).run.status).toBe("succeeded")
-      const finished = spans.getFinishedSpans()
-      const chunks = finished.filter((span) => span.name === "chunkwise.chunk")
-      expect(chunks).toHaveLength(2)
-      for (const chunk of chunks) {
-        const statements = finished
-          .filter((span) =>
-            span.name === "sql.execute" && span.parentSpanContext?.spanId === chunk.spanContext().spanId
-          )
-          .map((span) => String(span.attributes["db.query.text"]))
-        expect(statements).toHaveLength(2)
-        expect(statements[0]).toContain("select $1::int as n")
-        expect(statements[1]).toContain(`"${schema}".commit_chunk(`)
-      }
-    }).pipe(
-      Effect.scoped,
-      Effect.provide(Layer.mergeAll(
-        PgStateStore.layer({ schema }),
-        QueueAdapter.layerMemory(),
-        Telemetry.layer({ serviceName: "pg-session-test", spanProcessors: [new SimpleSpanProcessor(spans)] }),
-        Logger.minimumLogLevel(LogLevel.None)
-      )),
-      Effect.ensuring(
-        Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`drop schema if exists ${sql(schema)} cascade`))
-      ),
-      Effect.provide(pgClient())
+    const traced = Layer.merge(
+      PgStateStore.layer({ schema }),
+      Telemetry.layer({ serviceName: "pg-session-test", spanProcessors: [new SimpleSpanProcessor(spans)] })
     )
+    return runOnPostgres(schema, job, traced, {
+      // Read before the SDK shuts down with the layers (its exporter forgets what it held).
+      inspect: () => {
+        const finished = spans.getFinishedSpans()
+        const chunks = finished.filter((span) => span.name === "chunkwise.chunk")
+        expect(chunks).toHaveLength(2)
+        for (const chunk of chunks) {
+          const statements = finished
+            .filter((span) =>
+              span.name === "sql.execute" && span.parentSpanContext?.spanId === chunk.spanContext().spanId
+            )
+            .map((span) => String(span.attributes["db.query.text"]))
+          expect(statements).toHaveLength(2)
+          expect(statements[0]).toContain("select $1::int as n")
+          expect(statements[1]).toContain(`"${schema}".commit_chunk(`)
+        }
+      }
+    })
   })
 
   it.live("gives the kept connection back before each chunk that waits for resource permits", () =>
