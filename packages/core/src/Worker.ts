@@ -102,7 +102,9 @@ export interface Options<Jobs extends ReadonlyArray<Job.Any>> {
   /**
    * On a SQL store, start-up checks that the `SqlClient`'s pool can hand out `concurrency + 2` connections
    * at once (D16), waiting at most this long for them (default 5 s): raise it when other work in the
-   * process keeps the pool busy while workers start.
+   * process keeps the pool busy while workers start. Workers of one process on one client are held to
+   * the sum of their `concurrency + 2` when the client declares its pool size (`PgClient`'s
+   * `maxConnections`).
    */
   readonly poolCheckTimeout?: Duration.DurationInput | undefined
   /**
