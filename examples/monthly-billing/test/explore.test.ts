@@ -9,16 +9,13 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import * as MonthlyBilling from "../src/MonthlyBilling.js"
 import * as Tables from "../src/Tables.js"
-import { content, freshSchema, handMadeInvoices, pgClient, quiet, seedHandMade, withBilling } from "./fixtures.js"
+import { content, handMadeInvoices, handMadeMonth, pgClient, quiet } from "./fixtures.js"
 
 describe("explore on Postgres", () => {
   for (const queue of ["memory", "postgres"] as const) {
     it.live(`every crash point of a month's run, ${queue} queue: zero divergences`, () =>
       Effect.gen(function*() {
-        const app = freshSchema("mb_app")
-        const store = freshSchema("mb_store")
-        yield* withBilling(app, store)
-        yield* seedHandMade(app)
+        const { app, store } = yield* handMadeMonth
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         // Company 2 only, so the run stays small: two chunks of bill-records, issue-invoice and notify
         // (with 2 workers and the completion, 16 crash sites).
@@ -45,10 +42,7 @@ describe("the harness's store faults on Postgres", () => {
     "reach the chunk transactions a worker runs on its kept connection; the month is still billed once",
     () =>
       Effect.gen(function*() {
-        const app = freshSchema("mb_app")
-        const store = freshSchema("mb_store")
-        yield* withBilling(app, store)
-        yield* seedHandMade(app)
+        const { app, store } = yield* handMadeMonth
         const trial = yield* Harness.run({
           engine: Engine.postgres({ schema: store, queue: "memory" }),
           job: MonthlyBilling.make({ schema: app, chunkSize: 2 }),

@@ -64,6 +64,18 @@ export const awaitRun = (
   )
 
 /**
+ * Fresh app and store schemas (dropped when the scope closes), the billing tables in the app's, seeded
+ * with the hand-made month (`seedHandMade`).
+ */
+export const handMadeMonth = Effect.gen(function*() {
+  const app = freshSchema("mb_app")
+  const store = freshSchema("mb_store")
+  yield* withBilling(app, store)
+  yield* seedHandMade(app)
+  return { app, store }
+})
+
+/**
  * The hand-made month 2026-10. Company 1 (fee 10 %) and 2 (fee 2.5 %) are billed; 3 is inactive; 4
  * has only a pending record. The comments give each line's exact amounts and the rounding they test.
  */

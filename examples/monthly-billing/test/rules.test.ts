@@ -17,10 +17,10 @@ import {
   freshSchema,
   handMadeInvoices,
   handMadeLines,
+  handMadeMonth,
   invoices,
   liveWorker,
   pgClient,
-  seedHandMade,
   withBilling
 } from "./fixtures.js"
 
@@ -42,10 +42,7 @@ const failures = (runId: string) =>
 describe("monthly billing on Postgres", () => {
   it.live("bills the hand-made month exactly by the rules", () =>
     Effect.gen(function*() {
-      const app = freshSchema("mb_app")
-      const store = freshSchema("mb_store")
-      yield* withBilling(app, store)
-      yield* seedHandMade(app)
+      const { app, store } = yield* handMadeMonth
       const job = MonthlyBilling.make({ schema: app, chunkSize: 2 })
       const progress = yield* bill(job).pipe(Effect.provide(engine(store)))
       expect(progress.run.status).toBe("succeeded")
@@ -77,9 +74,7 @@ describe("monthly billing on Postgres", () => {
 
   it.live("a record cancelled while its chunk runs is neither marked nor billed", () =>
     Effect.gen(function*() {
-      const app = freshSchema("mb_app")
-      yield* withBilling(app, freshSchema("mb_store"))
-      yield* seedHandMade(app)
+      const { app } = yield* handMadeMonth
       const sql = (yield* SqlClient.SqlClient).withoutTransforms()
       const s = sql(app)
       // Another transaction cancels record 2 and holds its lock while the chunk reads and bills.
@@ -124,9 +119,7 @@ describe("monthly billing on Postgres", () => {
     "a record of any id on the month's first day is billed, the least bigint too (the first chunk starts at the day)",
     () =>
       Effect.gen(function*() {
-        const app = freshSchema("mb_app")
-        yield* withBilling(app, freshSchema("mb_store"))
-        yield* seedHandMade(app)
+        const { app } = yield* handMadeMonth
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         yield* sql`insert into ${sql(app)}.work_records
         (id, company_id, worker_id, worked_on, minutes, hourly_wage_yen, transport_yen, status)
@@ -201,10 +194,7 @@ describe("monthly billing on Postgres", () => {
     "a company deactivated mid-run fails alone with its runbook, and is billed after a retry",
     () =>
       Effect.gen(function*() {
-        const app = freshSchema("mb_app")
-        const store = freshSchema("mb_store")
-        yield* withBilling(app, store)
-        yield* seedHandMade(app)
+        const { app, store } = yield* handMadeMonth
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         const job = MonthlyBilling.make({ schema: app, chunkSize: 2 })
         yield* Effect.gen(function*() {
@@ -245,10 +235,7 @@ describe("monthly billing on Postgres", () => {
     "a billed record that was cancelled, and a stray invoice line, stop their company with their runbooks",
     () =>
       Effect.gen(function*() {
-        const app = freshSchema("mb_app")
-        const store = freshSchema("mb_store")
-        yield* withBilling(app, store)
-        yield* seedHandMade(app)
+        const { app, store } = yield* handMadeMonth
         const sql = (yield* SqlClient.SqlClient).withoutTransforms()
         const s = sql(app)
         const job = MonthlyBilling.make({ schema: app, chunkSize: 10 })
