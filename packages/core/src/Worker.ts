@@ -1584,11 +1584,23 @@ const registry = (jobs: ReadonlyArray<Job.Any>) =>
     return byName
   })
 
-/** Pool probes run one at a time per client, so workers starting together never split a pool between them. */
-const poolProbes = new WeakMap<SqlClient.SqlClient, Effect.Semaphore>()
-
-/** The concurrency of each worker of this process running on a client: they share its pool. */
-const poolWorkers = new WeakMap<SqlClient.SqlClient, Array<number>>()
+/**
+ * What this process knows of a client's pool: a lock, so workers starting together check it one at a
+ * time (and never split it between their probes), and the concurrency of each worker running on it.
+ */
+interface SharedPool {
+  readonly lock: Effect.Semaphore
+  readonly workers: Array<number>
+}
+const sharedPools = new WeakMap<SqlClient.SqlClient, SharedPool>()
+const sharedPoolOf = (sql: SqlClient.SqlClient): SharedPool => {
+  let pool = sharedPools.get(sql)
+  if (pool === undefined) {
+    pool = { lock: Effect.unsafeMakeSemaphore(1), workers: [] }
+    sharedPools.set(sql, pool)
+  }
+  return pool
+}
 
 /** The pool size a client declares (`PgClient`'s `config.maxConnections`), when it declares one. */
 const declaredPoolSize = (sql: SqlClient.SqlClient): number | undefined => {
@@ -1617,8 +1629,7 @@ const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) 
     if (store.database === undefined || Option.isNone(found)) return
     const sql = found.value
     const needed = concurrency + 2
-    const lock = poolProbes.get(sql) ?? Effect.unsafeMakeSemaphore(1)
-    poolProbes.set(sql, lock)
+    const pool = sharedPoolOf(sql)
     const probe = Effect.gen(function*() {
       const release = yield* Deferred.make<void>()
       const allHeld = yield* Deferred.make<void>()
@@ -1643,8 +1654,8 @@ const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) 
       return { ok: Option.isSome(served), most, failure: failure?._tag === "Left" ? failure.left.message : undefined }
     })
     // Under the client's lock: workers starting together each count the ones before them.
-    return yield* lock.withPermits(1)(Effect.gen(function*() {
-      const others = poolWorkers.get(sql) ?? []
+    return yield* pool.lock.withPermits(1)(Effect.gen(function*() {
+      const others = [...pool.workers]
       const size = declaredPoolSize(sql)
       const total = others.reduce((sum, c) => sum + c + 2, needed)
       const sharing = `${others.length} other worker(s) of this process share that pool (concurrency ` +
@@ -1674,15 +1685,10 @@ const checkPool = (store: StateStoreShape, concurrency: number, waitMs: number) 
             `concurrency; if other work keeps the pool busy at start-up, raise poolCheckTimeout.`
         })
       }
-      // Counted until the worker's scope closes; the list is read again, as a worker may have stopped meanwhile.
+      // Counted until the worker's scope closes (one entry of its concurrency, whichever).
       yield* Effect.acquireRelease(
-        Effect.sync(() => poolWorkers.set(sql, [...(poolWorkers.get(sql) ?? []), concurrency])),
-        () =>
-          Effect.sync(() => {
-            const now = poolWorkers.get(sql) ?? []
-            const at = now.indexOf(concurrency)
-            poolWorkers.set(sql, now.filter((_, k) => k !== at))
-          })
+        Effect.sync(() => pool.workers.push(concurrency)),
+        () => Effect.sync(() => pool.workers.splice(pool.workers.indexOf(concurrency), 1))
       )
     }))
   })
