@@ -18,7 +18,7 @@ import * as Errors from "./Errors.js"
 import { sqlStateOf } from "./internal/classify.js"
 import { outsideTransaction } from "./internal/outsideTransaction.js"
 import { migrations } from "./internal/pgMigrations.js"
-import { makeSession } from "./internal/pgSession.js"
+import { commitWith, makeSession } from "./internal/pgSession.js"
 import { storeUnavailable as unavailable } from "./internal/storeUnavailable.js"
 import { rerunSeparator } from "./Job.js"
 import type { JobDefinition } from "./JobDefinition.js"
@@ -75,7 +75,7 @@ const stepBrokeTransaction = <A>(statement: Effect.Effect<A, SqlError.SqlError>)
   )
 
 /** The newest migration this code knows. */
-const LATEST = 23
+const LATEST = 24
 
 /**
  * Creates or upgrades the store's schema. Safe when many processes start at once: one transaction
@@ -217,6 +217,13 @@ const toFailure = (row: Row): FailureRecord => ({
 const isSqlError = (defect: unknown): defect is SqlError.SqlError =>
   typeof defect === "object" && defect !== null && (defect as { readonly _tag?: unknown })._tag === "SqlError"
 
+/** A parameter in Postgres's text form, as a statement sent by `commitWith` takes it. */
+const asText = (value: unknown): string | null => value === null || value === undefined ? null : String(value)
+
+/** The message Postgres gave with an error (a function's RAISE text), under the SqlError. */
+const serverMessageOf = (error: SqlError.SqlError): string =>
+  String((error.cause as { readonly message?: unknown } | undefined)?.message ?? error.message)
+
 /** Boxes a user error so the transaction can tell it from the store's own SQL errors. */
 class UserFailure {
   constructor(readonly error: unknown) {}
@@ -242,11 +249,13 @@ export const make = (options: Options = {}): Effect.Effect<
      * fragments on every call, about a tenth of the chunk's statement CPU in the worker. Parameterised
      * like every other statement; the schema is a checked plain identifier (`SCHEMA_PATTERN`).
      */
-    const commitStatement = (fn: "commit_chunk" | "commit_fused") =>
+    const commitStatement = (fn: "commit_chunk" | "commit_fused" | "commit_chunk_last") =>
       `select "${schema}".${fn}($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15, $16) as status`
     const commitChunkStatement = commitStatement("commit_chunk")
     /** A chunk with the single step fused after it: refused unless the run is running (migration 19). */
     const commitFusedStatement = commitStatement("commit_fused")
+    /** Either of the two as the last statement of its transaction, sent with the COMMIT (migration 24). */
+    const commitLastStatement = commitStatement("commit_chunk_last")
     /**
      * A statement of the chunk's commit, run on its transaction's connection directly: the statement
      * API's work around it (a scope, the connection's lookup, the row transform's) was a fifth of the
@@ -259,15 +268,21 @@ export const make = (options: Options = {}): Effect.Effect<
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
         transaction._tag === "None"
           ? sql.unsafe<A>(statement, params)
-          : Effect.useSpan("sql.execute", { kind: "client", captureStackTrace: false }, (span) => {
-            span.attribute("db.system.name", "postgresql")
-            span.attribute("db.operation.name", "execute")
-            span.attribute("db.query.text", statement)
-            return transaction.value[0].execute(statement, params, undefined) as Effect.Effect<
+          : inStatementSpan(
+            statement,
+            transaction.value[0].execute(statement, params, undefined) as Effect.Effect<
               ReadonlyArray<A>,
               SqlError.SqlError
             >
-          }))
+          ))
+    /** `effect`, which runs `statement` on a connection directly, in the statement's `sql.execute` span. */
+    const inStatementSpan = <A, E>(statement: string, effect: Effect.Effect<A, E>) =>
+      Effect.useSpan("sql.execute", { kind: "client", captureStackTrace: false }, (span) => {
+        span.attribute("db.system.name", "postgresql")
+        span.attribute("db.operation.name", "execute")
+        span.attribute("db.query.text", statement)
+        return effect
+      })
     /** Store writes that must survive a chunk's rollback run outside any transaction (D4). */
     const detached = outsideTransaction
     /** A store transaction; a failed COMMIT (a defect in @effect/sql) becomes an ordinary SqlError. */
@@ -320,6 +335,29 @@ export const make = (options: Options = {}): Effect.Effect<
         error._tag === "SqlError"
           ? unavailable(operation)(error as unknown as SqlError.SqlError)
           : error as Exclude<E, SqlError.SqlError>)
+
+    /**
+     * Why a chunk's compare-and-set matched no row, as the error that says so: fenced by a newer claim or
+     * an operator action, the lease expired, or the checkpoint already moved (a commit whose reply was lost).
+     */
+    const whyNotMoved = (lease: Lease) =>
+      Effect.gen(function*() {
+        const [now] = yield* op(
+          "commitChunk",
+          sql<Row>`
+          select fencing_token::text as token, status, lease_owner as owner,
+            (lease_expires_at > clock_timestamp()) as live
+          from ${s}.units where run_id = ${lease.runId} and unit_id = ${lease.unitId}`
+        )
+        if (
+          now === undefined || num(now["token"]) !== lease.fencingToken || now["owner"] !== lease.workerId ||
+          now["status"] !== "leased"
+        ) {
+          return yield* leaseLost(lease, "fenced by a newer claim or an operator action")
+        }
+        if (now["live"] !== true) return yield* leaseLost(lease, "the lease expired before the commit")
+        return yield* new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId })
+      })
 
     const getRun = (runId: string) =>
       Effect.map(
@@ -988,6 +1026,59 @@ export const make = (options: Options = {}): Effect.Effect<
       commitChunk: (commit) =>
         Effect.gen(function*() {
           const { lease } = commit
+          const params = [
+            lease.runId,
+            lease.unitId,
+            lease.fencingToken,
+            lease.workerId,
+            commit.from.stepIndex,
+            commit.from.chunkSeq,
+            commit.to.stepIndex,
+            commit.to.chunkSeq,
+            commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor),
+            commit.items,
+            commit.unitDone,
+            commit.idempotencyKey,
+            commit.step,
+            commit.leaseMs,
+            commit.fused?.idempotencyKey ?? null,
+            commit.fused?.step ?? null
+          ]
+          // The last call of a session transaction: the checkpoint and the COMMIT in one round trip, where
+          // the store can (migration 24's function raises where commit_chunk returns a refusal).
+          const transaction = commit.last === true
+            ? yield* Effect.serviceOption(SqlClient.TransactionConnection)
+            : Option.none()
+          const final = Option.isSome(transaction)
+            ? commitWith(transaction.value[0], transaction.value[1], commitLastStatement, params.map(asText))
+            : undefined
+          if (final !== undefined) {
+            if (commit.quarantine !== undefined) yield* op("commitChunk", recordQuarantine(commit, commit.quarantine))
+            const rows = yield* op(
+              "commitChunk",
+              inStatementSpan(commitLastStatement, final).pipe(Effect.catchTag("SqlError", (error): Effect.Effect<
+                never,
+                | SqlError.SqlError
+                | Errors.LeaseLost
+                | Errors.CheckpointMoved
+                | Errors.RunStopped
+                | Errors.TransactionAborted
+                | Errors.StoreUnavailable
+              > => {
+                switch (sqlStateOf(error)) {
+                  case "CW001": // Rolled back: read why on the connection, now outside any transaction.
+                    return whyNotMoved(lease)
+                  case "CW002":
+                    return Effect.fail(new Errors.RunStopped({ runId: lease.runId, status: serverMessageOf(error) }))
+                  case "25P02":
+                    return Effect.fail(new Errors.TransactionAborted({ message: error.message }))
+                  default:
+                    return Effect.fail(error)
+                }
+              }))
+            )
+            return { runStatus: rows[0]?.["status"] as RunStatus }
+          }
           // The compare-and-set lives in the commit_chunk function (migrations 3 to 17): one call, a cached
           // plan; the commit that ends the run's last open unit also finalizes the run (migrations 10 and
           // 14: other ends leave the check to a pending unit they lock as a witness).
@@ -995,24 +1086,7 @@ export const make = (options: Options = {}): Effect.Effect<
             "commitChunk",
             stepBrokeTransaction(onChunkConnection<{ readonly status: string | null }>(
               commit.fused === undefined ? commitChunkStatement : commitFusedStatement,
-              [
-                lease.runId,
-                lease.unitId,
-                lease.fencingToken,
-                lease.workerId,
-                commit.from.stepIndex,
-                commit.from.chunkSeq,
-                commit.to.stepIndex,
-                commit.to.chunkSeq,
-                commit.to.cursor === null ? null : JSON.stringify(commit.to.cursor),
-                commit.items,
-                commit.unitDone,
-                commit.idempotencyKey,
-                commit.step,
-                commit.leaseMs,
-                commit.fused?.idempotencyKey ?? null,
-                commit.fused?.step ?? null
-              ]
+              params
             ))
           )
           const status = rows[0]?.status
@@ -1024,21 +1098,7 @@ export const make = (options: Options = {}): Effect.Effect<
             return { runStatus: status as RunStatus }
           }
           // Zero rows: say why, and fail inside the transaction so the chunk's writes roll back (D3).
-          const [now] = yield* op(
-            "commitChunk",
-            sql<Row>`
-            select fencing_token::text as token, status, step_index as "stepIndex", chunk_seq as "chunkSeq",
-              lease_owner as owner, (lease_expires_at > clock_timestamp()) as live
-            from ${s}.units where run_id = ${lease.runId} and unit_id = ${lease.unitId}`
-          )
-          if (
-            now === undefined || num(now["token"]) !== lease.fencingToken || now["owner"] !== lease.workerId ||
-            now["status"] !== "leased"
-          ) {
-            return yield* leaseLost(lease, "fenced by a newer claim or an operator action")
-          }
-          if (now["live"] !== true) return yield* leaseLost(lease, "the lease expired before the commit")
-          return yield* new Errors.CheckpointMoved({ runId: lease.runId, unitId: lease.unitId })
+          return yield* whyNotMoved(lease)
         }),
 
       renewLeases: (workerId, leases, leaseMs) =>

@@ -252,6 +252,12 @@ export interface ChunkCommit {
    * `running` (D8: a run that stopped while the chunk ran starts no new step).
    */
   readonly fused?: FusedCommit | undefined
+  /**
+   * Nothing runs after this call in its transaction: a store may end the transaction with it, its
+   * COMMIT sent in the same round trip (the Postgres store does, in a session's transaction). A chunk
+   * that this call refuses then rolls back as before, before the call fails.
+   */
+  readonly last?: boolean | undefined
 }
 
 /** The fused single step's part of a `ChunkCommit`. */
@@ -552,6 +558,8 @@ export interface StateStoreShape {
    * run to `finalizing` with its finalize unit, as `tryFinalize` would, and returns `"finalizing"`.
    * `TransactionAborted`: the chunk's transaction had already failed (a step caught an SQL error in it,
    * SQLSTATE 25P02), so the store could not commit; the step's bug, not the store's (D12).
+   * `CommitOutcomeUnknown`: only with `last`, when the store ended the transaction with the call and
+   * its COMMIT failed or went unanswered, as a transaction's own may.
    */
   readonly commitChunk: (
     commit: ChunkCommit
@@ -563,6 +571,7 @@ export interface StateStoreShape {
     | Errors.TransactionAborted
     | Errors.RunStopped
     | Errors.StoreUnavailable
+    | Errors.CommitOutcomeUnknown
   >
   /** Renews every lease the worker holds in one call; returns the unit ids still held. */
   readonly renewLeases: (

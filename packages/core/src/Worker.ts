@@ -795,7 +795,9 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                       idempotencyKey,
                       step: step.name,
                       leaseMs,
-                      quarantine: progress.quarantine
+                      quarantine: progress.quarantine,
+                      // The commit is the transaction's last call: the store may send its COMMIT with it.
+                      last: step.transaction === "chunk"
                     }
                     const done = {
                       items: progress.items,

@@ -6,7 +6,7 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, Schedule, Schema, type Scope } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schedule, Schema, type Scope } from "effect"
 import {
   Errors,
   Job,
@@ -19,6 +19,7 @@ import {
   Step,
   Worker
 } from "../src/index.js"
+import { commitWith } from "../src/internal/pgSession.js"
 import * as Telemetry from "../src/Telemetry.js"
 import { awaitRun, freshSchema, liveWorker, pgClient } from "./pg.js"
 
@@ -193,6 +194,75 @@ describe("a Postgres store session", () => {
     ))
 })
 
+/** Runs `statement` through `commitWith` on the session transaction's connection, or dies if it has none. */
+const endWith = (statement: string, values: ReadonlyArray<string | null>) =>
+  Effect.flatMap(
+    Effect.serviceOption(SqlClient.TransactionConnection),
+    (open) =>
+      (Option.isSome(open) ? commitWith(open.value[0], open.value[1], statement, values) : undefined) ??
+        Effect.dieMessage("commitWith: no session transaction")
+  )
+/** The transaction id of the transaction open on the connection, `null` outside one (or before a write). */
+const openTransactionId = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.map(
+    sql<{ readonly xid: string | null }>`select pg_current_xact_id_if_assigned()::text as xid`,
+    ([row]) => row!.xid
+  ))
+
+describe("a Postgres session transaction ended by its last statement (commitWith)", () => {
+  it.live("commits in the statement's round trip: its rows come back and nothing stays open after it", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const after = yield* session.transaction(Effect.gen(function*() {
+          yield* insert(table, 1)
+          // Within the transaction, before its last statement: the insert holds a transaction id.
+          expect(yield* openTransactionId).not.toBeNull()
+          expect(yield* endWith("select $1::text as status, $2::int as n", ["ok", "7"])).toEqual([{
+            status: "ok",
+            n: "7"
+          }])
+          return yield* openTransactionId
+        }))
+        expect(after).toBeNull()
+        // A savepoint (depth 1) is not a transaction's end: no commitWith there.
+        yield* session.transaction(Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (open) =>
+          Effect.sync(() =>
+            expect(commitWith(Option.getOrThrow(open)[0], 1, "select 1", [])).toBeUndefined()
+          )))
+        yield* session.transaction(insert(table, 2))
+        expect(yield* rows(table)).toEqual([1, 2])
+      })
+    ))
+
+  it.live("rolls back when the statement fails (the COMMIT behind it does not run), and the session goes on", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const failed = yield* Effect.flip(session.transaction(Effect.gen(function*() {
+          yield* insert(table, 1)
+          return yield* endWith("select 1 / $1::int as status", ["0"])
+        })))
+        expect(failed).toMatchObject({ _tag: "SqlError" })
+        yield* session.transaction(Effect.zipRight(insert(table, 2), endWith("select 'ok' as status", [])))
+        expect(yield* rows(table)).toEqual([2])
+      })
+    ))
+
+  it.live("reports a COMMIT that fails behind the statement as CommitOutcomeUnknown; nothing commits", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        // The deferred unique constraint fails at the COMMIT sent with the statement.
+        const failed = yield* Effect.flip(session.transaction(Effect.gen(function*() {
+          yield* insert(table, 1)
+          yield* insert(table, 1)
+          return yield* endWith("select 'ok' as status", [])
+        })))
+        expect(failed).toBeInstanceOf(Errors.CommitOutcomeUnknown)
+        yield* session.transaction(Effect.zipRight(insert(table, 2), endWith("select 'ok' as status", [])))
+        expect(yield* rows(table)).toEqual([2])
+      })
+    ))
+})
+
 /**
  * Runs a two-partition job (a `chunk`-mode step of three chunks, then a `none`-mode step) on a worker
  * whose store's sessions are watched; with `limited`, the chunked step loads a resource limited on
@@ -317,7 +387,7 @@ describe("a worker on the Postgres store", () => {
             .map((span) => String(span.attributes["db.query.text"]))
           expect(statements).toHaveLength(2)
           expect(statements[0]).toContain("select $1::int as n")
-          expect(statements[1]).toContain(`"${schema}".commit_chunk(`)
+          expect(statements[1]).toContain(`"${schema}".commit_chunk_last(`)
         }
       }
     })

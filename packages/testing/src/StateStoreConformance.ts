@@ -123,10 +123,12 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     from: StateStore.Position,
     key: string,
     unitDone = false,
-    fused?: StateStore.FusedCommit
+    fused?: StateStore.FusedCommit,
+    last = false
   ) =>
     Effect.flatMap(StateStore.StateStore, (store) =>
       store.commitChunk({
+        last,
         lease,
         from,
         to: unitDone
@@ -1079,6 +1081,57 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
           (k) => options.writes.read(`${runId}-${k}`)
         )
         expect(written).toEqual([true, false, false, true])
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0", "chunk-1"])
+        expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "leased", chunkSeq: 2, chunks: 2 })
+      }).pipe(Effect.scoped)
+    )
+
+    // A worker's chunk commit is the last call of its transaction (`last`): a store may send the
+    // transaction's COMMIT with it. Its outcomes are those of any commit: the chunk and the user's writes
+    // commit together, or a refusal (fenced, moved, a stopped run's fused step) rolls both back.
+    test(
+      "a session transaction's last commit (last: true) commits the writes with the chunk, or a refusal rolls both back",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const session = yield* StateStore.sessionOf(store)
+        const { runId, unitIds } = yield* openRun([1, 1], () => 0)
+        const messages = yield* messagesOf(runId)
+        const { lease } = yield* claimed(messages.get(unitIds[0]!)!, "w1")
+        const chunk = (name: string, commitIt: Effect.Effect<unknown, unknown, StateStore.StateStore>) =>
+          session.transaction(Effect.zipRight(options.writes.write(`${runId}-${name}`), commitIt))
+        yield* chunk("0", commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0", false, undefined, true))
+        const fenced = yield* Effect.flip(chunk(
+          "fenced",
+          commit(
+            { ...lease, fencingToken: lease.fencingToken + 7 },
+            { stepIndex: 0, chunkSeq: 1 },
+            "x",
+            false,
+            undefined,
+            true
+          )
+        ))
+        expect(fenced).toBeInstanceOf(Errors.LeaseLost)
+        const moved = yield* Effect.flip(
+          chunk("moved", commit(lease, { stepIndex: 0, chunkSeq: 0 }, "chunk-0-again", false, undefined, true))
+        )
+        expect(moved).toBeInstanceOf(Errors.CheckpointMoved)
+        // The run stops (another unit fails it): the fused step's commit is refused, both roll back.
+        const bad = yield* claimed(messages.get(unitIds[1]!)!, "w2")
+        yield* failBadRecord(bad.lease, "k1", null)
+        const second = { step: "second", idempotencyKey: "second-0" }
+        const refused = yield* Effect.flip(
+          chunk("fused", commit(lease, { stepIndex: 0, chunkSeq: 1 }, "chunk-1", true, second, true))
+        )
+        expect(refused).toMatchObject({ _tag: "RunStopped", runId, status: "failing" })
+        // The session goes on: the next chunk commits, and says the run is failing.
+        expect(yield* chunk("1", commit(lease, { stepIndex: 0, chunkSeq: 1 }, "chunk-1", false, undefined, true)))
+          .toEqual({ runStatus: "failing" })
+        const written = yield* Effect.forEach(
+          ["0", "fenced", "moved", "fused", "1"],
+          (k) => options.writes.read(`${runId}-${k}`)
+        )
+        expect(written).toEqual([true, false, false, false, true])
         expect(yield* store.ledger(runId, unitIds[0]!)).toEqual(["chunk-0", "chunk-1"])
         expect(yield* unitOf(runId, unitIds[0]!)).toMatchObject({ status: "leased", chunkSeq: 2, chunks: 2 })
       }).pipe(Effect.scoped)

@@ -1255,5 +1255,39 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
     yield* sql`
       create index runs_live_base_key on ${s}.runs (job, base_key)
       where status not in ('succeeded', 'failed', 'cancelled')`
+  }),
+  "24_commit_that_ends_its_transaction": Effect.gen(function*() {
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+    const s = sql(schema)
+    // A chunk's commit sent in one round trip with the transaction's COMMIT (see internal/pgFinalCommit):
+    // commit_chunk (or commit_fused, with a fused step) that raises where they return a refusal, so the
+    // COMMIT behind it in the same pipeline finds the transaction aborted and nothing of the chunk commits.
+    // SQLSTATE CW001: the compare-and-set matched no row (fenced, expired or moved: the caller reads why);
+    // CW002: the run stopped before a fused step's commit, the run's status in the message.
+    yield* sql`
+      create function ${s}.commit_chunk_last(
+        p_run text, p_unit text, p_token bigint, p_worker text, p_from_step integer, p_from_seq integer,
+        p_to_step integer, p_to_seq integer, p_cursor jsonb, p_items bigint, p_done boolean, p_key text,
+        p_step text, p_lease_ms double precision, p_fused_key text, p_fused_step text
+      ) returns text language plpgsql as $$
+      declare
+        v_status text;
+      begin
+        if p_fused_key is null then
+          v_status := ${s}.commit_chunk(p_run, p_unit, p_token, p_worker, p_from_step, p_from_seq, p_to_step,
+            p_to_seq, p_cursor, p_items, p_done, p_key, p_step, p_lease_ms, null, null);
+        else
+          v_status := ${s}.commit_fused(p_run, p_unit, p_token, p_worker, p_from_step, p_from_seq, p_to_step,
+            p_to_seq, p_cursor, p_items, p_done, p_key, p_step, p_lease_ms, p_fused_key, p_fused_step);
+        end if;
+        if v_status is null then
+          raise exception 'chunkwise: the chunk''s checkpoint did not move' using errcode = 'CW001';
+        end if;
+        if v_status like 'refused:%' then
+          raise exception '%', substr(v_status, 9) using errcode = 'CW002';
+        end if;
+        return v_status;
+      end
+      $$`
   })
 })
