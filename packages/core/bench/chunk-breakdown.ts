@@ -82,7 +82,8 @@ const storeOnly = (round: number) =>
             items: n,
             idempotencyKey: `k-${round}-${unit.unitId}-${chunkSeq}`,
             step: "copy",
-            leaseMs: 60_000
+            leaseMs: 60_000,
+            last: true
           })
           return last
         }))

@@ -80,7 +80,8 @@ const emptyChunks = Effect.gen(function*() {
           items: 0,
           idempotencyKey: `k${seq}`,
           step: "s",
-          leaseMs: 600_000
+          leaseMs: 600_000,
+          last: true
         }))
         seq += 1
       }
