@@ -6,7 +6,21 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Schedule, Schema, type Scope } from "effect"
+import {
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Logger,
+  LogLevel,
+  Option,
+  Schedule,
+  Schema,
+  type Scope,
+  Stream
+} from "effect"
+import pg from "pg"
 import {
   Errors,
   Job,
@@ -135,7 +149,14 @@ describe("a Postgres store session", () => {
         )
         const next = yield* session.transaction(Effect.zipRight(insert(table, 2), backendPid))
         expect(next).not.toBe(pid)
-        expect(yield* rows(table)).toEqual([1, 2])
+        // Again, with a first statement that has no parameters (its BEGIN goes alone).
+        yield* sql`select pg_terminate_backend(${next})`
+        yield* sql`select 1 from pg_stat_activity where pid = ${next}`.pipe(
+          Effect.repeat({ until: (found) => found.length === 0, schedule: Schedule.spaced("10 millis") })
+        )
+        const third = yield* session.transaction(Effect.zipLeft(backendPid, insert(table, 3)))
+        expect(third).not.toBe(next)
+        expect(yield* rows(table)).toEqual([1, 2, 3])
       })
     ))
 
@@ -202,6 +223,29 @@ const endWith = (statement: string, values: ReadonlyArray<string | null>) =>
       (Option.isSome(open) ? commitWith(open.value[0], open.value[1], statement, values) : undefined) ??
         Effect.dieMessage("commitWith: no session transaction")
   )
+/**
+ * Counts the round trips node-postgres clients start (its `query` calls) in this scope: returns a
+ * function that gives the count since it was last called.
+ */
+const countingRoundTrips = Effect.acquireRelease(
+  Effect.sync(() => {
+    const query = pg.Client.prototype.query
+    let count = 0
+    pg.Client.prototype.query = function(this: pg.Client, ...args: Array<unknown>) {
+      count += 1
+      return (query as (...a: Array<unknown>) => unknown).apply(this, args)
+    } as typeof query
+    return {
+      query,
+      since: () => {
+        const n = count
+        count = 0
+        return n
+      }
+    }
+  }),
+  ({ query }) => Effect.sync(() => (pg.Client.prototype.query = query))
+).pipe(Effect.map(({ since }) => since))
 /** The transaction id of the transaction open on the connection, `null` outside one (or before a write). */
 const openTransactionId = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   Effect.map(
@@ -209,7 +253,59 @@ const openTransactionId = Effect.flatMap(SqlClient.SqlClient, (sql) =>
     ([row]) => row!.xid
   ))
 
-describe("a Postgres session transaction ended by its last statement (commitWith)", () => {
+describe("a Postgres session transaction's BEGIN and COMMIT, sent with its first and last statements", () => {
+  it.live("sends BEGIN with the first statement: the transaction starts as that statement arrives", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        // now() is the transaction's start; a BEGIN sent on its own would start it 100 ms before the statement.
+        const [times] = yield* session.transaction(Effect.zipRight(
+          Effect.sleep("100 millis"),
+          sql<{ readonly gap: number }>`
+            select (extract(epoch from statement_timestamp() - now()) * 1000)::float8 as gap, ${1}::int as one`
+        ))
+        expect(times!.gap).toBeLessThan(50)
+        yield* session.transaction(insert(table, 1))
+        expect(yield* rows(table)).toEqual([1])
+      })
+    ))
+
+  it.live("takes one round trip for BEGIN and the first statement, one for the last statement and COMMIT", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const trips = yield* countingRoundTrips
+        yield* session.transaction(Effect.zipRight(insert(table, 1), endWith("select 'ok' as status", [])))
+        expect(trips()).toBe(2)
+        yield* session.transaction(Effect.zipRight(insert(table, 2), insert(table, 3)))
+        expect(trips()).toBe(3) // the second insert, and COMMIT on its own
+        yield* session.transaction(endWith("select 'ok' as status", []))
+        expect(trips()).toBe(1)
+        yield* session.transaction(Effect.void)
+        expect(trips()).toBe(0)
+        expect(yield* rows(table)).toEqual([1, 2, 3])
+      })
+    ))
+
+  it.live("runs a first statement without parameters, a values read and a stream inside the transaction", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        // Each first statement is inside the transaction: the failure after it rolls it back.
+        const firsts = [
+          sql.unsafe(`insert into ${table} (x) values (1)`),
+          sql.unsafe(`insert into ${table} (x) values ($1) returning x`, [2]).values,
+          Stream.runDrain(sql.unsafe(`insert into ${table} (x) values ($1) returning x`, [3]).stream)
+        ]
+        for (const first of firsts) {
+          expect(yield* Effect.flip(session.transaction(Effect.zipRight(first, Effect.fail("after"))))).toBe("after")
+        }
+        expect(yield* rows(table)).toEqual([])
+        expect(yield* session.transaction(sql.unsafe(`insert into ${table} (x) values ($1) returning x`, [4]).values))
+          .toEqual([[4]])
+        expect(yield* rows(table)).toEqual([4])
+      })
+    ))
+
   it.live("commits in the statement's round trip: its rows come back and nothing stays open after it", () =>
     withSession((session, table) =>
       Effect.gen(function*() {

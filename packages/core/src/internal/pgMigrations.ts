@@ -1259,7 +1259,7 @@ export const migrations = (schema: string): Record<string, Effect.Effect<void, u
   "24_commit_that_ends_its_transaction": Effect.gen(function*() {
     const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const s = sql(schema)
-    // A chunk's commit sent in one round trip with the transaction's COMMIT (see internal/pgFinalCommit):
+    // A chunk's commit sent in one round trip with the transaction's COMMIT (see internal/pgPipeline):
     // commit_chunk (or commit_fused, with a fused step) that raises where they return a refusal, so the
     // COMMIT behind it in the same pipeline finds the transaction aborted and nothing of the chunk commits.
     // SQLSTATE CW001: the compare-and-set matched no row (fenced, expired or moved: the caller reads why);

@@ -1,10 +1,10 @@
 import { SqlClient, type SqlError } from "@effect/sql"
 import type { Connection } from "@effect/sql/SqlConnection"
-import { Context, Effect, type Either, Exit, Scope } from "effect"
+import { Context, Effect, type Either, Exit, Scope, Stream } from "effect"
 import * as Errors from "../Errors.js"
 import type { StateStoreShape, StoreSession } from "../StateStore.js"
 import { sqlStateOf } from "./classify.js"
-import { type FinalResult, FinalStatement, takesSubmittable } from "./pgFinalCommit.js"
+import { beginThen, type FinalResult, FinalStatement, takesSubmittable } from "./pgPipeline.js"
 import { storeUnavailable } from "./storeUnavailable.js"
 
 /** The kept connection and the scope that gives it back to the pool. */
@@ -18,16 +18,27 @@ const unavailable = storeUnavailable("transaction")
 /** How a session transaction ended before the session's own COMMIT: by its final statement. */
 type Ending = "open" | "committed" | "rolled back" | "lost"
 
+/** A session transaction: on `connection`, its BEGIN not sent while `pending`, ended by a final statement or not. */
+interface Open {
+  connection: Connection
+  /** Nothing sent yet: BEGIN goes with the first statement. */
+  pending: boolean
+  /** The connection was kept from an earlier transaction (the database may have closed it since). */
+  reused: boolean
+  ending: Ending
+}
+
 /** A server's error code (an error without one is the connection's, such as ECONNRESET). */
 const SQLSTATE = /^[0-9A-Z]{5}$/
 
-/** The session transaction open on each kept connection, which its final statement may end. */
-const openOn = new WeakMap<Connection, { ending: Ending }>()
+/** The session transaction behind each connection a session's transaction gives its effect. */
+const openOn = new WeakMap<Connection, Open>()
 
 /**
- * Runs `statement` as the last statement of the session transaction open on `connection` (at depth 0)
- * and commits the transaction in the same round trip (`FinalStatement`). The session then sends no COMMIT
- * of its own. `values` in Postgres's text form.
+ * Runs `statement` as the last statement of the session transaction behind `connection` (at depth 0)
+ * and commits the transaction in the same round trip (`FinalStatement`; with its BEGIN too, when it is
+ * the transaction's first statement). The session then sends no COMMIT of its own. `values` in Postgres's
+ * text form.
  *
  * `undefined` when there is no such transaction (not a session's, inside a savepoint, or a driver
  * other than node-postgres): the caller runs the statement as any other, and the session commits.
@@ -42,8 +53,11 @@ export const commitWith = (
   values: ReadonlyArray<string | null>
 ): Effect.Effect<FinalResult["rows"], SqlError.SqlError | Errors.CommitOutcomeUnknown> | undefined => {
   const open = openOn.get(connection)
-  if (open === undefined || open.ending !== "open" || depth !== 0 || !takesSubmittable(connection)) return undefined
-  const final = new FinalStatement(statement, values)
+  if (open === undefined || open.ending !== "open" || depth !== 0 || !takesSubmittable(open.connection)) {
+    return undefined
+  }
+  const final = new FinalStatement(statement, values, open.pending)
+  open.pending = false
   const ended = (
     outcome: Either.Either<unknown, SqlError.SqlError>
   ): Effect.Effect<FinalResult["rows"], SqlError.SqlError | Errors.CommitOutcomeUnknown> => {
@@ -61,12 +75,16 @@ export const commitWith = (
       )
     }
     const error = outcome.left
-    if (final.reached === "sent" && SQLSTATE.test(sqlStateOf(error) ?? "")) {
-      // The statement failed: the COMMIT behind it did not run. End the aborted transaction here, so the
-      // caller can read on the connection (why the commit was refused) outside it.
+    if (
+      !final.submitted || (final.reached !== "commit" && final.reached !== "statement" &&
+        SQLSTATE.test(sqlStateOf(error) ?? ""))
+    ) {
+      // Never sent (the client had lost its connection), or the statement (or BEGIN) failed: the COMMIT
+      // behind it did not run. End the aborted transaction here, so the caller can read on the
+      // connection (why the commit was refused) outside it.
       open.ending = "rolled back"
       return Effect.zipRight(
-        connection.executeUnprepared("ROLLBACK", [], undefined).pipe(
+        open.connection.executeUnprepared("ROLLBACK", [], undefined).pipe(
           Effect.catchAll(() => Effect.sync(() => (open.ending = "lost")))
         ),
         Effect.fail(error)
@@ -76,7 +94,7 @@ export const commitWith = (
     return Effect.fail(new Errors.CommitOutcomeUnknown({ message: error.message }))
   }
   return Effect.uninterruptible(
-    Effect.flatMap(Effect.either(connection.executeRaw(final as unknown as string, [])), ended)
+    Effect.flatMap(Effect.either(open.connection.executeRaw(final as unknown as string, [])), ended)
   )
 }
 
@@ -85,15 +103,18 @@ export const commitWith = (
  * from the client's pool on first use and kept until `idle` or the session's scope ends. Each is BEGIN,
  * the effect with that connection as its `TransactionConnection` (so the user's SQL on the same client
  * joins it, as in `withTransaction`), then COMMIT, or ROLLBACK when the effect fails or is interrupted.
- * The effect's last statement may carry the COMMIT itself (`commitWith`): the session then sends none.
  * What `withTransaction` does per transaction beside that (a pool checkout and return, a scope, a span)
  * is done once per session instead: most of the store's CPU per chunk in a worker.
  *
- * Errors as `transaction`'s: a failed BEGIN is `StoreUnavailable`, a failed COMMIT
- * `CommitOutcomeUnknown`. A transaction that fails in any way gives its connection up (after a
- * ROLLBACK), so the work that follows a failure never holds one while it waits for the pool. A kept
- * connection that the database closed while idle (a restart) fails its BEGIN: the session takes a fresh
- * one and begins once more.
+ * BEGIN goes with the transaction's first statement and COMMIT with its last (`commitWith`), each pair
+ * in one round trip where the driver is node-postgres (`pgPipeline`); a transaction that sent nothing
+ * sends neither.
+ *
+ * Errors as `transaction`'s: a failed COMMIT is `CommitOutcomeUnknown`. A transaction that fails in any
+ * way gives its connection up (after a ROLLBACK), so the work that follows a failure never holds one
+ * while it waits for the pool. A kept connection that the database closed while idle (a restart) fails
+ * the BEGIN sent with the first statement: the session takes a fresh one and sends them once more (they
+ * cannot have committed, no COMMIT went with them), so no transaction fails for it.
  */
 export const makeSession = (
   client: SqlClient.SqlClient,
@@ -118,20 +139,105 @@ export const makeSession = (
       return connection
     })
     const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
-    /** BEGIN on the kept connection, or on a fresh one when the kept one fails it (closed while idle). */
-    const begin: Effect.Effect<Connection, Errors.StoreUnavailable> = Effect.gen(function*() {
-      const reused = kept?.connection
-      const connection = reused ?? (yield* Effect.mapError(take, unavailable))
-      const began = yield* Effect.either(exec(connection, "BEGIN"))
-      if (began._tag === "Right") return connection
-      yield* giveBack
-      if (reused === undefined) return yield* Effect.fail(unavailable(began.left))
-      const fresh = yield* Effect.mapError(take, unavailable)
-      return yield* exec(fresh, "BEGIN").pipe(
-        Effect.as(fresh),
-        Effect.tapError(() => giveBack),
-        Effect.mapError(unavailable)
+
+    /**
+     * `send` on the transaction's connection, BEGIN sent first (with it, by `send`, when `piped`) if
+     * nothing was yet. A kept connection that fails before BEGIN completed (closed while idle) is
+     * replaced by a fresh one and `send` runs once more: nothing of it ran.
+     */
+    const sendFirst = <A>(
+      tx: Open,
+      send: (connection: Connection, withBegin: boolean) => Effect.Effect<A, SqlError.SqlError>,
+      begun: () => boolean
+    ): Effect.Effect<A, SqlError.SqlError> =>
+      Effect.suspend(() => {
+        tx.pending = false
+        return Effect.catchAll(send(tx.connection, true), (error) => {
+          if (!tx.reused || begun()) return Effect.fail(error)
+          return Effect.zipRight(giveBack, take).pipe(
+            Effect.flatMap((fresh) => {
+              tx.connection = fresh
+              tx.reused = false
+              return send(fresh, true)
+            })
+          )
+        })
+      })
+
+    /** BEGIN alone, when the first statement cannot carry it (no parameters, a stream, another driver). */
+    const beginAlone = (tx: Open) => {
+      let began = false
+      return sendFirst(
+        tx,
+        (connection) => Effect.tap(exec(connection, "BEGIN"), () => Effect.sync(() => (began = true))),
+        () => began
       )
+    }
+
+    /** A statement on the transaction's connection: the first one carries BEGIN where it can. */
+    const statement = <A>(
+      tx: Open,
+      sql: string,
+      params: ReadonlyArray<unknown>,
+      rowMode: "array" | undefined,
+      read: (result: { readonly rows: ReadonlyArray<any> }) => A,
+      plain: (connection: Connection) => Effect.Effect<A, SqlError.SqlError>
+    ): Effect.Effect<A, SqlError.SqlError> =>
+      Effect.suspend(() => {
+        if (!tx.pending) return plain(tx.connection)
+        if (params.length === 0 || !takesSubmittable(tx.connection)) {
+          return Effect.zipRight(beginAlone(tx), Effect.suspend(() => plain(tx.connection)))
+        }
+        let query: { readonly begun: boolean } | undefined = undefined
+        return sendFirst(
+          tx,
+          (connection) => {
+            const withBegin = beginThen(connection, { text: sql, values: params, rowMode, queryMode: "extended" })
+            query = withBegin
+            return Effect.map(connection.executeRaw(withBegin as unknown as string, []), (result) =>
+              read(result as never))
+          },
+          () =>
+            query?.begun === true
+        )
+      })
+
+    /** A statement's rows from its result, through the row transform when there is one. */
+    const rowsOf =
+      (transformRows: (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined) =>
+      ({ rows }: { readonly rows: ReadonlyArray<any> }) => transformRows === undefined ? rows : transformRows(rows)
+
+    /** The connection a transaction gives its effect: the kept one, with BEGIN sent with its first statement. */
+    const connectionOf = (tx: Open): Connection => ({
+      execute: (sql, params, transformRows) =>
+        statement(tx, sql, params, undefined, rowsOf(transformRows), (c) => c.execute(sql, params, transformRows)),
+      executeUnprepared: (sql, params, transformRows) =>
+        statement(
+          tx,
+          sql,
+          params,
+          undefined,
+          rowsOf(transformRows),
+          (c) => c.executeUnprepared(sql, params, transformRows)
+        ),
+      executeRaw: (sql, params) =>
+        statement(tx, sql, params, undefined, (result) => result, (connection) => connection.executeRaw(sql, params)),
+      executeValues: (sql, params) =>
+        statement(
+          tx,
+          sql,
+          params,
+          "array",
+          ({ rows }) => rows as ReadonlyArray<ReadonlyArray<unknown>>,
+          (connection) => connection.executeValues(sql, params)
+        ),
+      executeStream: (sql, params, transformRows) =>
+        Stream.unwrap(Effect.suspend(() =>
+          Effect.as(
+            tx.pending ? beginAlone(tx) : Effect.void,
+            tx.connection.executeStream(sql, params, transformRows)
+          )
+        ))
     })
 
     /**
@@ -155,9 +261,15 @@ export const makeSession = (
           : Effect.uninterruptibleMask((restore) =>
             Effect.gen(function*() {
               open = true
-              const connection = yield* begin
-              const state = { ending: "open" as Ending }
-              openOn.set(connection, state)
+              const reused = kept?.connection
+              const tx: Open = {
+                connection: reused ?? (yield* Effect.mapError(take, unavailable)),
+                pending: true,
+                reused: reused !== undefined,
+                ending: "open"
+              }
+              const connection = connectionOf(tx)
+              openOn.set(connection, tx)
               const exit = yield* Effect.exit(restore(
                 Effect.provideService(effect, SqlClient.TransactionConnection, [connection, 0]) as Effect.Effect<
                   A,
@@ -166,20 +278,20 @@ export const makeSession = (
                 >
               ))
               openOn.delete(connection)
-              if (state.ending !== "open") {
-                // Its final statement ended the transaction (`commitWith`), committed or not.
-                if (Exit.isFailure(exit) || state.ending !== "committed") yield* giveBack
-                return yield* exit
-              }
               // A failed chunk gives its connection back: what follows it (recording the failure, a backoff,
               // permits for the next attempt) takes connections from the pool and must not hold one meanwhile.
-              if (Exit.isFailure(exit)) {
-                yield* rollBack(connection)
+              if (tx.ending !== "open" || tx.pending) {
+                // Ended by its final statement (`commitWith`), committed or not; or nothing was sent.
+                if (Exit.isFailure(exit) || (tx.ending !== "open" && tx.ending !== "committed")) yield* giveBack
                 return yield* exit
               }
-              const committed = yield* Effect.either(exec(connection, "COMMIT"))
+              if (Exit.isFailure(exit)) {
+                yield* rollBack(tx.connection)
+                return yield* exit
+              }
+              const committed = yield* Effect.either(exec(tx.connection, "COMMIT"))
               if (committed._tag === "Left") {
-                yield* rollBack(connection)
+                yield* rollBack(tx.connection)
                 return yield* new Errors.CommitOutcomeUnknown({ message: committed.left.message })
               }
               return exit.value
