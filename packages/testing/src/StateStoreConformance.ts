@@ -941,6 +941,37 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
         })))
 
     test(
+      "a chunk's last commit (last: true, in a session) that is refused records none of its items set aside",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const session = yield* StateStore.sessionOf(store)
+        const { runId, unitIds } = yield* openRun([1])
+        const { lease } = yield* claimed(yield* messageFor(runId, unitIds[0]!), "w1")
+        // The chunk sends nothing of its own: its items set aside are the transaction's first writes.
+        const refused = yield* Effect.flip(session.transaction(store.commitChunk({
+          lease: { ...lease, fencingToken: lease.fencingToken + 7 },
+          from: { stepIndex: 0, chunkSeq: 0 },
+          to: { stepIndex: 0, chunkSeq: 1, cursor: { next: 1 } },
+          unitDone: false,
+          items: 10,
+          idempotencyKey: "chunk-0",
+          step: "first",
+          leaseMs,
+          last: true,
+          quarantine: {
+            items: [badItem(3)],
+            cursor: null,
+            range: null,
+            budgets: { partition: Quarantine.limitOf("partition budget", 5), run: undefined }
+          }
+        })))
+        expect(refused).toBeInstanceOf(Errors.LeaseLost)
+        expect(yield* store.listQuarantine(runId, { limit: 10 })).toEqual([])
+        expect(yield* store.ledger(runId, unitIds[0]!)).toEqual([])
+      }).pipe(Effect.scoped)
+    )
+
+    test(
       "items set aside commit with their chunk: listed with error, runbook and origin, counted in progress",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

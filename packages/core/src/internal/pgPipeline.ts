@@ -143,18 +143,38 @@ const clientOf = (connection: Connection) =>
     readonly pg?: {
       readonly query?: unknown
       readonly connection?: unknown
+      readonly pipeline?: unknown
+      readonly _queryable?: unknown
+      readonly _ending?: unknown
       readonly constructor: { readonly Query?: unknown }
     }
   }).pg
 
 /**
  * Whether `connection` is `@effect/sql-pg`'s over a node-postgres client, which takes a submittable in
- * place of a statement's text. On another driver's, BEGIN and COMMIT go on their own.
+ * place of a statement's text (not in node-postgres's pipeline mode, which refuses custom ones). On
+ * another driver's, BEGIN and COMMIT go on their own.
  */
 export const takesSubmittable = (connection: Connection): boolean => {
   const client = clientOf(connection)
   return typeof client?.query === "function" && typeof client.connection === "object" &&
-    typeof client.constructor.Query === "function"
+    typeof client.constructor.Query === "function" && client.pipeline !== true
+}
+
+/** Whether the node-postgres client under `connection` lost its connection (it takes no more statements). */
+export const isBroken = (connection: Connection): boolean => {
+  const client = clientOf(connection)
+  return client !== undefined && (client._queryable === false || client._ending === true)
+}
+
+/** Whether `error` (an SqlError, say) carries an error the server sent, as node-postgres reads it. */
+export const isServerError = (error: unknown): boolean => {
+  let current: unknown = (error as { cause?: unknown }).cause
+  for (let depth = 0; depth < 4 && current !== null && typeof current === "object"; depth++) {
+    if (typeof (current as { severity?: unknown }).severity === "string") return true
+    current = (current as { cause?: unknown }).cause
+  }
+  return false
 }
 
 const withBegin = new WeakMap<object, new(config: ConstructorParameters<PgQueryClass>[0]) => PgQuery>()

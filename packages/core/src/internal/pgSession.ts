@@ -1,10 +1,9 @@
-import { SqlClient, type SqlError } from "@effect/sql"
+import { SqlClient, SqlError } from "@effect/sql"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { Context, Effect, type Either, Exit, Scope, Stream } from "effect"
 import * as Errors from "../Errors.js"
 import type { StateStoreShape, StoreSession } from "../StateStore.js"
-import { sqlStateOf } from "./classify.js"
-import { beginThen, type FinalResult, FinalStatement, takesSubmittable } from "./pgPipeline.js"
+import { beginThen, type FinalResult, FinalStatement, isBroken, isServerError, takesSubmittable } from "./pgPipeline.js"
 import { storeUnavailable } from "./storeUnavailable.js"
 
 /** The kept connection and the scope that gives it back to the pool. */
@@ -27,9 +26,6 @@ interface Open {
   reused: boolean
   ending: Ending
 }
-
-/** A server's error code (an error without one is the connection's, such as ECONNRESET). */
-const SQLSTATE = /^[0-9A-Z]{5}$/
 
 /** The session transaction behind each connection a session's transaction gives its effect. */
 const openOn = new WeakMap<Connection, Open>()
@@ -56,9 +52,17 @@ export const commitWith = (
   if (open === undefined || open.ending !== "open" || depth !== 0 || !takesSubmittable(open.connection)) {
     return undefined
   }
-  const final = new FinalStatement(statement, values, open.pending)
-  open.pending = false
+  const final = Effect.suspend(() => {
+    // Read when it runs: what the caller sends before it (quarantine rows) may carry the BEGIN.
+    const statementOf = new FinalStatement(statement, values, open.pending)
+    open.pending = false
+    return Effect.flatMap(
+      Effect.either(open.connection.executeRaw(statementOf as unknown as string, [])),
+      (outcome) => ended(statementOf, outcome)
+    )
+  })
   const ended = (
+    sent: FinalStatement,
     outcome: Either.Either<unknown, SqlError.SqlError>
   ): Effect.Effect<FinalResult["rows"], SqlError.SqlError | Errors.CommitOutcomeUnknown> => {
     if (outcome._tag === "Right") {
@@ -75,16 +79,14 @@ export const commitWith = (
       )
     }
     const error = outcome.left
-    if (
-      !final.submitted || (final.reached !== "commit" && final.reached !== "statement" &&
-        SQLSTATE.test(sqlStateOf(error) ?? ""))
-    ) {
-      // Never sent (the client had lost its connection), or the statement (or BEGIN) failed: the COMMIT
-      // behind it did not run. End the aborted transaction here, so the caller can read on the
-      // connection (why the commit was refused) outside it.
+    if (!sent.submitted || (sent.reached !== "commit" && sent.reached !== "statement" && isServerError(error))) {
+      // Never sent (the client had lost its connection), or the server failed the statement (or BEGIN):
+      // the COMMIT behind it did not run. End the aborted transaction here, so the caller can read on
+      // the connection (why the commit was refused) outside it.
       open.ending = "rolled back"
       return Effect.zipRight(
         open.connection.executeUnprepared("ROLLBACK", [], undefined).pipe(
+          Effect.retry({ times: 1 }),
           Effect.catchAll(() => Effect.sync(() => (open.ending = "lost")))
         ),
         Effect.fail(error)
@@ -93,9 +95,7 @@ export const commitWith = (
     open.ending = "lost"
     return Effect.fail(new Errors.CommitOutcomeUnknown({ message: error.message }))
   }
-  return Effect.uninterruptible(
-    Effect.flatMap(Effect.either(open.connection.executeRaw(final as unknown as string, [])), ended)
-  )
+  return Effect.uninterruptible(final)
 }
 
 /**
@@ -114,7 +114,9 @@ export const commitWith = (
  * way gives its connection up (after a ROLLBACK), so the work that follows a failure never holds one
  * while it waits for the pool. A kept connection that the database closed while idle (a restart) fails
  * the BEGIN sent with the first statement: the session takes a fresh one and sends them once more (they
- * cannot have committed, no COMMIT went with them), so no transaction fails for it.
+ * cannot have committed, no COMMIT went with them), so no transaction with a statement of its own fails
+ * for it. A transaction whose final statement did not commit it is rolled back before its connection
+ * goes back (the connection may still be live).
  */
 export const makeSession = (
   client: SqlClient.SqlClient,
@@ -141,24 +143,31 @@ export const makeSession = (
     const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
 
     /**
-     * `send` on the transaction's connection, BEGIN sent first (with it, by `send`, when `piped`) if
-     * nothing was yet. A kept connection that fails before BEGIN completed (closed while idle) is
-     * replaced by a fresh one and `send` runs once more: nothing of it ran.
+     * `send` on the transaction's connection, BEGIN sent first (with it, by `send`) as nothing was yet.
+     * When it fails and `lostBeforeBegin` says the kept connection was lost before BEGIN ran (closed while
+     * idle), the connection is given up, a fresh one taken and `send` runs once more: nothing of it ran.
      */
     const sendFirst = <A>(
       tx: Open,
-      send: (connection: Connection, withBegin: boolean) => Effect.Effect<A, SqlError.SqlError>,
-      begun: () => boolean
+      send: (connection: Connection) => Effect.Effect<A, SqlError.SqlError>,
+      lostBeforeBegin: () => boolean
     ): Effect.Effect<A, SqlError.SqlError> =>
       Effect.suspend(() => {
         tx.pending = false
-        return Effect.catchAll(send(tx.connection, true), (error) => {
-          if (!tx.reused || begun()) return Effect.fail(error)
-          return Effect.zipRight(giveBack, take).pipe(
+        return Effect.catchAll(send(tx.connection), (error) => {
+          if (!tx.reused || !lostBeforeBegin()) return Effect.fail(error)
+          return Effect.zipRight(giveBack, Effect.uninterruptible(take)).pipe(
+            Effect.mapError((cause) =>
+              new SqlError.SqlError({
+                // Classified as the connection failure it follows (SQLSTATE 08006): transient.
+                cause: { code: "08006", cause },
+                message: "chunkwise: the kept connection was lost and no other could be taken for the transaction"
+              })
+            ),
             Effect.flatMap((fresh) => {
               tx.connection = fresh
               tx.reused = false
-              return send(fresh, true)
+              return send(fresh)
             })
           )
         })
@@ -170,7 +179,7 @@ export const makeSession = (
       return sendFirst(
         tx,
         (connection) => Effect.tap(exec(connection, "BEGIN"), () => Effect.sync(() => (began = true))),
-        () => began
+        () => !began
       )
     }
 
@@ -197,8 +206,9 @@ export const makeSession = (
             return Effect.map(connection.executeRaw(withBegin as unknown as string, []), (result) =>
               read(result as never))
           },
+          // Only a client that lost its connection: a live one may have run BEGIN and the statement.
           () =>
-            query?.begun === true
+            query?.begun !== true && isBroken(tx.connection)
         )
       })
 
@@ -233,9 +243,9 @@ export const makeSession = (
         ),
       executeStream: (sql, params, transformRows) =>
         Stream.unwrap(Effect.suspend(() =>
-          Effect.as(
+          Effect.zipRight(
             tx.pending ? beginAlone(tx) : Effect.void,
-            tx.connection.executeStream(sql, params, transformRows)
+            Effect.sync(() => tx.connection.executeStream(sql, params, transformRows))
           )
         ))
     })
@@ -246,11 +256,12 @@ export const makeSession = (
      * back to the pool outside a transaction, or broken (the pool drops a broken one).
      */
     const rollBack = (connection: Connection) =>
-      exec(connection, "ROLLBACK").pipe(
-        Effect.retry({ times: 1 }),
-        Effect.ignore,
-        Effect.zipRight(giveBack)
-      )
+      Effect.suspend(() =>
+        // Only on the connection the session still keeps: one given up is another's by now.
+        kept?.connection === connection
+          ? exec(connection, "ROLLBACK").pipe(Effect.retry({ times: 1 }), Effect.ignore)
+          : Effect.void
+      ).pipe(Effect.zipRight(giveBack))
 
     const transaction = <A, E, R>(
       effect: Effect.Effect<A, E, R>
@@ -280,9 +291,30 @@ export const makeSession = (
               openOn.delete(connection)
               // A failed chunk gives its connection back: what follows it (recording the failure, a backoff,
               // permits for the next attempt) takes connections from the pool and must not hold one meanwhile.
-              if (tx.ending !== "open" || tx.pending) {
-                // Ended by its final statement (`commitWith`), committed or not; or nothing was sent.
-                if (Exit.isFailure(exit) || (tx.ending !== "open" && tx.ending !== "committed")) yield* giveBack
+              if (tx.pending) {
+                // Nothing was sent: nothing to commit or roll back.
+                if (Exit.isFailure(exit)) yield* giveBack
+                return yield* exit
+              }
+              if (tx.ending === "committed") {
+                // Its final statement committed it (`commitWith`).
+                if (Exit.isFailure(exit)) yield* giveBack
+                return yield* exit
+              }
+              if (tx.ending !== "open") {
+                // Its final statement did not commit it: the connection is rolled back (it may still be
+                // live, its statement still running) and given up. An effect that swallowed that failure
+                // does not make it a commit.
+                yield* rollBack(tx.connection)
+                if (Exit.isSuccess(exit)) {
+                  return yield* tx.ending === "lost"
+                    ? new Errors.CommitOutcomeUnknown({ message: "the transaction's final statement went unanswered" })
+                    : unavailable(
+                      new SqlError.SqlError({
+                        message: "the transaction's final statement failed, and nothing committed"
+                      })
+                    )
+                }
                 return yield* exit
               }
               if (Exit.isFailure(exit)) {

@@ -34,26 +34,35 @@ export const makeStore = (real: StateStore.StateStoreShape, options: StoreOption
   const errors = options.faults.filter((f): f is Fault.StoreErrors => f._tag === "StoreErrors")
   const failing = (operation: string) =>
     errors.find((f) => (f.operations === undefined || f.operations.includes(operation)) && drawn(options.rng, f.rate))
-  const unavailable = (operation: string, fault: Fault.StoreErrors) => {
+  /**
+   * The injected error. A reply lost after a COMMIT is `CommitOutcomeUnknown`: a transaction's, and a
+   * commit marked `last` (a store may end its transaction with it, its COMMIT in the same round trip).
+   */
+  const unavailable = (operation: string, fault: Fault.StoreErrors, endsTransaction: boolean) => {
     options.onInjected(`store ${operation} failed${fault.replyLost ? " after applying (reply lost)" : ""}`)
-    return operation === "transaction" && fault.replyLost
+    return endsTransaction && fault.replyLost
       ? new Errors.CommitOutcomeUnknown({ message: "chunkwise harness: connection lost after COMMIT" })
       : new Errors.StoreUnavailable({ operation, message: "chunkwise harness: injected store error" })
   }
-  const guard = (operation: string, call: Effect.Effect<unknown, unknown, unknown>) =>
+  const guard = (operation: string, call: Effect.Effect<unknown, unknown, unknown>, endsTransaction = false) =>
     Effect.suspend(() => {
       if (options.cut.severed) return cutOff
       const fault = failing(operation)
       if (fault === undefined) return call
-      if (!fault.replyLost) return Effect.fail(unavailable(operation, fault))
-      return Effect.zipRight(call, Effect.fail(unavailable(operation, fault)))
+      if (!fault.replyLost) return Effect.fail(unavailable(operation, fault, endsTransaction))
+      return Effect.zipRight(call, Effect.fail(unavailable(operation, fault, endsTransaction)))
     })
 
   const wrapped: Record<string, unknown> = { ...real }
   for (const [name, value] of Object.entries(real)) {
     if (typeof value !== "function" || name === "transaction") continue // `session` is an effect: wrapped below
     const operation = value as AnyOperation
-    wrapped[name] = (...args: ReadonlyArray<unknown>) => guard(name, Effect.suspend(() => operation(...args)))
+    wrapped[name] = (...args: ReadonlyArray<unknown>) =>
+      guard(
+        name,
+        Effect.suspend(() => operation(...args)),
+        name === "commitChunk" && (args[0] as StateStore.ChunkCommit).last === true
+      )
   }
   /** A store transaction with the trial's faults, counting a completion that commits in it once. */
   const guardedTransaction =
@@ -64,7 +73,7 @@ export const makeStore = (real: StateStore.StateStoreShape, options: StoreOption
           transaction(Effect.locally(effect, options.finishing, cell)),
           () => Effect.sync(() => cell.finished && options.onCompleted())
         )
-        return guard("transaction", call) as typeof call
+        return guard("transaction", call, true) as typeof call
       })
   const claim = wrapped["claim"] as StateStore.StateStoreShape["claim"]
   const finishRun = wrapped["finishRun"] as StateStore.StateStoreShape["finishRun"]
