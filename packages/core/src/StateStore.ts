@@ -254,8 +254,9 @@ export interface ChunkCommit {
   readonly fused?: FusedCommit | undefined
   /**
    * Nothing runs after this call in its transaction: a store may end the transaction with it, its
-   * COMMIT sent in the same round trip (the Postgres store does, in a session's transaction). A chunk
-   * that this call refuses then rolls back as before, before the call fails.
+   * COMMIT sent in the same round trip (the Postgres store does, in a session's transaction, and then
+   * fails a statement sent after it). A chunk that this call refuses then rolls back as before, before
+   * the call fails.
    */
   readonly last?: boolean | undefined
 }

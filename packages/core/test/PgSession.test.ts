@@ -33,6 +33,7 @@ import {
   Step,
   Worker
 } from "../src/index.js"
+import { outsideTransaction } from "../src/internal/outsideTransaction.js"
 import { commitWith } from "../src/internal/pgSession.js"
 import * as Telemetry from "../src/Telemetry.js"
 import { awaitRun, freshSchema, liveWorker, pgClient } from "./pg.js"
@@ -306,20 +307,23 @@ describe("a Postgres session transaction's BEGIN and COMMIT, sent with its first
       })
     ))
 
-  it.live("commits in the statement's round trip: its rows come back and nothing stays open after it", () =>
+  it.live("commits in the statement's round trip: its rows come back, and nothing may follow it", () =>
     withSession((session, table) =>
       Effect.gen(function*() {
-        const after = yield* session.transaction(Effect.gen(function*() {
+        const seen = yield* session.transaction(Effect.gen(function*() {
           yield* insert(table, 1)
           // Within the transaction, before its last statement: the insert holds a transaction id.
           expect(yield* openTransactionId).not.toBeNull()
+          expect(yield* outsideTransaction(rows(table))).toEqual([])
           expect(yield* endWith("select $1::text as status, $2::int as n", ["ok", "7"])).toEqual([{
             status: "ok",
             n: "7"
           }])
-          return yield* openTransactionId
+          // Committed already, before the transaction's effect ends: another connection sees the row.
+          expect(yield* outsideTransaction(rows(table))).toEqual([1])
+          return yield* Effect.flip(openTransactionId)
         }))
-        expect(after).toBeNull()
+        expect(seen.message).toContain("nothing may follow")
         // A savepoint (depth 1) is not a transaction's end: no commitWith there.
         yield* session.transaction(Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (open) =>
           Effect.sync(() =>

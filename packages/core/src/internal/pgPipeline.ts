@@ -146,6 +146,7 @@ const clientOf = (connection: Connection) =>
       readonly pipeline?: unknown
       readonly _queryable?: unknown
       readonly _ending?: unknown
+      readonly end?: unknown
       readonly constructor: { readonly Query?: unknown }
     }
   }).pg
@@ -159,6 +160,18 @@ export const takesSubmittable = (connection: Connection): boolean => {
   const client = clientOf(connection)
   return typeof client?.query === "function" && typeof client.connection === "object" &&
     typeof client.constructor.Query === "function" && client.pipeline !== true
+}
+
+/** Whether `connection` is `@effect/sql-pg`'s over a node-postgres client. */
+export const isNodePostgres = (connection: Connection): boolean => clientOf(connection) !== undefined
+
+/**
+ * Ends the node-postgres client under `connection` (a no-op on another driver): one that may still be
+ * in a transaction. Its pool then drops it when it comes back instead of handing it out again.
+ */
+export const discard = (connection: Connection): void => {
+  const client = clientOf(connection)
+  if (typeof client?.end === "function") void (client.end as () => Promise<void>)().catch(() => {})
 }
 
 /** Whether the node-postgres client under `connection` lost its connection (it takes no more statements). */

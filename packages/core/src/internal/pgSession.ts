@@ -3,7 +3,16 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import { Context, Effect, type Either, Exit, Scope, Stream } from "effect"
 import * as Errors from "../Errors.js"
 import type { StateStoreShape, StoreSession } from "../StateStore.js"
-import { beginThen, type FinalResult, FinalStatement, isBroken, isServerError, takesSubmittable } from "./pgPipeline.js"
+import {
+  beginThen,
+  discard,
+  type FinalResult,
+  FinalStatement,
+  isBroken,
+  isNodePostgres,
+  isServerError,
+  takesSubmittable
+} from "./pgPipeline.js"
 import { storeUnavailable } from "./storeUnavailable.js"
 
 /** The kept connection and the scope that gives it back to the pool. */
@@ -87,7 +96,11 @@ export const commitWith = (
       return Effect.zipRight(
         open.connection.executeUnprepared("ROLLBACK", [], undefined).pipe(
           Effect.retry({ times: 1 }),
-          Effect.catchAll(() => Effect.sync(() => (open.ending = "lost")))
+          // Statements after it (the caller's read of why) begin a transaction the session rolls back.
+          Effect.matchEffect({
+            onFailure: () => Effect.sync(() => (open.ending = "lost")),
+            onSuccess: () => Effect.sync(() => (open.pending = true))
+          })
         ),
         Effect.fail(error)
       )
@@ -179,9 +192,15 @@ export const makeSession = (
       return sendFirst(
         tx,
         (connection) => Effect.tap(exec(connection, "BEGIN"), () => Effect.sync(() => (began = true))),
-        () => !began
+        // node-postgres tells a lost connection; on another driver, a BEGIN that failed is taken for one.
+        () => !began && (isBroken(tx.connection) || !isNodePostgres(tx.connection))
       )
     }
+
+    /** What a statement after the transaction's final one gets: nothing may follow that one. */
+    const ended = new SqlError.SqlError({
+      message: "chunkwise: a statement after the transaction's final one (its commit): nothing may follow it"
+    })
 
     /** A statement on the transaction's connection: the first one carries BEGIN where it can. */
     const statement = <A>(
@@ -193,6 +212,7 @@ export const makeSession = (
       plain: (connection: Connection) => Effect.Effect<A, SqlError.SqlError>
     ): Effect.Effect<A, SqlError.SqlError> =>
       Effect.suspend(() => {
+        if (tx.ending === "committed" || tx.ending === "lost") return Effect.fail(ended)
         if (!tx.pending) return plain(tx.connection)
         if (params.length === 0 || !takesSubmittable(tx.connection)) {
           return Effect.zipRight(beginAlone(tx), Effect.suspend(() => plain(tx.connection)))
@@ -243,9 +263,11 @@ export const makeSession = (
         ),
       executeStream: (sql, params, transformRows) =>
         Stream.unwrap(Effect.suspend(() =>
-          Effect.zipRight(
+          tx.ending === "committed" || tx.ending === "lost" ? Effect.fail(ended) : Effect.zipRight(
             tx.pending ? beginAlone(tx) : Effect.void,
-            Effect.sync(() => tx.connection.executeStream(sql, params, transformRows))
+            Effect.sync(() =>
+              tx.connection.executeStream(sql, params, transformRows)
+            )
           )
         ))
     })
@@ -259,7 +281,11 @@ export const makeSession = (
       Effect.suspend(() =>
         // Only on the connection the session still keeps: one given up is another's by now.
         kept?.connection === connection
-          ? exec(connection, "ROLLBACK").pipe(Effect.retry({ times: 1 }), Effect.ignore)
+          ? exec(connection, "ROLLBACK").pipe(
+            Effect.retry({ times: 1 }),
+            // Still in a transaction, or lost: the pool must not hand it out again.
+            Effect.catchAll(() => Effect.sync(() => discard(connection)))
+          )
           : Effect.void
       ).pipe(Effect.zipRight(giveBack))
 
@@ -291,7 +317,7 @@ export const makeSession = (
               openOn.delete(connection)
               // A failed chunk gives its connection back: what follows it (recording the failure, a backoff,
               // permits for the next attempt) takes connections from the pool and must not hold one meanwhile.
-              if (tx.pending) {
+              if (tx.pending && tx.ending === "open") {
                 // Nothing was sent: nothing to commit or roll back.
                 if (Exit.isFailure(exit)) yield* giveBack
                 return yield* exit
