@@ -1056,26 +1056,26 @@ export const make = (options: Options = {}): Effect.Effect<
             if (commit.quarantine !== undefined) yield* op("commitChunk", recordQuarantine(commit, commit.quarantine))
             const rows = yield* op(
               "commitChunk",
-              inStatementSpan(commitLastStatement, final).pipe(Effect.catchTag("SqlError", (error): Effect.Effect<
-                never,
-                | SqlError.SqlError
-                | Errors.LeaseLost
-                | Errors.CheckpointMoved
-                | Errors.RunStopped
-                | Errors.TransactionAborted
-                | Errors.StoreUnavailable
-              > => {
-                switch (sqlStateOf(error)) {
-                  case "CW001": // Rolled back: read why on the connection, now outside any transaction.
-                    return whyNotMoved(lease)
-                  case "CW002":
-                    return Effect.fail(new Errors.RunStopped({ runId: lease.runId, status: serverMessageOf(error) }))
-                  case "25P02":
-                    return Effect.fail(new Errors.TransactionAborted({ message: error.message }))
-                  default:
-                    return Effect.fail(error)
-                }
-              }))
+              inStatementSpan(commitLastStatement, final).pipe(
+                Effect.catchTag("SqlError", (error): Effect.Effect<
+                  never,
+                  | SqlError.SqlError
+                  | Errors.LeaseLost
+                  | Errors.CheckpointMoved
+                  | Errors.RunStopped
+                  | Errors.TransactionAborted
+                  | Errors.StoreUnavailable
+                > => {
+                  switch (sqlStateOf(error)) {
+                    case "CW001": // Rolled back: read why on the connection, now outside any transaction.
+                      return whyNotMoved(lease)
+                    case "CW002":
+                      return Effect.fail(new Errors.RunStopped({ runId: lease.runId, status: serverMessageOf(error) }))
+                    default:
+                      return stepBrokeTransaction(Effect.fail(error))
+                  }
+                })
+              )
             )
             return { runStatus: rows[0]?.["status"] as RunStatus }
           }

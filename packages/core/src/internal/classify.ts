@@ -89,16 +89,23 @@ export const classify = (job: Job.Any, cause: Cause.Cause<unknown>, step: string
   }
 }
 
-/** The SQLSTATE (or the Node system error code) behind an `SqlError`, if any. */
-export const sqlStateOf = (error: unknown): string | undefined => {
+/** What `pick` finds first on the causes behind `error` (an `SqlError`'s, up to four deep), if anything. */
+export const fromCauses = <A>(error: unknown, pick: (cause: object) => A | undefined): A | undefined => {
   let current: unknown = (error as { cause?: unknown }).cause
   for (let depth = 0; depth < 4 && current !== null && typeof current === "object"; depth++) {
-    const code = (current as { code?: unknown }).code
-    if (typeof code === "string") return code
+    const found = pick(current)
+    if (found !== undefined) return found
     current = (current as { cause?: unknown }).cause
   }
   return undefined
 }
+
+/** The SQLSTATE (or the Node system error code) behind an `SqlError`, if any. */
+export const sqlStateOf = (error: unknown): string | undefined =>
+  fromCauses(error, (cause) => {
+    const code = (cause as { code?: unknown }).code
+    return typeof code === "string" ? code : undefined
+  })
 
 /** D12: SQLSTATE classes that say what a database error means for a retry. */
 const fromSqlState = (code: string, message: string) => {

@@ -10,6 +10,7 @@
  * the connection's `executeRaw`, which passes them to the client's `query` as they are.
  */
 import type { Connection } from "@effect/sql/SqlConnection"
+import { fromCauses } from "./classify.js"
 
 /** The node-postgres protocol connection's writers a submittable uses. */
 interface Wire {
@@ -181,14 +182,8 @@ export const isBroken = (connection: Connection): boolean => {
 }
 
 /** Whether `error` (an SqlError, say) carries an error the server sent, as node-postgres reads it. */
-export const isServerError = (error: unknown): boolean => {
-  let current: unknown = (error as { cause?: unknown }).cause
-  for (let depth = 0; depth < 4 && current !== null && typeof current === "object"; depth++) {
-    if (typeof (current as { severity?: unknown }).severity === "string") return true
-    current = (current as { cause?: unknown }).cause
-  }
-  return false
-}
+export const isServerError = (error: unknown): boolean =>
+  fromCauses(error, (cause) => typeof (cause as { severity?: unknown }).severity === "string" || undefined) === true
 
 const withBegin = new WeakMap<object, new(config: ConstructorParameters<PgQueryClass>[0]) => PgQuery>()
 

@@ -36,6 +36,10 @@ interface Open {
   ending: Ending
 }
 
+const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
+/** ROLLBACK, tried twice (a cancel sent late for the chunk's statement can land on the first). */
+const rollBackOn = (connection: Connection) => exec(connection, "ROLLBACK").pipe(Effect.retry({ times: 1 }))
+
 /** The session transaction behind each connection a session's transaction gives its effect. */
 const openOn = new WeakMap<Connection, Open>()
 
@@ -94,8 +98,7 @@ export const commitWith = (
       // the connection (why the commit was refused) outside it.
       open.ending = "rolled back"
       return Effect.zipRight(
-        open.connection.executeUnprepared("ROLLBACK", [], undefined).pipe(
-          Effect.retry({ times: 1 }),
+        rollBackOn(open.connection).pipe(
           // Statements after it (the caller's read of why) begin a transaction the session rolls back.
           Effect.matchEffect({
             onFailure: () => Effect.sync(() => (open.ending = "lost")),
@@ -153,7 +156,6 @@ export const makeSession = (
       kept = { connection, scope }
       return connection
     })
-    const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
 
     /**
      * `send` on the transaction's connection, BEGIN sent first (with it, by `send`) as nothing was yet.
@@ -281,8 +283,7 @@ export const makeSession = (
       Effect.suspend(() =>
         // Only on the connection the session still keeps: one given up is another's by now.
         kept?.connection === connection
-          ? exec(connection, "ROLLBACK").pipe(
-            Effect.retry({ times: 1 }),
+          ? rollBackOn(connection).pipe(
             // Still in a transaction, or lost: the pool must not hand it out again.
             Effect.catchAll(() => Effect.sync(() => discard(connection)))
           )
