@@ -83,6 +83,20 @@ const backendPid = Effect.flatMap(
   (sql) => Effect.map(sql<{ readonly pid: number }>`select pg_backend_pid() as pid`, ([row]) => row!.pid)
 )
 
+/**
+ * Terminates backend `pid` and waits until it is gone (a client on it is then closed under it); true if
+ * the backend was found.
+ */
+const terminate = (pid: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.gen(function*() {
+      const [killed] = yield* sql<{ readonly ok: boolean }>`select pg_terminate_backend(${pid}) as ok`
+      yield* sql`select 1 from pg_stat_activity where pid = ${pid}`.pipe(
+        Effect.repeat({ until: (found) => found.length === 0, schedule: Schedule.spaced("10 millis") })
+      )
+      return killed?.ok === true
+    }))
+
 describe("a Postgres store session", () => {
   it.live("keeps one connection for its transactions; the user's writes commit with them or roll back", () =>
     withSession((session, table) =>
@@ -140,24 +154,76 @@ describe("a Postgres store session", () => {
   it.live("takes a fresh connection when the kept one was closed while idle, failing no transaction", () =>
     withSession((session, table) =>
       Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
         const pid = yield* session.transaction(Effect.zipRight(insert(table, 1), backendPid))
-        const [killed] = yield* sql<{ readonly ok: boolean }>`select pg_terminate_backend(${pid}) as ok`
-        expect(killed?.ok).toBe(true)
-        // Until the backend is gone (the kept connection is then closed under the session).
-        yield* sql`select 1 from pg_stat_activity where pid = ${pid}`.pipe(
-          Effect.repeat({ until: (found) => found.length === 0, schedule: Schedule.spaced("10 millis") })
-        )
+        // The kept connection is then closed under the session.
+        expect(yield* terminate(pid)).toBe(true)
         const next = yield* session.transaction(Effect.zipRight(insert(table, 2), backendPid))
         expect(next).not.toBe(pid)
         // Again, with a first statement that has no parameters (its BEGIN goes alone).
-        yield* sql`select pg_terminate_backend(${next})`
-        yield* sql`select 1 from pg_stat_activity where pid = ${next}`.pipe(
-          Effect.repeat({ until: (found) => found.length === 0, schedule: Schedule.spaced("10 millis") })
-        )
+        yield* terminate(next)
         const third = yield* session.transaction(Effect.zipLeft(backendPid, insert(table, 3)))
         expect(third).not.toBe(next)
         expect(yield* rows(table)).toEqual([1, 2, 3])
+      })
+    ))
+
+  it.live("sends a lone final statement again on a fresh connection when the kept one was closed while idle", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const queries = yield* watchingQueries
+        const pid = yield* session.transaction(Effect.zipRight(insert(table, 1), backendPid))
+        const kept = queries.lastClient()
+        yield* terminate(pid)
+        // Until the client has taken in the close. (Sent before that, the statement is written to a
+        // connection that is closing, and whether the database ran it is unknown: CommitOutcomeUnknown.)
+        yield* Effect.sync(() => kept._queryable === false || kept._ending === true).pipe(
+          Effect.repeat({ until: (closed) => closed, schedule: Schedule.spaced("10 millis") })
+        )
+        // The transaction's one statement is its final one (an empty chunk's commit): BEGIN, it and COMMIT
+        // in one round trip, refused unsent by the client that lost its connection, so sent again.
+        const status = yield* session.transaction(
+          endWith(`insert into ${table} (x) values ($1) returning 'ok' as status`, ["2"])
+        )
+        expect(status).toEqual([{ status: "ok" }])
+        yield* session.transaction(insert(table, 3))
+        expect(yield* rows(table)).toEqual([1, 2, 3])
+      })
+    ))
+
+  it.live("sends a first round trip again when its reply is the server's termination, read before the close", () =>
+    withSession((session, table) =>
+      Effect.gen(function*() {
+        const queries = yield* watchingQueries
+        /**
+         * Terminates the kept connection's backend while its client reads nothing, runs `transaction`, and
+         * lets the client read once the round trip is on the wire: the server's FATAL (57P01), sent while
+         * the connection was idle, is then the first reply to it.
+         */
+        const terminatedUnread = <A, E>(transaction: Effect.Effect<A, E, SqlClient.SqlClient>) =>
+          Effect.gen(function*() {
+            const pid = yield* session.transaction(backendPid)
+            const kept = queries.lastClient()
+            kept.connection.stream.pause()
+            yield* terminate(pid)
+            const fiber = yield* Effect.fork(transaction)
+            // Until it is on the wire, or already over (a write that met the closed socket fails it at once,
+            // and the session sends it again elsewhere).
+            yield* Effect.zipWith(
+              Effect.sync(() => kept._activeQuery != null),
+              Fiber.poll(fiber),
+              (sent, done) => sent || Option.isSome(done)
+            ).pipe(Effect.repeat({ until: (ready) => ready, schedule: Schedule.spaced("1 millis") }))
+            kept.connection.stream.resume()
+            return yield* Fiber.join(fiber)
+          })
+        // BEGIN with the step's first statement (nothing commits with them)...
+        yield* terminatedUnread(session.transaction(insert(table, 1)))
+        // ...and BEGIN, a lone final statement and COMMIT (a FATAL before BEGIN completed: none of it ran).
+        const status = yield* terminatedUnread(session.transaction(
+          endWith(`insert into ${table} (x) values ($1) returning 'ok' as status`, ["2"])
+        ))
+        expect(status).toEqual([{ status: "ok" }])
+        expect(yield* rows(table)).toEqual([1, 2])
       })
     ))
 
@@ -224,29 +290,42 @@ const endWith = (statement: string, values: ReadonlyArray<string | null>) =>
       (Option.isSome(open) ? commitWith(open.value[0], open.value[1], statement, values) : undefined) ??
         Effect.dieMessage("commitWith: no session transaction")
   )
+/** node-postgres's client, with the internals these tests watch. */
+type KeptClient = pg.Client & {
+  readonly _queryable?: boolean
+  readonly _ending?: boolean
+  readonly _activeQuery?: unknown
+  readonly connection: { readonly stream: { pause(): void; resume(): void } }
+}
 /**
- * Counts the round trips node-postgres clients start (its `query` calls) in this scope: returns a
- * function that gives the count since it was last called.
+ * Watches the round trips node-postgres clients start (their `query` calls) in this scope:
+ * `roundTrips()` gives the count since it was last called, `lastClient()` the client of the latest one.
  */
-const countingRoundTrips = Effect.acquireRelease(
+const watchingQueries = Effect.acquireRelease(
   Effect.sync(() => {
     const query = pg.Client.prototype.query
     let count = 0
-    pg.Client.prototype.query = function(this: pg.Client, ...args: Array<unknown>) {
+    let last: KeptClient | undefined
+    const record = (client: pg.Client) => {
       count += 1
+      last = client
+    }
+    pg.Client.prototype.query = function(this: pg.Client, ...args: Array<unknown>) {
+      record(this)
       return (query as (...a: Array<unknown>) => unknown).apply(this, args)
     } as typeof query
     return {
       query,
-      since: () => {
+      roundTrips: () => {
         const n = count
         count = 0
         return n
-      }
+      },
+      lastClient: () => last!
     }
   }),
   ({ query }) => Effect.sync(() => (pg.Client.prototype.query = query))
-).pipe(Effect.map(({ since }) => since))
+)
 /** The transaction id of the transaction open on the connection, `null` outside one (or before a write). */
 const openTransactionId = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   Effect.map(
@@ -274,7 +353,7 @@ describe("a Postgres session transaction's BEGIN and COMMIT, sent with its first
   it.live("takes one round trip for BEGIN and the first statement, one for the last statement and COMMIT", () =>
     withSession((session, table) =>
       Effect.gen(function*() {
-        const trips = yield* countingRoundTrips
+        const trips = (yield* watchingQueries).roundTrips
         yield* session.transaction(Effect.zipRight(insert(table, 1), endWith("select 'ok' as status", [])))
         expect(trips()).toBe(2)
         yield* session.transaction(Effect.zipRight(insert(table, 2), insert(table, 3)))

@@ -185,6 +185,26 @@ export const isBroken = (connection: Connection): boolean => {
 export const isServerError = (error: unknown): boolean =>
   fromCauses(error, (cause) => typeof (cause as { severity?: unknown }).severity === "string" || undefined) === true
 
+/**
+ * SQLSTATEs Postgres ends a session with: an administrator's termination (`pg_terminate_backend`, a
+ * shutdown) and `idle_session_timeout`. The backend writes them to its output after whatever it
+ * completed (a round trip's BEGIN completes before anything else of it runs): first in a reply, they say
+ * nothing of that round trip ran. (A pooler's own FATAL, PgBouncer's "server conn crashed?", is 08P01:
+ * not among them.)
+ */
+const SESSION_ENDED = new Set(["57P01", "57P05"])
+
+/**
+ * Whether `error` carries a server error by which Postgres ended the session (`SESSION_ENDED`; read by
+ * its code, which is not translated): the server closed the connection after sending it. Read before
+ * the client has taken in the close, it is the reply to whatever was sent next.
+ */
+export const endsSession = (error: unknown): boolean =>
+  fromCauses(error, (cause) => {
+    const { code, severity } = cause as { readonly code?: unknown; readonly severity?: unknown }
+    return typeof severity === "string" && typeof code === "string" ? SESSION_ENDED.has(code) : undefined
+  }) === true
+
 const withBegin = new WeakMap<object, new(config: ConstructorParameters<PgQueryClass>[0]) => PgQuery>()
 
 /**

@@ -6,6 +6,7 @@ import type { StateStoreShape, StoreSession } from "../StateStore.js"
 import {
   beginThen,
   discard,
+  endsSession,
   type FinalResult,
   FinalStatement,
   isBroken,
@@ -34,6 +35,14 @@ interface Open {
   /** The connection was kept from an earlier transaction (the database may have closed it since). */
   reused: boolean
   ending: Ending
+  /**
+   * Sends the transaction's first round trip (`send`, with BEGIN), and sends it once more on a fresh
+   * connection when it failed and `lostBeforeBegin` says the kept one was lost before any of it ran.
+   */
+  readonly sendFirst: <A>(
+    send: (connection: Connection) => Effect.Effect<A, SqlError.SqlError>,
+    lostBeforeBegin: (error: SqlError.SqlError) => boolean
+  ) => Effect.Effect<A, SqlError.SqlError>
 }
 
 const exec = (connection: Connection, statement: string) => connection.executeUnprepared(statement, [], undefined)
@@ -52,8 +61,12 @@ const openOn = new WeakMap<Connection, Open>()
  * `undefined` when there is no such transaction (not a session's, inside a savepoint, or a driver
  * other than node-postgres): the caller runs the statement as any other, and the session commits.
  * Fails with the statement's `SqlError` after rolling the transaction back (its COMMIT did not run), or
- * with `CommitOutcomeUnknown` when the COMMIT failed or the connection broke before the reply.
- * Uninterruptible, as the session's COMMIT is.
+ * with `CommitOutcomeUnknown` when the COMMIT failed or the connection broke before the reply. As the
+ * transaction's first round trip, on a kept connection the database closed while idle, it is sent once
+ * more on a fresh one when the client refused it unsent or its first reply was Postgres ending the
+ * session (`endsSession`: nothing before it completed); written to a connection that closed without a
+ * reply, the database might have run all of it, COMMIT included. Uninterruptible, as the session's
+ * COMMIT is.
  */
 export const commitWith = (
   connection: Connection,
@@ -67,12 +80,20 @@ export const commitWith = (
   }
   const final = Effect.suspend(() => {
     // Read when it runs: what the caller sends before it (quarantine rows) may carry the BEGIN.
-    const statementOf = new FinalStatement(statement, values, open.pending)
+    const begin = open.pending
+    let sent: FinalStatement | undefined = undefined
+    const send = (connection: Connection) =>
+      Effect.suspend(() => {
+        sent = new FinalStatement(statement, values, begin)
+        return connection.executeRaw(sent as unknown as string, [])
+      })
     open.pending = false
-    return Effect.flatMap(
-      Effect.either(open.connection.executeRaw(statementOf as unknown as string, [])),
-      (outcome) => ended(statementOf, outcome)
-    )
+    const round = begin
+      ? open.sendFirst(send, (error) =>
+        // Refused unsent, or answered by the close of a connection that ran none of it (nothing completed).
+        sent?.reached === "sent" && ((!sent.submitted && isBroken(open.connection)) || endsSession(error)))
+      : send(open.connection)
+    return Effect.flatMap(Effect.either(round), (outcome) => ended(sent!, outcome))
   })
   const ended = (
     sent: FinalStatement,
@@ -129,10 +150,11 @@ export const commitWith = (
  * Errors as `transaction`'s: a failed COMMIT is `CommitOutcomeUnknown`. A transaction that fails in any
  * way gives its connection up (after a ROLLBACK), so the work that follows a failure never holds one
  * while it waits for the pool. A kept connection that the database closed while idle (a restart) fails
- * the BEGIN sent with the first statement: the session takes a fresh one and sends them once more (they
- * cannot have committed, no COMMIT went with them), so no transaction with a statement of its own fails
- * for it. A transaction whose final statement did not commit it is rolled back before its connection
- * goes back (the connection may still be live).
+ * the BEGIN sent with the first statement: the session ends it, takes a fresh one and sends them once
+ * more (they cannot have committed, no COMMIT went with them), so no transaction with a statement of its
+ * own fails for it; a lone final statement (BEGIN, it and COMMIT) is sent again only when it surely did
+ * not run (`commitWith`). A transaction whose final statement did not commit it is rolled back before its
+ * connection goes back (the connection may still be live).
  */
 export const makeSession = (
   client: SqlClient.SqlClient,
@@ -165,12 +187,15 @@ export const makeSession = (
     const sendFirst = <A>(
       tx: Open,
       send: (connection: Connection) => Effect.Effect<A, SqlError.SqlError>,
-      lostBeforeBegin: () => boolean
+      lostBeforeBegin: (error: SqlError.SqlError) => boolean
     ): Effect.Effect<A, SqlError.SqlError> =>
       Effect.suspend(() => {
         tx.pending = false
         return Effect.catchAll(send(tx.connection), (error) => {
-          if (!tx.reused || !lostBeforeBegin()) return Effect.fail(error)
+          if (!tx.reused || !lostBeforeBegin(error)) return Effect.fail(error)
+          // Ended first: a client whose first reply was the server closing it may not know yet, and the
+          // pool would hand it out again (to the `take` below, say).
+          discard(tx.connection)
           return Effect.zipRight(giveBack, Effect.uninterruptible(take)).pipe(
             Effect.mapError((cause) =>
               new SqlError.SqlError({
@@ -195,7 +220,7 @@ export const makeSession = (
         tx,
         (connection) => Effect.tap(exec(connection, "BEGIN"), () => Effect.sync(() => (began = true))),
         // node-postgres tells a lost connection; on another driver, a BEGIN that failed is taken for one.
-        () => !began && (isBroken(tx.connection) || !isNodePostgres(tx.connection))
+        (error) => !began && (isBroken(tx.connection) || endsSession(error) || !isNodePostgres(tx.connection))
       )
     }
 
@@ -228,9 +253,10 @@ export const makeSession = (
             return Effect.map(connection.executeRaw(withBegin as unknown as string, []), (result) =>
               read(result as never))
           },
-          // Only a client that lost its connection: a live one may have run BEGIN and the statement.
-          () =>
-            query?.begun !== true && isBroken(tx.connection)
+          // Only a client that lost its connection (or whose first reply was the server closing it): a live
+          // one may have run BEGIN and the statement.
+          (error) =>
+            query?.begun !== true && (isBroken(tx.connection) || endsSession(error))
         )
       })
 
@@ -304,7 +330,8 @@ export const makeSession = (
                 connection: reused ?? (yield* Effect.mapError(take, unavailable)),
                 pending: true,
                 reused: reused !== undefined,
-                ending: "open"
+                ending: "open",
+                sendFirst: (send, lostBeforeBegin) => sendFirst(tx, send, lostBeforeBegin)
               }
               const connection = connectionOf(tx)
               openOn.set(connection, tx)
