@@ -9,6 +9,10 @@
  *  - loop+ckpt kept: the same, each partition holding one connection for all its chunks (BEGIN and COMMIT
  *                 on it) instead of a withTransaction per chunk, as chunkwise's units do
  *  - chunkwise:   a Step.chunked in "chunk" mode on PgStateStore (checkpoint, ledger, fenced lease)
+ * Each contender also runs over partitions with no rows ("empty"): what it costs per run rather than
+ * per chunk (chunkwise: the run's start, a claim and one empty chunk per partition, the finish; the
+ * loops: one empty chunk per partition). The per-chunk ratio takes each contender's empty run off its
+ * full one, so it compares the chunks alone; the whole-run ratio is printed beside it.
  * WARMUP (default 1) rounds run first, uncounted. ONLY (comma-separated contender names, e.g.
  * ONLY=chunkwise or ONLY=loop+ckpt) runs those contenders alone, to profile one (node --cpu-prof);
  * MODE=none runs the chunkwise step in mode "none".
@@ -22,6 +26,7 @@ import {
   CONCURRENCY,
   copyChunk,
   createData,
+  emptyPartition,
   handLoop,
   makeCompletions,
   measure,
@@ -44,7 +49,7 @@ const completions = makeCompletions()
 
 const job = Job.make({
   name: "bench-copy",
-  params: Schema.Struct({ round: Schema.Number }),
+  params: Schema.Struct({ round: Schema.Number, empty: Schema.Boolean }),
   partitions: () => Array.from({ length: PARTITIONS }, (_, p) => String(p)),
   steps: (step) => [
     step.chunked("copy", {
@@ -52,9 +57,14 @@ const job = Job.make({
       start: { after: 0 },
       chunkSize: CHUNK,
       transaction: (process.env["MODE"] ?? "chunk") as "chunk" | "none",
-      process: ({ cursor, partition }) =>
+      process: ({ cursor, params, partition }) =>
         Effect.map(
-          copyChunk(schema, "t_chunkwise", Number(partition.key), cursor.after),
+          copyChunk(
+            schema,
+            "t_chunkwise",
+            params.empty ? emptyPartition(Number(partition.key)) : Number(partition.key),
+            cursor.after
+          ),
           ({ last, n }) => Step.advance(last === null ? Step.done : { after: last }, n)
         )
     })
@@ -67,24 +77,29 @@ const job = Job.make({
  * One run, from `Runner.start` to its completion hook. The worker is long-lived, as in a
  * service: it starts once, before the first round, so its start-up is not a per-chunk cost.
  */
-const chunkwise = (round: number) =>
+const chunkwise = (round: number, empty = false) =>
   Effect.gen(function*() {
-    const { runId } = yield* Runner.start(job, { round })
+    const { runId } = yield* Runner.start(job, { round, empty })
     yield* completions.awaitRun(runId)
   })
 
 const program = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* createData(schema, targets)
-  const results: Record<string, Rounds> = { loop: [], "loop+ckpt": [], "loop+ckpt kept": [], chunkwise: [] }
+  const names = ["loop", "loop+ckpt", "loop+ckpt kept", "chunkwise"] as const
+  const results: Record<string, Rounds> = Object.fromEntries(names.flatMap((n) => [[n, []], [`${n} empty`, []]]))
   const only = process.env["ONLY"]?.split(",")
   const all: ReadonlyArray<readonly [string, (round: number) => Effect.Effect<void, unknown, any>]> = [
     ["loop", () => handLoop(schema, "t_loop", false)],
     ["loop+ckpt", () => handLoop(schema, "t_loop_ckpt", true)],
     ["loop+ckpt kept", () => handLoop(schema, "t_loop_kept", true, true)],
-    ["chunkwise", chunkwise]
+    ["chunkwise", (round) => chunkwise(round)],
+    ["loop empty", () => handLoop(schema, "t_loop", false, false, true)],
+    ["loop+ckpt empty", () => handLoop(schema, "t_loop_ckpt", true, false, true)],
+    ["loop+ckpt kept empty", () => handLoop(schema, "t_loop_kept", true, true, true)],
+    ["chunkwise empty", (round) => chunkwise(round, true)]
   ]
-  const contenders = all.filter(([name]) => only === undefined || only.includes(name))
+  const contenders = all.filter(([name]) => only === undefined || only.includes(name.replace(/ empty$/, "")))
   const runsChunkwise = contenders.some(([name]) => name === "chunkwise")
   if (runsChunkwise) {
     yield* Worker.make({
@@ -106,14 +121,28 @@ const program = Effect.gen(function*() {
   if (runsChunkwise && copied?.n !== PARTITIONS * ROWS) {
     throw new Error(`chunkwise copied ${copied?.n} rows`)
   }
-  const base = median(
-    (results["loop"]!.length > 0 ? results["loop"]! : results[contenders[0]![0]]!).map((r) => r.wallMs)
-  )
+  const measuredNames = names.filter((n) => results[n]!.length > 0)
+  const baseName = measuredNames[0]!
+  const wall = (name: string) => median(results[name]!.map((r) => r.wallMs))
   console.log(
     `chunk overhead: ${PARTITIONS} partitions × ${ROWS} rows, ${CHUNK}-row chunks (~${CHUNKS} chunks), ` +
       `concurrency ${CONCURRENCY}, median of ${ROUNDS} rounds in rotated order after ${WARMUP} warm-up`
   )
-  for (const [name, xs] of Object.entries(results).filter(([, xs]) => xs.length > 0)) report(name, xs, base, "loop")
+  console.log("whole runs:")
+  for (const name of measuredNames) report(name, results[name]!, wall(baseName), baseName)
+  // A contender's chunks alone: its full run less its empty one (what it costs once per run).
+  const chunksOf = (name: string) => wall(name) - wall(`${name} empty`)
+  console.log(`per chunk (each contender's empty run taken off its whole run):`)
+  for (const name of measuredNames) {
+    console.log(
+      `  ${name.padEnd(14)} ${chunksOf(name).toFixed(0).padStart(7)} ms  ${
+        (chunksOf(name) / chunksOf(baseName)).toFixed(3)
+      }x ` +
+        `${baseName}  (empty run ${wall(`${name} empty`).toFixed(1)} ms: [${
+          results[`${name} empty`]!.map((r) => r.wallMs.toFixed(1)).join(", ")
+        }])`
+    )
+  }
   yield* sql`drop schema ${sql(schema)} cascade`
 }).pipe(Effect.scoped)
 

@@ -106,15 +106,28 @@ const onKeptConnection = <A, E, R>(connection: Connection, effect: Effect.Effect
   )
 
 /**
+ * A partition with no rows: a run over these does everything but copy (its one chunk per partition
+ * finds nothing), which is what a contender costs per run rather than per chunk.
+ */
+export const emptyPartition = (p: number) => p + PARTITIONS
+
+/**
  * The hand-written loop (D20): BEGIN; the chunk; optionally an UPDATE of a checkpoint row; COMMIT.
  * `keepConnection`: each partition holds one connection for all its chunks (as a chunkwise unit does)
- * instead of a `withTransaction` per chunk.
+ * instead of a `withTransaction` per chunk. `empty`: over partitions with no rows (`emptyPartition`).
  */
-export const handLoop = (schema: string, target: string, withCheckpoint: boolean, keepConnection = false) =>
+export const handLoop = (
+  schema: string,
+  target: string,
+  withCheckpoint: boolean,
+  keepConnection = false,
+  empty = false
+) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    yield* forPartitions((p) =>
+    yield* forPartitions((partition) =>
       Effect.gen(function*() {
+        const p = empty ? emptyPartition(partition) : partition
         const transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R> =
           keepConnection
             ? ((connection) => (effect) => onKeptConnection(connection, effect))(yield* sql.reserve)
@@ -125,7 +138,7 @@ export const handLoop = (schema: string, target: string, withCheckpoint: boolean
             const result = yield* copyChunk(schema, target, p, after)
             if (withCheckpoint) {
               yield* sql`update ${sql(schema)}.checkpoints set after_id = ${result.last ?? after}, chunks = chunks + 1
-                where p = ${p}`
+                where p = ${partition}`
             }
             return result
           }))
