@@ -64,9 +64,10 @@ const openOn = new WeakMap<Connection, Open>()
  * with `CommitOutcomeUnknown` when the COMMIT failed or the connection broke before the reply. As the
  * transaction's first round trip, on a kept connection the database closed while idle, it is sent once
  * more on a fresh one when the client refused it unsent or its first reply was Postgres ending the
- * session (`endsSession`: nothing before it completed); written to a connection that closed without a
- * reply, the database might have run all of it, COMMIT included. Uninterruptible, as the session's
- * COMMIT is.
+ * session (`endsSession`: nothing before it completed), and fails with a connection failure (SQLSTATE
+ * 08006, transient) when the pool has none to give; written to a connection that closed without a reply
+ * (or reset before the client read it), the database might have run all of it, COMMIT included.
+ * Uninterruptible, as the session's COMMIT is.
  */
 export const commitWith = (
   connection: Connection,
@@ -89,14 +90,19 @@ export const commitWith = (
       })
     open.pending = false
     const round = begin
-      ? open.sendFirst(send, (error) =>
+      ? open.sendFirst(send, (error) => {
         // Refused unsent, or answered by the close of a connection that ran none of it (nothing completed).
-        sent?.reached === "sent" && ((!sent.submitted && isBroken(open.connection)) || endsSession(error)))
+        const ranNone = sent?.reached === "sent" &&
+          ((!sent.submitted && isBroken(open.connection)) || endsSession(error))
+        // As if never sent: when no connection can be taken to send it again, nothing of it ran.
+        if (ranNone) sent = undefined
+        return ranNone
+      })
       : send(open.connection)
-    return Effect.flatMap(Effect.either(round), (outcome) => ended(sent!, outcome))
+    return Effect.flatMap(Effect.either(round), (outcome) => ended(sent, outcome))
   })
   const ended = (
-    sent: FinalStatement,
+    sent: FinalStatement | undefined,
     outcome: Either.Either<unknown, SqlError.SqlError>
   ): Effect.Effect<FinalResult["rows"], SqlError.SqlError | Errors.CommitOutcomeUnknown> => {
     if (outcome._tag === "Right") {
@@ -113,6 +119,12 @@ export const commitWith = (
       )
     }
     const error = outcome.left
+    if (sent === undefined) {
+      // Not sent again after a lost connection: none could be taken (the pool's failure, transient).
+      // Nothing of the transaction ran, and there is no connection to end it on.
+      open.ending = "rolled back"
+      return Effect.fail(error)
+    }
     if (!sent.submitted || (sent.reached !== "commit" && sent.reached !== "statement" && isServerError(error))) {
       // Never sent (the client had lost its connection), or the server failed the statement (or BEGIN):
       // the COMMIT behind it did not run. End the aborted transaction here, so the caller can read on
