@@ -5,14 +5,16 @@
  * 64. Each consumption is compared with its like: chunkwise consumed the Worker's way (a fiber and an
  * ack per message) with sqs-consumer's `handleMessage` (a handler and a delete per message), and
  * chunkwise consumed in batches of 10 (receive, handle all, ack all in one call) with sqs-consumer's
- * `handleMessageBatch`. Prints jobs per second for draining an enqueued backlog, and the ratios.
- * Run: npm run bench -w packages/adapters-sqs   (JOBS=20000 by default; ONLY=chunkwise, batches or
- * sqs-consumer runs those contenders alone, for profiling)
+ * `handleMessageBatch`. Each case runs ROUNDS rounds, the contenders alternated (reversed every other
+ * round); prints the median round's jobs per second for draining an enqueued backlog, SQS requests and
+ * CPU per message, and each chunkwise/sqs-consumer ratio as its median and every round's.
+ * Run: npm run bench -w packages/adapters-sqs   (JOBS=20000, ROUNDS=3 by default; ONLY=chunkwise,
+ * batches or sqs-consumer runs those contenders alone, for profiling)
  */
 import { SQSClient } from "@aws-sdk/client-sqs"
 import type { Errors, QueueAdapter } from "@chunkwise/core"
 import * as QueueBench from "@chunkwise/testing/QueueBench"
-import { Effect, Fiber, FiberSet, Layer, Logger, LogLevel, Redacted } from "effect"
+import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
 import { buildApp } from "fauxqs"
 import type { AddressInfo } from "node:net"
 import { Consumer } from "sqs-consumer"
@@ -21,6 +23,7 @@ import { SqsQueue } from "../src/index.js"
 process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] = "true"
 
 const JOBS = Number(process.env["JOBS"] ?? 20_000)
+const ROUNDS = Number(process.env["ROUNDS"] ?? 3)
 const ONLY = process.env["ONLY"]
 const region = "us-east-1"
 const credentials = { accessKeyId: "bench", secretAccessKey: Redacted.make("bench") }
@@ -56,6 +59,22 @@ const cases: ReadonlyArray<Case> = [
   { concurrency: 64, handlerMs: 2 }
 ]
 
+/** The median of `values`. */
+const middle = (values: ReadonlyArray<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const half = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[half]! : (sorted[half - 1]! + sorted[half]!) / 2
+}
+type Result = Effect.Effect.Success<ReturnType<typeof measured>>
+/** The median round of each figure (taken one by one). */
+const median = (results: ReadonlyArray<Result>): Result => ({
+  rate: middle(results.map((result) => result.rate)),
+  perMessage: middle(results.map((result) => result.perMessage)),
+  cpuPerMessage: middle(results.map((result) => result.cpuPerMessage))
+})
+/** Ratios of the rounds: the median, then every round's in order, e.g. `1.12x (1.05 1.12 1.20)`. */
+const range = (ratios: ReadonlyArray<number>) =>
+  `${middle(ratios).toFixed(2)}x (${ratios.map((ratio) => ratio.toFixed(2)).join(" ")})`
 const seconds = (start: number) => (performance.now() - start) / 1000
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -176,31 +195,6 @@ const sqsConsumer = (endpoint: string, { concurrency, handlerMs }: Case, batch: 
     })
   })
 
-/**
- * CPU per message of the 2 ms handler alone, as each side runs it: chunkwise's in a fiber per message
- * (`Effect.sleep`, forked into a fiber set as the drains fork it), sqs-consumer's as a promise over
- * `setTimeout`; JOBS messages in batches of 10, 7 batches at once, no queue.
- */
-const handlerCost = Effect.gen(function*() {
-  const batches = Array.from({ length: Math.ceil(JOBS / 10) })
-  const ten = Array.from({ length: 10 })
-  const effectFrom = cpu()
-  yield* Effect.scoped(Effect.flatMap(FiberSet.make(), (handlers) =>
-    Effect.forEach(
-      batches,
-      () => Effect.flatMap(Effect.forEach(ten, () => FiberSet.run(handlers, Effect.sleep(2))), Fiber.awaitAll),
-      { concurrency: 7, discard: true }
-    )))
-  const effect = (cpu() - effectFrom) / JOBS
-  const promiseFrom = cpu()
-  yield* Effect.promise(async () => {
-    for (let i = 0; i < batches.length; i += 7) {
-      await Promise.all(Array.from({ length: 7 }, () => Promise.all(ten.map(() => sleep(2)))))
-    }
-  })
-  return { effect, promise: (cpu() - promiseFrom) / JOBS }
-})
-
 const main = Effect.gen(function*() {
   const app = buildApp({ logger: false })
   app.addHook("onRequest", (_request, _reply, done) => {
@@ -220,14 +214,10 @@ const main = Effect.gen(function*() {
     `  chunkwise SqsQueue, batches: ceil(concurrency / 10) loops, receive 10, handle all, ack all in one call`
   )
   console.log(`  sqs-consumer 14: ceil(concurrency / 10) consumers, batchSize 10, waitTimeSeconds 1\n`)
-  const row = (
-    name: string,
-    result: { readonly rate: number; readonly perMessage: number; readonly cpuPerMessage: number },
-    base?: number
-  ) =>
+  const row = (name: string, result: Result, ratios?: ReadonlyArray<number>) =>
     `  ${name.padEnd(44)} ${result.rate.toFixed(0).padStart(6)} jobs/s  ${result.perMessage.toFixed(2)} req/msg  ` +
     `${result.cpuPerMessage.toFixed(0).padStart(4)} µs CPU/msg` +
-    (base === undefined ? "" : `   chunkwise ${(base / result.rate).toFixed(2)}x`)
+    (ratios === undefined ? "" : `   chunkwise ${range(ratios)}`)
   const runs = (name: "chunkwise" | "batches" | "sqs-consumer") => ONLY === undefined || ONLY === name
   // Warm-up: one unmeasured drain per contender, so the first measured case does not pay for the JIT.
   if (runs("chunkwise")) yield* chunkwise(endpoint, cases[0]!)
@@ -239,26 +229,42 @@ const main = Effect.gen(function*() {
   for (const c of cases) {
     console.log(`${c.handlerMs === 0 ? "no-op" : `${c.handlerMs} ms`} handler, concurrency ${c.concurrency}`)
     const consumers = Math.ceil(c.concurrency / 10)
-    const perMessage = runs("chunkwise") ? yield* measured(chunkwise(endpoint, c)) : undefined
-    if (perMessage !== undefined) console.log(row("chunkwise SqsQueue, per message", perMessage))
-    if (runs("sqs-consumer")) {
-      const single = yield* measured(sqsConsumer(endpoint, c, false))
-      console.log(row(`sqs-consumer handleMessage (${consumers}x10)`, single, perMessage?.rate))
+    const contenders = [
+      { name: "chunkwise SqsQueue, per message", runs: runs("chunkwise"), drain: chunkwise(endpoint, c) },
+      {
+        name: `sqs-consumer handleMessage (${consumers}x10)`,
+        runs: runs("sqs-consumer"),
+        drain: sqsConsumer(endpoint, c, false)
+      },
+      {
+        name: `chunkwise SqsQueue, batches (${consumers}x10)`,
+        runs: runs("batches"),
+        drain: chunkwiseBatches(endpoint, c)
+      },
+      {
+        name: `sqs-consumer handleMessageBatch (${consumers}x10)`,
+        runs: runs("sqs-consumer"),
+        drain: sqsConsumer(endpoint, c, true)
+      }
+    ]
+    const results: Array<Array<Result>> = contenders.map(() => [])
+    for (let round = 0; round < ROUNDS; round++) {
+      // Alternated: each contender goes first in some rounds, so a drift in the machine's load falls on all.
+      const order = contenders.map((_, k) => k)
+      if (round % 2 === 1) order.reverse()
+      for (const k of order) if (contenders[k]!.runs) results[k]!.push(yield* measured(contenders[k]!.drain))
     }
-    const batches = runs("batches") ? yield* measured(chunkwiseBatches(endpoint, c)) : undefined
-    if (batches !== undefined) console.log(row(`chunkwise SqsQueue, batches (${consumers}x10)`, batches))
-    if (runs("sqs-consumer")) {
-      const batched = yield* measured(sqsConsumer(endpoint, c, true))
-      console.log(row(`sqs-consumer handleMessageBatch (${consumers}x10)`, batched, batches?.rate))
+    // Each sqs-consumer row against the chunkwise row above it: per round, then the medians.
+    for (const [k, contender] of contenders.entries()) {
+      if (!contender.runs) continue
+      const mine = results[k]!
+      const chunkwiseRounds = k % 2 === 1 ? results[k - 1]! : []
+      const ratios = chunkwiseRounds.length === mine.length
+        ? mine.map((result, r) => chunkwiseRounds[r]!.rate / result.rate)
+        : undefined
+      console.log(row(contender.name, median(mine), ratios))
     }
     console.log("")
-  }
-  if (ONLY === undefined) {
-    // The 2 ms handlers alone, no queue: what running each message's handler costs each side.
-    const handlers = yield* handlerCost
-    console.log(`the 2 ms handler alone, ${JOBS} messages in batches of 10, 7 at once (no queue):`)
-    console.log(`  Effect.sleep in a fiber per message       ${handlers.effect.toFixed(0).padStart(4)} µs CPU/msg`)
-    console.log(`  a promise over setTimeout per message     ${handlers.promise.toFixed(0).padStart(4)} µs CPU/msg`)
   }
 }).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Error), Effect.provide(Layer.empty))
 
