@@ -140,6 +140,11 @@ interface Active {
    * it ended the run's last open unit), so no completion check follows it.
    */
   endedByCommit: { readonly finalized: boolean } | undefined
+  /**
+   * Whether a chunk (or single step) has begun and neither committed nor failed yet: a shutdown that
+   * abandons the unit now cuts that chunk short, and counts it as an attempt.
+   */
+  chunkOpen: boolean
 }
 
 /** A successful claim: the unit, its run and the lease. */
@@ -847,6 +852,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 ))
                 const began = yield* monotonicMs
                 fusedSpan = undefined
+                entry.chunkOpen = true
                 const out = yield* run.pipe(
                   // D8: the run stopped while the chunk and the step fused after it ran; the store refused
                   // the step's commit and both rolled back.
@@ -863,7 +869,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     chunkSize: ctx.chunkSize,
                     attempt: n,
                     idempotencyKey
-                  })
+                  }),
+                  // Committed, or failed (and counted as an attempt by onFailure): from here an abandonment
+                  // cuts no chunk short.
+                  Effect.onExit((exit) => Effect.sync(() => Exit.isInterrupted(exit) || (entry.chunkOpen = false)))
                 )
                 if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
                 // The chunk's time, transaction included: its lock time in mode chunk.
@@ -1118,7 +1127,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           fiber: undefined,
           stop: undefined,
           permits: noPermits,
-          endedByCommit: undefined
+          endedByCommit: undefined,
+          chunkOpen: false
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
@@ -1163,7 +1173,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let ending: Ending
         if (Exit.isSuccess(exit)) ending = exit.value
         else if (entry.stop === "abandoned") {
-          yield* store.release(claim.lease, { abandonedChunk: true })
+          yield* store.release(claim.lease, { abandonedChunk: entry.chunkOpen })
           ending = "release"
         } else if (entry.stop === "lease-lost") {
           yield* Metric.increment(labelled(Metrics.leasesLost, [["job", job.name]]))

@@ -166,6 +166,38 @@ describe("Worker on the in-memory engine", () => {
       expect(yield* table("applied")).toEqual(expectedItems(1, 6))
     }).pipe(Effect.provide(memoryEngine())))
 
+  it.scoped("abandons a unit past its chunk's commit without counting that chunk as an attempt", () =>
+    Effect.gen(function*() {
+      const rec = recorder()
+      const job = testJob(rec, { partitions: 1, itemsPerPartition: 6 })
+      const { runId } = yield* Runner.start(job, { label: "abandon-after-commit" })
+      const store = yield* StateStore.StateStore
+      const scope = yield* Scope.make()
+      // The first chunk commits, then the unit is held past the shutdown deadline before its next chunk.
+      const held = Probe.make({
+        at: (point, info) => point === "after-commit" && info.chunkSeq === 0 ? Effect.sleep("20 seconds") : Effect.void
+      })
+      yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" }).pipe(
+        Effect.provideService(Probe.Probe, held),
+        Scope.extend(scope)
+      )
+      yield* driveUntil(Effect.map(store.progress(runId), (p) => p.chunks === 1))
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      const [unit] = yield* store.listUnits(runId, { limit: 10 })
+      // Given back at the chunk after the committed one, still on its first attempt.
+      expect(unit).toMatchObject({ status: "pending", chunkSeq: 1, attempt: 1 })
+
+      yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" })
+      yield* driveUntil(runEnded(runId), "1 second")
+      expect(yield* table("applied")).toEqual(expectedItems(1, 6))
+      // Each chunk ran once, on its first attempt.
+      expect(rec.effects.filter((e) => e.step === "apply").map((e) => [e.chunkSeq, e.attempt])).toEqual([[0, 1], [
+        1,
+        1
+      ]])
+    }).pipe(Effect.provide(memoryEngine())))
+
   it.scoped("a drain does not wait out a retry's backoff: the unit goes back at once, not as a crash", () =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
