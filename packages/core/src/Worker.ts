@@ -458,6 +458,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           const exit = yield* Effect.exit(Effect.zipRight(checkLease(entry), attempt(n)))
           if (Exit.isSuccess(exit)) return { _tag: "ok", value: exit.value } as const
           if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
+          // Failed, and counted as an attempt by onFailure: an abandonment from here cuts no chunk short.
+          entry.chunkOpen = false
           const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
           if (next._tag === "end") return next
           // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now.
@@ -869,11 +871,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     chunkSize: ctx.chunkSize,
                     attempt: n,
                     idempotencyKey
-                  }),
-                  // Committed, or failed (and counted as an attempt by onFailure): from here an abandonment
-                  // cuts no chunk short.
-                  Effect.onExit((exit) => Effect.sync(() => Exit.isInterrupted(exit) || (entry.chunkOpen = false)))
+                  })
                 )
+                // Committed: from here an abandonment cuts no chunk short.
+                entry.chunkOpen = false
                 if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
                 // The chunk's time, transaction included: its lock time in mode chunk.
                 const tookMs = (yield* monotonicMs) - began
