@@ -458,7 +458,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           const exit = yield* Effect.exit(Effect.zipRight(checkLease(entry), attempt(n)))
           if (Exit.isSuccess(exit)) return { _tag: "ok", value: exit.value } as const
           if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-          // Failed, and counted as an attempt by onFailure: an abandonment from here cuts no chunk short.
+          // Failed (onFailure records it): an abandonment from here cuts no chunk short.
           entry.chunkOpen = false
           const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
           if (next._tag === "end") return next
