@@ -1124,13 +1124,13 @@ export const make = (options: Options = {}): Effect.Effect<
           )
         ),
 
-      release: (lease, { abandonedChunk }) =>
+      release: (lease, { abandonedChunk, attempt }) =>
         op(
           "release",
           Effect.asVoid(sql`
           with ${freeSlot(lease)}
           update ${s}.units set status = 'pending', lease_owner = null, lease_expires_at = null,
-            attempt = attempt + ${abandonedChunk ? 1 : 0}
+            attempt = greatest(attempt, ${attempt ?? 0}::integer) + ${abandonedChunk ? 1 : 0}
           where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
             and lease_owner = ${lease.workerId} and status = 'leased'`)
         ),
@@ -1158,7 +1158,8 @@ export const make = (options: Options = {}): Effect.Effect<
               select status from ${s}.runs where run_id = ${lease.runId} for no key update`
               const updated = disposition._tag === "RetryLater"
                 ? yield* sql<{ readonly kind: string; readonly parent: string | null }>`
-                  update ${s}.units set status = 'pending', attempt = attempt + 1, lease_owner = null,
+                  update ${s}.units set status = 'pending',
+                    attempt = greatest(attempt, ${disposition.attempt ?? 0}::integer) + 1, lease_owner = null,
                     lease_expires_at = null, enqueued_at = null, last_error_tag = ${disposition.errorTag},
                     retry_at = clock_timestamp() + ${ms(disposition.delayMs)}
                   where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}

@@ -327,8 +327,17 @@ export interface FailureRecord {
 export type FailDisposition =
   /** The unit fails and waits for an operator. */
   | { readonly _tag: "Failed"; readonly errorTag: string }
-  /** The unit goes back to pending and is re-sent after the delay, with `attempt + 1`. */
-  | { readonly _tag: "RetryLater"; readonly errorTag: string; readonly delayMs: number }
+  /**
+   * The unit goes back to pending and is re-sent after the delay, with `attempt + 1`. `attempt` is the
+   * attempt that failed as the worker counted it (ahead of the store's after retries in-process); the
+   * store counts on from the greater of the two.
+   */
+  | {
+    readonly _tag: "RetryLater"
+    readonly errorTag: string
+    readonly delayMs: number
+    readonly attempt?: number | undefined
+  }
 
 /** Aggregated progress of a run, computed from its units (no counter is kept on the run row). */
 export interface RunProgress {
@@ -582,11 +591,14 @@ export interface StateStoreShape {
   ) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
   /**
    * Gives a unit back on shutdown: it becomes pending again and its message (released by the caller)
-   * brings it to another worker. `abandonedChunk` counts the interrupted chunk as an attempt.
+   * brings it to another worker. `attempt` is the attempt of the unit's current chunk as the worker
+   * counted it (ahead of the store's after retries in-process; 1 after a commit): the unit keeps the
+   * greater of it and its own count. `abandonedChunk` counts that attempt as spent (a chunk cut short, or
+   * one whose failure waited for a retry in-process), so the next execution is one further.
    */
   readonly release: (
     lease: Lease,
-    options: { readonly abandonedChunk: boolean }
+    options: { readonly abandonedChunk: boolean; readonly attempt?: number | undefined }
   ) => Effect.Effect<void, Errors.StoreUnavailable>
   /** Records a failure. Runs outside any chunk transaction, so it survives the chunk's rollback. */
   readonly recordFailure: (failure: FailureRecord) => Effect.Effect<void, Errors.StoreUnavailable>

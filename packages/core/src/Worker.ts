@@ -145,6 +145,11 @@ interface Active {
    * abandons the unit now cuts that chunk short, and counts it as an attempt.
    */
   chunkOpen: boolean
+  /**
+   * The attempt of the unit's current chunk as this worker counts it: ahead of the store's after retries
+   * in-process, 1 again after a commit. Given to the store when the unit goes back.
+   */
+  attempt: number
 }
 
 /** A successful claim: the unit, its run and the lease. */
@@ -429,7 +434,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           lease,
           delayMs === undefined
             ? { _tag: "Failed", errorTag: classified.tag }
-            : { _tag: "RetryLater", errorTag: classified.tag, delayMs }
+            : { _tag: "RetryLater", errorTag: classified.tag, delayMs, attempt: where.attempt }
         ).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed(undefined)))
         if (result?.runStatus === "failing") {
           const run = yield* store.getRun(lease.runId)
@@ -462,13 +467,14 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           entry.chunkOpen = false
           const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
           if (next._tag === "end") return next
-          // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now.
+          // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now,
+          // the failed attempt counted.
           const drained = yield* Effect.raceFirst(
             Effect.as(Effect.sleep(next.delayMs), false),
             Effect.as(Deferred.await(drainStarted), true)
           )
           if (drained) {
-            yield* store.release(entry.lease, { abandonedChunk: false })
+            yield* store.release(entry.lease, { abandonedChunk: true, attempt: n })
             return { _tag: "end", ending: "release" } as const
           }
           n += 1
@@ -736,6 +742,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             { step: step.name, cursor: encodedCursor },
             (n) =>
               Effect.gen(function*() {
+                entry.attempt = n
                 const info = infoOf(lease, job.name, step.name, chunkSeq, n)
                 yield* probe.at("before-effect", info)
                 const holder = {
@@ -873,8 +880,10 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     idempotencyKey
                   })
                 )
-                // Committed: from here an abandonment cuts no chunk short.
+                // Committed: from here an abandonment cuts no chunk short, and the next chunk is on its first
+                // attempt.
                 entry.chunkOpen = false
+                entry.attempt = 1
                 if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
                 // The chunk's time, transaction included: its lock time in mode chunk.
                 const tookMs = (yield* monotonicMs) - began
@@ -887,8 +896,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           )
           if (result._tag === "end") return result.ending
           if (Option.isNone(result.value)) {
-            // The drain started while the chunk waited for a resource permit: nothing ran.
-            yield* withoutKept(store.release(lease, { abandonedChunk: false }))
+            // The drain started while the chunk waited for a resource permit: nothing of that attempt ran.
+            yield* withoutKept(store.release(lease, { abandonedChunk: false, attempt: entry.attempt }))
             return "release" as Ending
           }
           if (result.value.value instanceof Errors.RunStopped) {
@@ -1129,7 +1138,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           stop: undefined,
           permits: noPermits,
           endedByCommit: undefined,
-          chunkOpen: false
+          chunkOpen: false,
+          attempt: claim.unit.attempt
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
@@ -1174,7 +1184,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let ending: Ending
         if (Exit.isSuccess(exit)) ending = exit.value
         else if (entry.stop === "abandoned") {
-          yield* store.release(claim.lease, { abandonedChunk: entry.chunkOpen })
+          yield* store.release(claim.lease, { abandonedChunk: entry.chunkOpen, attempt: entry.attempt })
           ending = "release"
         } else if (entry.stop === "lease-lost") {
           yield* Metric.increment(labelled(Metrics.leasesLost, [["job", job.name]]))

@@ -198,6 +198,49 @@ describe("Worker on the in-memory engine", () => {
       ]])
     }).pipe(Effect.provide(memoryEngine())))
 
+  it.scoped("counts a chunk's attempts on across in-process retries, a retry from the store and a drain", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore.StateStore
+      const attempts: Array<number> = []
+      // Always fails: the built-in runbook retries it 5 times, after about 1 s, 2 s, 4 s, 8 s and 16 s.
+      const job = Job.make({
+        name: "attempts",
+        params: Schema.Struct({}),
+        partitions: () => ["p0"],
+        steps: (step) => [
+          step.chunked("apply", {
+            cursor: Schema.Number,
+            start: 0,
+            chunkSize: 1,
+            transaction: "chunk",
+            process: (ctx) =>
+              Effect.suspend(() => {
+                attempts.push(ctx.attempt)
+                return Effect.fail(new Errors.DatabaseTransient({ sqlState: "40001", message: "try again" }))
+              })
+          })
+        ]
+      })
+      const { runId } = yield* Runner.start(job, {})
+      // Waits under 1.5 s are taken in-process; the longer ones go back to the store as retries.
+      const options = { jobs: [job], ...fastWorker, inProcessRetryLimit: "1.5 seconds" } as const
+      const scope = yield* Scope.make()
+      yield* Worker.make(options).pipe(Scope.extend(scope))
+      // The worker stops while the unit waits out, in-process, the retry after its first attempt.
+      yield* driveUntil(
+        Effect.map(store.listFailures(runId, { limit: 10 }), (failures) => failures.length === 1),
+        "10 millis"
+      )
+      yield* Scope.close(scope, Exit.void)
+      expect(attempts).toEqual([1])
+      yield* Worker.make(options)
+      yield* driveUntil(runEnded(runId), "1 second")
+      // One execution per attempt the policy allows, numbered on: none repeated after a retry from the
+      // store or the drain.
+      expect(attempts).toEqual([1, 2, 3, 4, 5, 6])
+      expect((yield* Runner.status(runId)).run.status).toBe("failed")
+    }).pipe(Effect.provide(memoryEngine())))
+
   it.scoped("a drain does not wait out a retry's backoff: the unit goes back at once, not as a crash", () =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore

@@ -402,6 +402,33 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
+      "a unit given back or put off counts its attempts on from the worker's count when that is ahead",
+      Effect.gen(function*() {
+        const store = yield* StateStore.StateStore
+        const { runId, unitIds } = yield* openRun([1, 1, 1, 1])
+        const messages = yield* messagesOf(runId)
+        const [cut, waited, later, plain] = yield* Effect.forEach(
+          unitIds,
+          (unitId, i) => claimed(messages.get(unitId)!, `w${i}`)
+        )
+        // A chunk cut short on its third attempt (two retried in-process): the next is the fourth.
+        yield* store.release(cut!.lease, { abandonedChunk: true, attempt: 3 })
+        // Given back while waiting for a permit before its second attempt: nothing of it ran.
+        yield* store.release(waited!.lease, { abandonedChunk: false, attempt: 2 })
+        // Its fifth attempt failed and the retry is put off: the next is the sixth.
+        yield* store.failUnit(later!.lease, { _tag: "RetryLater", errorTag: "Transient", delayMs: 60_000, attempt: 5 })
+        // Without the worker's count, the store's own: attempt 1, cut short.
+        yield* store.release(plain!.lease, { abandonedChunk: true })
+        const attempts = yield* Effect.forEach(unitIds, (unitId) => Effect.map(unitOf(runId, unitId), (u) => u.attempt))
+        expect(attempts).toEqual([4, 2, 6, 2])
+        // A count behind the store's does not lower it.
+        const again = yield* claimed(messages.get(unitIds[0]!)!, "w9")
+        yield* store.release(again.lease, { abandonedChunk: false, attempt: 1 })
+        expect((yield* unitOf(runId, unitIds[0]!)).attempt).toBe(4)
+      })
+    )
+
+    test(
       "a failed commit rolls the user's writes back with it; a good one commits them with the checkpoint",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore

@@ -742,14 +742,14 @@ export const make = Effect.sync(() => {
         return held
       }),
 
-    release: (lease, { abandonedChunk }) =>
+    release: (lease, { abandonedChunk, attempt }) =>
       Effect.sync(() => {
         const unit = units.get(lease.runId)?.get(lease.unitId)
         if (!holds(unit, lease)) return
         unit.status = "pending"
         unit.leaseOwner = null
         unit.leaseExpiresAt = null
-        if (abandonedChunk) unit.attempt += 1
+        unit.attempt = Math.max(unit.attempt, attempt ?? 0) + (abandonedChunk ? 1 : 0)
       }),
 
     recordFailure: (failure) => Effect.sync(() => push(failures, failure.runId, failure)),
@@ -766,7 +766,7 @@ export const make = Effect.sync(() => {
         unit.leaseExpiresAt = null
         if (disposition._tag === "RetryLater") {
           unit.status = "pending"
-          unit.attempt += 1
+          unit.attempt = Math.max(unit.attempt, disposition.attempt ?? 0) + 1
           unit.retryAt = at + disposition.delayMs
           unit.enqueuedAt = null
           return Effect.succeed({ runStatus: run.status })
