@@ -13,6 +13,34 @@ import {
   testJob
 } from "./fixtures.js"
 
+/**
+ * A one-partition job whose chunk always fails with an error the built-in runbook retries 5 times, after
+ * about 1 s, 2 s, 4 s, 8 s and 16 s (in-process under `inProcessRetryLimit`); `attempts` lists each
+ * execution's `ctx.attempt`.
+ */
+const alwaysTransient = (name: string) => {
+  const attempts: Array<number> = []
+  const job = Job.make({
+    name,
+    params: Schema.Struct({}),
+    partitions: () => ["p0"],
+    steps: (step) => [
+      step.chunked("apply", {
+        cursor: Schema.Number,
+        start: 0,
+        chunkSize: 1,
+        transaction: "chunk",
+        process: (ctx) =>
+          Effect.suspend(() => {
+            attempts.push(ctx.attempt)
+            return Effect.fail(new Errors.DatabaseTransient({ sqlState: "40001", message: "try again" }))
+          })
+      })
+    ]
+  })
+  return { attempts, job }
+}
+
 describe("Worker on the in-memory engine", () => {
   it.scoped("runs every partition's steps and applies every item exactly once", () =>
     Effect.gen(function*() {
@@ -201,26 +229,7 @@ describe("Worker on the in-memory engine", () => {
   it.scoped("counts a chunk's attempts on across in-process retries, a retry from the store and a drain", () =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
-      const attempts: Array<number> = []
-      // Always fails: the built-in runbook retries it 5 times, after about 1 s, 2 s, 4 s, 8 s and 16 s.
-      const job = Job.make({
-        name: "attempts",
-        params: Schema.Struct({}),
-        partitions: () => ["p0"],
-        steps: (step) => [
-          step.chunked("apply", {
-            cursor: Schema.Number,
-            start: 0,
-            chunkSize: 1,
-            transaction: "chunk",
-            process: (ctx) =>
-              Effect.suspend(() => {
-                attempts.push(ctx.attempt)
-                return Effect.fail(new Errors.DatabaseTransient({ sqlState: "40001", message: "try again" }))
-              })
-          })
-        ]
-      })
+      const { attempts, job } = alwaysTransient("attempts")
       const { runId } = yield* Runner.start(job, {})
       // Waits under 1.5 s are taken in-process; the longer ones go back to the store as retries.
       const options = { jobs: [job], ...fastWorker, inProcessRetryLimit: "1.5 seconds" } as const
@@ -244,21 +253,7 @@ describe("Worker on the in-memory engine", () => {
   it.scoped("a drain does not wait out a retry's backoff: the unit goes back at once, not as a crash", () =>
     Effect.gen(function*() {
       const store = yield* StateStore.StateStore
-      // Every chunk fails with an error the built-in runbook retries in-process, after 1 s, 2 s, ...
-      const job = Job.make({
-        name: "drain-backoff",
-        params: Schema.Struct({}),
-        partitions: () => ["p0"],
-        steps: (step) => [
-          step.chunked("apply", {
-            cursor: Schema.Number,
-            start: 0,
-            chunkSize: 1,
-            transaction: "chunk",
-            process: () => Effect.fail(new Errors.DatabaseTransient({ sqlState: "40001", message: "try again" }))
-          })
-        ]
-      })
+      const { job } = alwaysTransient("drain-backoff")
       const { runId } = yield* Runner.start(job, {})
       const scope = yield* Scope.make()
       yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Scope.extend(scope))
