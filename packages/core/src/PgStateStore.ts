@@ -27,6 +27,7 @@ import type * as Runbook from "./Runbook.js"
 import type {
   Actor,
   AuditEntry,
+  ChunkAttempt,
   ChunkCommit,
   ClaimResult,
   FailureRecord,
@@ -383,6 +384,16 @@ export const make = (options: Options = {}): Effect.Effect<
       sql`free_slot as (
         update ${s}.job_slots set run_id = null, unit_id = null, fencing_token = null, expires_at = null
         where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken})`
+    /**
+     * The `units.attempt` a unit goes back with (a SET expression): `spent` (0 or 1) past the greater of
+     * its own count and the worker's, or its own when it has moved past the chunk the worker counted
+     * (that chunk committed).
+     */
+    const attemptAfter = (at: ChunkAttempt | undefined, spent: number) =>
+      at === undefined
+        ? sql`attempt + ${spent}::integer`
+        : sql`case when step_index = ${at.stepIndex}::integer and chunk_seq = ${at.chunkSeq}::integer
+            then greatest(attempt, ${at.attempt}::integer) + ${spent}::integer else attempt end`
     /** Jobs whose `concurrency.total` slot rows exist, by the cap they were made for. */
     const slotsMade = new Map<string, number>()
     /** Makes the job's slot rows 1..total once per process (a lower total later leaves the extra rows unused). */
@@ -1124,13 +1135,13 @@ export const make = (options: Options = {}): Effect.Effect<
           )
         ),
 
-      release: (lease, { abandonedChunk, attempt }) =>
+      release: (lease, { abandonedChunk, at }) =>
         op(
           "release",
           Effect.asVoid(sql`
           with ${freeSlot(lease)}
           update ${s}.units set status = 'pending', lease_owner = null, lease_expires_at = null,
-            attempt = greatest(attempt, ${attempt ?? 0}::integer) + ${abandonedChunk ? 1 : 0}
+            attempt = ${attemptAfter(at, abandonedChunk ? 1 : 0)}
           where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}
             and lease_owner = ${lease.workerId} and status = 'leased'`)
         ),
@@ -1159,7 +1170,7 @@ export const make = (options: Options = {}): Effect.Effect<
               const updated = disposition._tag === "RetryLater"
                 ? yield* sql<{ readonly kind: string; readonly parent: string | null }>`
                   update ${s}.units set status = 'pending',
-                    attempt = greatest(attempt, ${disposition.attempt ?? 0}::integer) + 1, lease_owner = null,
+                    attempt = ${attemptAfter(disposition.at, 1)}, lease_owner = null,
                     lease_expires_at = null, enqueued_at = null, last_error_tag = ${disposition.errorTag},
                     retry_at = clock_timestamp() + ${ms(disposition.delayMs)}
                   where run_id = ${lease.runId} and unit_id = ${lease.unitId} and fencing_token = ${lease.fencingToken}

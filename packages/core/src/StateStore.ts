@@ -228,6 +228,14 @@ export interface Position {
   readonly chunkSeq: number
 }
 
+/**
+ * A chunk's attempt as the worker counted it: the chunk (where the unit was when it began) and the
+ * attempt's number, which runs ahead of the store's count after retries in-process.
+ */
+export interface ChunkAttempt extends Position {
+  readonly attempt: number
+}
+
 /** The framework's one statement per chunk. */
 export interface ChunkCommit {
   readonly lease: Lease
@@ -328,15 +336,15 @@ export type FailDisposition =
   /** The unit fails and waits for an operator. */
   | { readonly _tag: "Failed"; readonly errorTag: string }
   /**
-   * The unit goes back to pending and is re-sent after the delay, with `attempt + 1`. `attempt` is the
-   * attempt that failed as the worker counted it (ahead of the store's after retries in-process); the
-   * store counts on from the greater of the two.
+   * The unit goes back to pending and is re-sent after the delay, with `attempt + 1`. `at` is the
+   * attempt that failed as the worker counted it: the store counts on from the greater of it and its own
+   * count, and leaves the count alone when the unit is no longer at that chunk (its commit did apply).
    */
   | {
     readonly _tag: "RetryLater"
     readonly errorTag: string
     readonly delayMs: number
-    readonly attempt?: number | undefined
+    readonly at?: ChunkAttempt | undefined
   }
 
 /** Aggregated progress of a run, computed from its units (no counter is kept on the run row). */
@@ -591,14 +599,14 @@ export interface StateStoreShape {
   ) => Effect.Effect<ReadonlyArray<string>, Errors.StoreUnavailable>
   /**
    * Gives a unit back on shutdown: it becomes pending again and its message (released by the caller)
-   * brings it to another worker. `attempt` is the attempt of the unit's current chunk as the worker
-   * counted it (ahead of the store's after retries in-process; 1 after a commit): the unit keeps the
-   * greater of it and its own count. `abandonedChunk` counts that attempt as spent (a chunk cut short, or
-   * one whose failure waited for a retry in-process), so the next execution is one further.
+   * brings it to another worker. `abandonedChunk` counts the chunk's attempt as spent (cut short, or
+   * failed and waiting for a retry in-process), so the next execution is one further. `at` is that
+   * attempt as the worker counted it: the unit counts on from the greater of it and its own count, and
+   * keeps its count when it is no longer at that chunk (the chunk committed as the worker stopped).
    */
   readonly release: (
     lease: Lease,
-    options: { readonly abandonedChunk: boolean; readonly attempt?: number | undefined }
+    options: { readonly abandonedChunk: boolean; readonly at?: ChunkAttempt | undefined }
   ) => Effect.Effect<void, Errors.StoreUnavailable>
   /** Records a failure. Runs outside any chunk transaction, so it survives the chunk's rollback. */
   readonly recordFailure: (failure: FailureRecord) => Effect.Effect<void, Errors.StoreUnavailable>

@@ -53,6 +53,7 @@ import type { Delivery } from "./QueueAdapter.js"
 import * as ResourceLimiter from "./ResourceLimiter.js"
 import * as RetryPolicy from "./RetryPolicy.js"
 import type {
+  ChunkAttempt,
   ChunkCommit,
   ClaimResult,
   FailureRecord,
@@ -141,15 +142,16 @@ interface Active {
    */
   endedByCommit: { readonly finalized: boolean } | undefined
   /**
-   * Whether a chunk (or single step) has begun and neither committed nor failed yet: a shutdown that
-   * abandons the unit now cuts that chunk short, and counts it as an attempt.
+   * The attempt this worker is at on the unit's chunk (a split or the completion hook too): where the
+   * unit was when it began, and its number, ahead of the store's count after retries in-process. Given to
+   * the store when the unit goes back, with whether it is spent.
    */
-  chunkOpen: boolean
+  at: ChunkAttempt
   /**
-   * The attempt of the unit's current chunk as this worker counts it: ahead of the store's after retries
-   * in-process, 1 again after a commit. Given to the store when the unit goes back.
+   * Whether that attempt has begun and not ended well (running, or failed and waiting for a retry): a
+   * unit given back now has spent it.
    */
-  attempt: number
+  attemptSpent: boolean
 }
 
 /** A successful claim: the unit, its run and the lease. */
@@ -371,6 +373,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       lease: Lease,
       cause: Cause.Cause<unknown>,
       where: { readonly step: string; readonly cursor: unknown; readonly attempt: number },
+      chunkAt?: ChunkAttempt,
       inProcessRetry = true
     ): Effect.Effect<
       { readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending },
@@ -434,7 +437,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           lease,
           delayMs === undefined
             ? { _tag: "Failed", errorTag: classified.tag }
-            : { _tag: "RetryLater", errorTag: classified.tag, delayMs, attempt: where.attempt }
+            : { _tag: "RetryLater", errorTag: classified.tag, delayMs, at: chunkAt }
         ).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed(undefined)))
         if (result?.runStatus === "failing") {
           const run = yield* store.getRun(lease.runId)
@@ -460,21 +463,24 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       Effect.gen(function*() {
         let n = firstAttempt
         while (true) {
+          entry.at = { ...entry.at, attempt: n }
+          entry.attemptSpent = true
           const exit = yield* Effect.exit(Effect.zipRight(checkLease(entry), attempt(n)))
-          if (Exit.isSuccess(exit)) return { _tag: "ok", value: exit.value } as const
+          if (Exit.isSuccess(exit)) {
+            entry.attemptSpent = false
+            return { _tag: "ok", value: exit.value } as const
+          }
           if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-          // Failed (onFailure records it): an abandonment from here cuts no chunk short.
-          entry.chunkOpen = false
-          const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n })
+          const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n }, entry.at)
           if (next._tag === "end") return next
           // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now,
-          // the failed attempt counted.
+          // the failed attempt spent.
           const drained = yield* Effect.raceFirst(
             Effect.as(Effect.sleep(next.delayMs), false),
             Effect.as(Deferred.await(drainStarted), true)
           )
           if (drained) {
-            yield* store.release(entry.lease, { abandonedChunk: true, attempt: n })
+            yield* store.release(entry.lease, { abandonedChunk: true, at: entry.at })
             return { _tag: "end", ending: "release" } as const
           }
           n += 1
@@ -487,7 +493,15 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
      */
     const failWith = (job: Job.Any, { lease, unit }: Claimed, error: unknown, step: string) =>
       Effect.as(
-        onFailure(job, unit, lease, Cause.fail(error), { step, cursor: unit.cursor, attempt: unit.attempt }, false),
+        onFailure(
+          job,
+          unit,
+          lease,
+          Cause.fail(error),
+          { step, cursor: unit.cursor, attempt: unit.attempt },
+          undefined,
+          false
+        ),
         "ack" as Ending
       )
 
@@ -668,6 +682,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           })
         while (stepIndex < endStep) {
           const step = job.steps[stepIndex]!
+          entry.at = { stepIndex, chunkSeq, attempt }
           if (size.stepIndex !== stepIndex) {
             size = { stepIndex, items: step._tag === "Chunked" ? step.chunkSize : 1 }
           }
@@ -742,7 +757,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             { step: step.name, cursor: encodedCursor },
             (n) =>
               Effect.gen(function*() {
-                entry.attempt = n
                 const info = infoOf(lease, job.name, step.name, chunkSeq, n)
                 yield* probe.at("before-effect", info)
                 const holder = {
@@ -861,7 +875,6 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                 ))
                 const began = yield* monotonicMs
                 fusedSpan = undefined
-                entry.chunkOpen = true
                 const out = yield* run.pipe(
                   // D8: the run stopped while the chunk and the step fused after it ran; the store refused
                   // the step's commit and both rolled back.
@@ -880,10 +893,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
                     idempotencyKey
                   })
                 )
-                // Committed: from here an abandonment cuts no chunk short, and the next chunk is on its first
-                // attempt.
-                entry.chunkOpen = false
-                entry.attempt = 1
+                // Committed (the unit moved on): from here an abandonment cuts no chunk short.
+                entry.attemptSpent = false
                 if (out instanceof Errors.RunStopped) return Option.some<ChunkEnd>(out)
                 // The chunk's time, transaction included: its lock time in mode chunk.
                 const tookMs = (yield* monotonicMs) - began
@@ -897,7 +908,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           if (result._tag === "end") return result.ending
           if (Option.isNone(result.value)) {
             // The drain started while the chunk waited for a resource permit: nothing of that attempt ran.
-            yield* withoutKept(store.release(lease, { abandonedChunk: false, attempt: entry.attempt }))
+            yield* withoutKept(store.release(lease, { abandonedChunk: false, at: entry.at }))
             return "release" as Ending
           }
           if (result.value.value instanceof Errors.RunStopped) {
@@ -1138,8 +1149,8 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           stop: undefined,
           permits: noPermits,
           endedByCommit: undefined,
-          chunkOpen: false,
-          attempt: claim.unit.attempt
+          at: { stepIndex: claim.unit.stepIndex, chunkSeq: claim.unit.chunkSeq, attempt: claim.unit.attempt },
+          attemptSpent: false
         }
         active.set(unitKey, entry)
         const execution = mismatch.length > 0
@@ -1184,7 +1195,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
         let ending: Ending
         if (Exit.isSuccess(exit)) ending = exit.value
         else if (entry.stop === "abandoned") {
-          yield* store.release(claim.lease, { abandonedChunk: entry.chunkOpen, attempt: entry.attempt })
+          yield* store.release(claim.lease, { abandonedChunk: entry.attemptSpent, at: entry.at })
           ending = "release"
         } else if (entry.stop === "lease-lost") {
           yield* Metric.increment(labelled(Metrics.leasesLost, [["job", job.name]]))

@@ -402,28 +402,37 @@ export const suite = <W, E, R>(name: string, options: Options<W, E, R>): void =>
     )
 
     test(
-      "a unit given back or put off counts its attempts on from the worker's count when that is ahead",
+      "a unit given back or put off counts its attempts on from the worker's count, unless it moved past that chunk",
       Effect.gen(function*() {
         const store = yield* StateStore.StateStore
-        const { runId, unitIds } = yield* openRun([1, 1, 1, 1])
+        const { runId, unitIds } = yield* openRun([1, 1, 1, 1, 1])
         const messages = yield* messagesOf(runId)
-        const [cut, waited, later, plain] = yield* Effect.forEach(
+        const [cut, waited, later, plain, committed] = yield* Effect.forEach(
           unitIds,
           (unitId, i) => claimed(messages.get(unitId)!, `w${i}`)
         )
+        const first = (attempt: number) => ({ stepIndex: 0, chunkSeq: 0, attempt })
         // A chunk cut short on its third attempt (two retried in-process): the next is the fourth.
-        yield* store.release(cut!.lease, { abandonedChunk: true, attempt: 3 })
+        yield* store.release(cut!.lease, { abandonedChunk: true, at: first(3) })
         // Given back while waiting for a permit before its second attempt: nothing of it ran.
-        yield* store.release(waited!.lease, { abandonedChunk: false, attempt: 2 })
+        yield* store.release(waited!.lease, { abandonedChunk: false, at: first(2) })
         // Its fifth attempt failed and the retry is put off: the next is the sixth.
-        yield* store.failUnit(later!.lease, { _tag: "RetryLater", errorTag: "Transient", delayMs: 60_000, attempt: 5 })
+        yield* store.failUnit(later!.lease, {
+          _tag: "RetryLater",
+          errorTag: "Transient",
+          delayMs: 60_000,
+          at: first(5)
+        })
         // Without the worker's count, the store's own: attempt 1, cut short.
         yield* store.release(plain!.lease, { abandonedChunk: true })
+        // Its third attempt committed as the worker stopped: the unit moved on, its next chunk on attempt 1.
+        yield* commit(committed!.lease, { stepIndex: 0, chunkSeq: 0 }, "k4-0")
+        yield* store.release(committed!.lease, { abandonedChunk: true, at: first(3) })
         const attempts = yield* Effect.forEach(unitIds, (unitId) => Effect.map(unitOf(runId, unitId), (u) => u.attempt))
-        expect(attempts).toEqual([4, 2, 6, 2])
+        expect(attempts).toEqual([4, 2, 6, 2, 1])
         // A count behind the store's does not lower it.
         const again = yield* claimed(messages.get(unitIds[0]!)!, "w9")
-        yield* store.release(again.lease, { abandonedChunk: false, attempt: 1 })
+        yield* store.release(again.lease, { abandonedChunk: false, at: first(1) })
         expect((yield* unitOf(runId, unitIds[0]!)).attempt).toBe(4)
       })
     )

@@ -6,6 +6,7 @@ import * as Quarantine from "../Quarantine.js"
 import type {
   Actor,
   AuditEntry,
+  ChunkAttempt,
   ChunkCommit,
   ClaimResult,
   FailureGroup,
@@ -188,6 +189,16 @@ export const make = Effect.sync(() => {
   const holds = (unit: Unit | undefined, lease: Lease): unit is Unit =>
     unit !== undefined && unit.status === "leased" && unit.fencingToken === lease.fencingToken &&
     unit.leaseOwner === lease.workerId
+  /**
+   * The attempt count a unit goes back with: `spent` (0 or 1) past the greater of its own and the
+   * worker's, or its own when it has moved past the chunk the worker counted (that chunk committed).
+   */
+  const attemptAfter = (unit: Unit, at: ChunkAttempt | undefined, spent: number) =>
+    at === undefined
+      ? unit.attempt + spent
+      : unit.stepIndex === at.stepIndex && unit.chunkSeq === at.chunkSeq
+      ? Math.max(unit.attempt, at.attempt) + spent
+      : unit.attempt
   const fence = (unit: Unit, status: UnitStatus, at: number) => {
     unit.status = status
     unit.fencingToken += 1
@@ -742,14 +753,14 @@ export const make = Effect.sync(() => {
         return held
       }),
 
-    release: (lease, { abandonedChunk, attempt }) =>
+    release: (lease, { abandonedChunk, at }) =>
       Effect.sync(() => {
         const unit = units.get(lease.runId)?.get(lease.unitId)
         if (!holds(unit, lease)) return
         unit.status = "pending"
         unit.leaseOwner = null
         unit.leaseExpiresAt = null
-        unit.attempt = Math.max(unit.attempt, attempt ?? 0) + (abandonedChunk ? 1 : 0)
+        unit.attempt = attemptAfter(unit, at, abandonedChunk ? 1 : 0)
       }),
 
     recordFailure: (failure) => Effect.sync(() => push(failures, failure.runId, failure)),
@@ -766,7 +777,7 @@ export const make = Effect.sync(() => {
         unit.leaseExpiresAt = null
         if (disposition._tag === "RetryLater") {
           unit.status = "pending"
-          unit.attempt = Math.max(unit.attempt, disposition.attempt ?? 0) + 1
+          unit.attempt = attemptAfter(unit, disposition.at, 1)
           unit.retryAt = at + disposition.delayMs
           unit.enqueuedAt = null
           return Effect.succeed({ runStatus: run.status })
