@@ -7,7 +7,7 @@ import { ResourceLimiterConformance } from "@chunkwise/testing"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Effect, Exit, Fiber, Layer, Metric, Schema, Scope, TestClock } from "effect"
 import { Job, MemoryDatabase, Metrics, ResourceLimiter, Runner, StateStore, Step, Worker } from "../src/index.js"
-import { driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
+import { closeDriven, driveUntil, fastWorker, memoryEngine, runEnded } from "./fixtures.js"
 
 const holder = (unit: string): ResourceLimiter.Holder => ({
   runId: "run_1",
@@ -466,8 +466,7 @@ describe("Worker with resource limits (memory engine, TestClock)", () => {
       )
       const { runId } = yield* Runner.start(job, { label: "drain" })
       yield* driveUntil(Effect.map(limiter.waits({ runId }), ({ waits }) => waits.length === 4))
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* driveUntil(Effect.sync(() => closing.unsafePoll() !== null))
+      yield* closeDriven(scope)
       const store = yield* StateStore.StateStore
       const units = (yield* store.listUnits(runId, { limit: 10 })).filter((u) => u.kind === "partition")
       expect(units.map((u) => [u.status, u.attempt, u.chunks, u.crashesSinceProgress])).toEqual(

@@ -1,7 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
-import { type Duration, Effect, Exit, Fiber, Schema, Scope, TestClock } from "effect"
+import { type Duration, Effect, Exit, Schema, Scope, TestClock } from "effect"
 import { Errors, Job, Probe, QueueAdapter, Runner, StateStore, Worker } from "../src/index.js"
 import {
+  closeDriven,
   crashOnce,
   driveUntil,
   expectedItems,
@@ -157,8 +158,7 @@ describe("Worker on the in-memory engine", () => {
       const scope = yield* Scope.make()
       yield* Worker.make({ jobs: [job], ...fastWorker, workerId: "first" }).pipe(Scope.extend(scope))
       yield* driveUntil(Effect.map(store.progress(runId), (p) => p.chunks >= 6))
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      yield* closeDriven(scope)
       const afterDrain = yield* store.listUnits(runId, { limit: 100 })
       expect(afterDrain.filter((u) => u.status === "leased")).toEqual([])
       expect(afterDrain.some((u) => u.status === "pending")).toBe(true)
@@ -182,8 +182,7 @@ describe("Worker on the in-memory engine", () => {
       const scope = yield* Scope.make()
       yield* Worker.make({ jobs: [job], ...fastWorker, leaseDuration: "60 seconds" }).pipe(Scope.extend(scope))
       yield* driveUntil(Effect.map(store.progress(runId), (p) => p.units.leased === 1))
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      yield* closeDriven(scope)
       const [unit] = yield* store.listUnits(runId, { limit: 10 })
       expect(unit!.status).toBe("pending")
       expect(unit!.attempt).toBe(2)
@@ -210,8 +209,7 @@ describe("Worker on the in-memory engine", () => {
         Scope.extend(scope)
       )
       yield* driveUntil(Effect.map(store.progress(runId), (p) => p.chunks === 1))
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"))
+      yield* closeDriven(scope)
       const [unit] = yield* store.listUnits(runId, { limit: 10 })
       // Given back at the chunk after the committed one, still on its first attempt.
       expect(unit).toMatchObject({ status: "pending", chunkSeq: 1, attempt: 1 })
@@ -259,8 +257,7 @@ describe("Worker on the in-memory engine", () => {
       yield* Worker.make({ jobs: [job], ...fastWorker }).pipe(Scope.extend(scope))
       yield* driveUntil(Effect.map(store.listFailures(runId, { limit: 10 }), (failures) => failures.length > 0))
       // The unit sleeps in its backoff; the worker stops.
-      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      const steps = yield* driveUntil(Effect.map(Fiber.poll(closing), (o) => o._tag === "Some"), "10 millis")
+      const steps = yield* closeDriven(scope, "10 millis")
       expect(steps).toBeLessThan(50) // well under the first backoff (1 s), let alone the shutdown timeout
       const [unit] = yield* store.listUnits(runId, { limit: 10 })
       expect(unit).toMatchObject({ status: "pending", leaseOwner: null, crashesSinceProgress: 0 })

@@ -3,7 +3,7 @@
  * counts how many times a chunk applying it committed (must be exactly 1), and `effects` logs every
  * execution of a step's effect (which may repeat, always with the same key).
  */
-import { type Duration, Effect, Layer, Logger, LogLevel, Option, Schema, TestClock } from "effect"
+import { type Duration, Effect, Exit, Layer, Logger, LogLevel, Option, Schema, Scope, TestClock } from "effect"
 import {
   Job,
   MemoryDatabase,
@@ -179,6 +179,16 @@ export const driveUntil = <E, R>(
     }
     return yield* Effect.dieMessage(`driveUntil: not done after ${maxSteps} steps`)
   })
+
+/**
+ * Closes a worker's scope (its drain) while advancing the TestClock, until the close is over; returns the
+ * steps it took (as `driveUntil`).
+ */
+export const closeDriven = (scope: Scope.CloseableScope, step?: Duration.DurationInput) =>
+  Effect.flatMap(
+    Effect.fork(Scope.close(scope, Exit.void)),
+    (closing) => driveUntil(Effect.sync(() => closing.unsafePoll() !== null), step)
+  )
 
 /** True once the run is terminal. */
 export const runEnded = (runId: string) =>
