@@ -108,11 +108,6 @@ const cleanUp = async () => {
   client.disconnect()
 }
 
-const median = (values: ReadonlyArray<number>) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted.length === 0 ? NaN : sorted[Math.floor(sorted.length / 2)]!
-}
-
 const main = async () => {
   const rows: Array<string> = []
   const runChunkwise = (handlerMs: number, concurrency: number) =>
@@ -137,9 +132,9 @@ const main = async () => {
           cws.push(await runChunkwise(handlerMs, concurrency))
         }
       }
-      const [cw, bull] = [median(cws), median(bulls)]
+      const [cw, bull] = [QueueBench.median(cws), QueueBench.median(bulls)]
       // Each round's two runs are close in time, so their ratio shakes off the machine's load better.
-      const ratio = median(cws.map((rate, i) => rate / bulls[i]!))
+      const ratio = QueueBench.median(cws.map((rate, i) => rate / bulls[i]!))
       const what = handlerMs > 0 ? `${handlerMs} ms handler` : "no-op"
       const all = (values: ReadonlyArray<number>) => values.map((v) => v.toFixed(0)).join(", ")
       rows.push(

@@ -59,22 +59,16 @@ const cases: ReadonlyArray<Case> = [
   { concurrency: 64, handlerMs: 2 }
 ]
 
-/** The median of `values`. */
-const middle = (values: ReadonlyArray<number>) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const half = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[half]! : (sorted[half - 1]! + sorted[half]!) / 2
-}
 type Result = Effect.Effect.Success<ReturnType<typeof measured>>
 /** The median round of each figure (taken one by one). */
-const median = (results: ReadonlyArray<Result>): Result => ({
-  rate: middle(results.map((result) => result.rate)),
-  perMessage: middle(results.map((result) => result.perMessage)),
-  cpuPerMessage: middle(results.map((result) => result.cpuPerMessage))
+const medianRound = (results: ReadonlyArray<Result>): Result => ({
+  rate: QueueBench.median(results.map((result) => result.rate)),
+  perMessage: QueueBench.median(results.map((result) => result.perMessage)),
+  cpuPerMessage: QueueBench.median(results.map((result) => result.cpuPerMessage))
 })
 /** Ratios of the rounds: the median, then every round's in order, e.g. `1.12x (1.05 1.12 1.20)`. */
 const range = (ratios: ReadonlyArray<number>) =>
-  `${middle(ratios).toFixed(2)}x (${ratios.map((ratio) => ratio.toFixed(2)).join(" ")})`
+  `${QueueBench.median(ratios).toFixed(2)}x (${ratios.map((ratio) => ratio.toFixed(2)).join(" ")})`
 const seconds = (start: number) => (performance.now() - start) / 1000
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -262,7 +256,7 @@ const main = Effect.gen(function*() {
       const ratios = chunkwiseRounds.length === mine.length
         ? mine.map((result, r) => chunkwiseRounds[r]!.rate / result.rate)
         : undefined
-      console.log(row(contender.name, median(mine), ratios))
+      console.log(row(contender.name, medianRound(mine), ratios))
     }
     console.log("")
   }

@@ -28,6 +28,15 @@ const requireCount = <O extends object>(
     return Effect.void
   })
 
+/**
+ * The median of a benchmark's rounds: the middle value, the upper of the two middle ones when their
+ * number is even, NaN when there are none.
+ */
+export const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted.length === 0 ? Number.NaN : sorted[Math.floor(sorted.length / 2)]!
+}
+
 /** Sends `messages` small JSON bodies (`{"n":i}`), 1,000 per call: the backlog a benchmark drains. */
 export const fill = (
   messages: number
