@@ -58,6 +58,7 @@ import type {
   ClaimResult,
   FailureRecord,
   Lease,
+  Position,
   RunStatus,
   StateStoreShape,
   UnitRecord
@@ -372,8 +373,13 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
       unit: UnitRecord,
       lease: Lease,
       cause: Cause.Cause<unknown>,
-      where: { readonly step: string; readonly cursor: unknown; readonly attempt: number },
-      chunkAt?: ChunkAttempt,
+      where: {
+        readonly step: string
+        readonly cursor: unknown
+        readonly attempt: number
+        /** Where the unit was when the attempt began, so the store counts on from it (withRetries). */
+        readonly at?: Position | undefined
+      },
       inProcessRetry = true
     ): Effect.Effect<
       { readonly _tag: "retry-now"; readonly delayMs: number } | { readonly _tag: "end"; readonly ending: Ending },
@@ -437,7 +443,12 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
           lease,
           delayMs === undefined
             ? { _tag: "Failed", errorTag: classified.tag }
-            : { _tag: "RetryLater", errorTag: classified.tag, delayMs, at: chunkAt }
+            : {
+              _tag: "RetryLater",
+              errorTag: classified.tag,
+              delayMs,
+              at: where.at && { stepIndex: where.at.stepIndex, chunkSeq: where.at.chunkSeq, attempt: where.attempt }
+            }
         ).pipe(Effect.catchTag("LeaseLost", () => Effect.succeed(undefined)))
         if (result?.runStatus === "failing") {
           const run = yield* store.getRun(lease.runId)
@@ -471,7 +482,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
             return { _tag: "ok", value: exit.value } as const
           }
           if (Cause.isInterruptedOnly(exit.cause)) return yield* Effect.interrupt
-          const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n }, entry.at)
+          const next = yield* onFailure(job, unit, entry.lease, exit.cause, { ...where, attempt: n, at: entry.at })
           if (next._tag === "end") return next
           // A drain does not wait out a retry's backoff: nothing is in flight, so the unit goes back now,
           // the failed attempt spent.
@@ -493,15 +504,7 @@ export const make = <const Jobs extends ReadonlyArray<Job.Any>>(
      */
     const failWith = (job: Job.Any, { lease, unit }: Claimed, error: unknown, step: string) =>
       Effect.as(
-        onFailure(
-          job,
-          unit,
-          lease,
-          Cause.fail(error),
-          { step, cursor: unit.cursor, attempt: unit.attempt },
-          undefined,
-          false
-        ),
+        onFailure(job, unit, lease, Cause.fail(error), { step, cursor: unit.cursor, attempt: unit.attempt }, false),
         "ack" as Ending
       )
 
